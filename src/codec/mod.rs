@@ -1,0 +1,107 @@
+//! The Avro side of the pipeline: Confluent framing, writer schemas (local files or a Schema
+//! Registry), decoding inputs to the reader schema, and encoding outputs.
+//!
+//! Per-event failures are [`Rejection`](crate::outcome::Rejection)s (they dead-letter one event);
+//! [`CodecError`] is for start-up and producer-side failures (schema files, registration).
+
+use std::path::PathBuf;
+
+use apache_avro::Schema;
+
+mod decode;
+mod encode;
+mod store;
+mod wire;
+
+pub use decode::{Decoder, DEFAULT_MAX_MESSAGE_BYTES};
+pub use encode::{
+    encode_scored, encode_value, put_bool, put_f32, put_f64, put_int, put_long, put_str,
+    put_union_index, ScoredRecord,
+};
+
+pub use store::{RegistrySettings, SchemaSource, SchemaStore, WriterSchema};
+pub use wire::{split_frame, write_frame_header, HEADER_LEN, MAGIC};
+
+/// Reader schema of the input topic.
+pub const TRANSACTION_SCHEMA: &str = include_str!("../../schemas/transaction.avsc");
+/// Schema of the scored output topic.
+pub const SCORED_TRANSACTION_SCHEMA: &str = include_str!("../../schemas/scored_transaction.avsc");
+/// Schema of the drift monitoring topic.
+pub const DRIFT_REPORT_SCHEMA: &str = include_str!("../../schemas/drift_report.avsc");
+
+/// Errors outside the per-event path: schemas that do not parse, registry registration.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("Avro schema {what} does not parse: {source}; fix the schema JSON")]
+    SchemaParse {
+        /// Which schema (file path, registry id, or a constant's name).
+        what: String,
+        #[source]
+        source: apache_avro::Error,
+    },
+    #[error("cannot read Avro schema file {path}: {source}; check the local schema map in the codec configuration")]
+    SchemaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode a {what} record: {source}; the value does not match the schema")]
+    Encode {
+        what: String,
+        #[source]
+        source: apache_avro::Error,
+    },
+    #[error("schema registry {url}: {detail}; check the registry URL, credentials and that it is reachable")]
+    Registry { url: String, detail: String },
+    #[error("cannot register a schema for subject {subject:?}: no schema registry is configured; configure one or use local schema ids")]
+    NoRegistry { subject: String },
+}
+
+/// Parses an Avro schema from its JSON text.
+pub fn parse_schema(json: &str) -> Result<Schema, CodecError> {
+    Schema::parse_str(json).map_err(|source| CodecError::SchemaParse {
+        what: schema_label(json),
+        source,
+    })
+}
+
+/// A short label for a schema in messages: its full name when the JSON says one.
+fn schema_label(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(v) => match (
+            v.get("namespace").and_then(|n| n.as_str()),
+            v.get("name").and_then(|n| n.as_str()),
+        ) {
+            (Some(ns), Some(n)) => format!("{ns}.{n}"),
+            (None, Some(n)) => n.to_string(),
+            _ => "(unnamed)".to_string(),
+        },
+        Err(_) => "(not JSON)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_schemas_parse() {
+        for s in [
+            TRANSACTION_SCHEMA,
+            SCORED_TRANSACTION_SCHEMA,
+            DRIFT_REPORT_SCHEMA,
+        ] {
+            parse_schema(s).unwrap();
+        }
+    }
+
+    #[test]
+    fn parse_error_names_the_schema() {
+        let err = parse_schema(r#"{"type":"record","name":"X","namespace":"a.b","fields":[{"name":"f","type":"nope"}]}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("a.b.X"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod codec_tests;

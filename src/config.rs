@@ -1,0 +1,896 @@
+//! Configuration: `config/streamscore.toml` plus `STREAMSCORE_*` environment overrides.
+//!
+//! Two types on purpose: [`RawConfig`] mirrors the file (strings for durations, every field
+//! defaulted, unknown keys rejected) and [`Config`] is the checked form the stages accept.
+//! [`Config::load`] reports *every* problem at once, each naming its key, instead of stopping
+//! at the first.
+//!
+//! Environment overrides: `STREAMSCORE_<SECTION>__<KEY>=value` (double underscore between
+//! levels), e.g. `STREAMSCORE_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or
+//! `STREAMSCORE_BATCH__MAX_BATCH_SIZE=512`. For the librdkafka pass-through tables
+//! (`kafka.common`, `kafka.consumer`, `kafka.producer`) the last part names the property with
+//! `_` for `.`: `STREAMSCORE_KAFKA__COMMON__SASL_PASSWORD=...` sets `sasl.password`.
+//! Variables without `__` (such as `STREAMSCORE_TANSU` used by tests) are not config.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// librdkafka properties that streamscore sets itself; passing them through would break a guarantee.
+const RESERVED_CONSUMER_PROPS: &[&str] = &["enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"];
+
+/// One problem found in the configuration, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// All problems of a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, format_problems(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn format_problems(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw form: exactly the file's shape.
+// ---------------------------------------------------------------------------------------------
+
+/// The configuration file as written. Every field has a default; unknown keys are errors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub kafka: RawKafka,
+    pub schemas: RawSchemas,
+    pub model: RawModel,
+    pub batch: RawBatch,
+    pub cache: RawCache,
+    pub delivery: RawDelivery,
+    pub drift: RawDrift,
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawKafka {
+    /// Comma-separated `host:port` list of brokers.
+    pub bootstrap_servers: String,
+    /// Consumer group shared by every instance; scale out by starting more instances.
+    pub group_id: String,
+    /// Topics to consume transactions from.
+    pub input_topics: Vec<String>,
+    /// Topic for one `ScoredTransaction` per scored input.
+    pub scored_topic: String,
+    /// Topic for inputs that could not be scored (original bytes plus reason headers).
+    pub dead_letter_topic: String,
+    /// Topic for drift reports.
+    pub monitoring_topic: String,
+    /// librdkafka `client.id`.
+    pub client_id: String,
+    /// librdkafka properties for both consumer and producer (TLS/SASL go here).
+    pub common: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "localhost:9092".into(),
+            group_id: "streamscore".into(),
+            input_topics: vec!["transactions".into()],
+            scored_topic: "transactions.scored".into(),
+            dead_letter_topic: "transactions.dlq".into(),
+            monitoring_topic: "streamscore.monitoring".into(),
+            client_id: "streamscore".into(),
+            common: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSchemas {
+    /// Reader schema of the input records.
+    pub reader_schema: String,
+    /// Confluent Schema Registry URL; empty = no registry (local schemas only).
+    pub registry_url: String,
+    /// Basic-auth user for the registry (empty = none).
+    pub registry_username: String,
+    /// Basic-auth password for the registry.
+    pub registry_password: String,
+    /// Timeout of one registry request.
+    pub registry_timeout: String,
+    /// Writer schemas known without a registry: schema id (as a string key) → .avsc file.
+    pub local: BTreeMap<String, String>,
+    /// Schema id written in front of scored records when no registry is configured.
+    pub scored_schema_id: u32,
+    /// Schema id written in front of drift reports when no registry is configured.
+    pub drift_schema_id: u32,
+    /// Largest input value accepted for decoding; larger ones are dead-lettered.
+    pub max_message_bytes: usize,
+}
+
+impl Default for RawSchemas {
+    fn default() -> Self {
+        Self {
+            reader_schema: "schemas/transaction.avsc".into(),
+            registry_url: String::new(),
+            registry_username: String::new(),
+            registry_password: String::new(),
+            registry_timeout: "5s".into(),
+            local: BTreeMap::from([("1".to_string(), "schemas/transaction.avsc".to_string())]),
+            scored_schema_id: 2,
+            drift_schema_id: 3,
+            max_message_bytes: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawModel {
+    /// Directory holding `model.onnx` and `manifest.json`.
+    pub dir: String,
+    /// Path of `libonnxruntime.so.*`; empty = the `ORT_DYLIB_PATH` environment variable.
+    pub onnxruntime_library: String,
+    /// ONNX Runtime intra-op threads (1 is best for small models; more threads spin).
+    pub intra_op_threads: usize,
+    /// ONNX Runtime inter-op threads.
+    pub inter_op_threads: usize,
+    /// Refuse a model whose sha256 differs from the manifest.
+    pub verify_checksum: bool,
+}
+
+impl Default for RawModel {
+    fn default() -> Self {
+        Self {
+            dir: "models/fraud_mlp/1".into(),
+            onnxruntime_library: String::new(),
+            intra_op_threads: 1,
+            inter_op_threads: 1,
+            verify_checksum: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBatch {
+    /// Most rows in one inference call.
+    pub max_batch_size: usize,
+    /// Longest wait after a batch's first row before it is scored anyway.
+    pub max_batch_delay: String,
+    /// Batches queued between stages; a full queue stops consumption (backpressure).
+    pub queue_depth: usize,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        Self { max_batch_size: 256, max_batch_delay: "5ms".into(), queue_depth: 4 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCache {
+    /// Serve repeated feature vectors from the prediction cache.
+    pub enabled: bool,
+    /// Most cached predictions.
+    pub max_entries: u64,
+    /// How long a cached prediction stays valid.
+    pub ttl: String,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self { enabled: true, max_entries: 100_000, ttl: "10m".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDelivery {
+    /// `at_least_once` (the only mode implemented so far; `exactly_once` is refused at start).
+    pub mode: String,
+    /// How often acknowledged offsets are committed.
+    pub commit_interval: String,
+    /// Longest wait for in-flight outcomes on partition revoke and on shutdown.
+    pub drain_timeout: String,
+    /// How long the producer retries one record before it counts as failed (`message.timeout.ms`).
+    pub produce_timeout: String,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        Self {
+            mode: "at_least_once".into(),
+            commit_interval: "1s".into(),
+            drain_timeout: "10s".into(),
+            produce_timeout: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDrift {
+    /// Publish drift reports and PSI gauges.
+    pub enabled: bool,
+    /// Length of one drift window.
+    pub interval: String,
+}
+
+impl Default for RawDrift {
+    fn default() -> Self {
+        Self { enabled: true, interval: "60s".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// Address of `/metrics`, `/healthz`, `/readyz`; empty disables the HTTP server.
+    pub http_bind: String,
+    /// `human` or `json`.
+    pub log_format: String,
+    /// `tracing` filter, e.g. `info` or `streamscore=debug,rdkafka=warn`.
+    pub log_level: String,
+    /// Name of this instance in drift reports; empty = host name.
+    pub instance_id: String,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            http_bind: "0.0.0.0:9464".into(),
+            log_format: "human".into(),
+            log_level: "info".into(),
+            instance_id: String::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checked form: what the stages accept.
+// ---------------------------------------------------------------------------------------------
+
+/// Delivery guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+    pub scored_topic: String,
+    pub dead_letter_topic: String,
+    pub monitoring_topic: String,
+    pub client_id: String,
+    pub common: BTreeMap<String, String>,
+    pub consumer: BTreeMap<String, String>,
+    pub producer: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchemasConfig {
+    pub reader_schema: PathBuf,
+    pub registry: Option<RegistryConfig>,
+    pub local: BTreeMap<u32, PathBuf>,
+    pub scored_schema_id: u32,
+    pub drift_schema_id: u32,
+    pub max_message_bytes: usize,
+}
+
+#[derive(Clone)]
+pub struct RegistryConfig {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RegistryConfig {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub dir: PathBuf,
+    pub onnxruntime_library: Option<PathBuf>,
+    pub intra_op_threads: usize,
+    pub inter_op_threads: usize,
+    pub verify_checksum: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    pub max_batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub queue_depth: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub max_entries: u64,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub mode: DeliveryMode,
+    pub commit_interval: Duration,
+    pub drain_timeout: Duration,
+    pub produce_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DriftConfig {
+    pub enabled: bool,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub http_bind: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub instance_id: String,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub schemas: SchemasConfig,
+    pub model: ModelConfig,
+    pub batch: BatchConfig,
+    pub cache: CacheConfig,
+    pub delivery: DeliveryConfig,
+    pub drift: DriftConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Config {
+    /// Reads `path` (or only defaults when `None`), applies `STREAMSCORE_*` overrides from the
+    /// process environment, and checks everything. Relative paths in the file are resolved
+    /// against the file's directory's parent when the file sits in a `config/` directory,
+    /// else against the current directory (so `config/streamscore.toml` works from the repo root).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &env)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+            None => String::new(),
+        };
+        let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
+        Self::from_toml_str(&text, &origin, env)
+    }
+
+    /// Parses config text (`origin` names it in messages), applies `env` overrides, checks it.
+    pub fn from_toml_str(text: &str, origin: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: PathBuf::from(origin), message: e.to_string() })?;
+        let mut problems = Vec::new();
+        apply_env_overrides(&mut table, env, &mut problems);
+        check_unknown_keys(&table, &mut problems);
+        let raw = deserialize_sections(table, &mut problems);
+        match raw {
+            Some(raw) if problems.is_empty() => raw.check(),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+}
+
+/// Tables whose keys are librdkafka properties, not ours.
+fn is_passthrough(path: &[&str]) -> bool {
+    matches!(path, ["kafka", "common" | "consumer" | "producer"] | ["schemas", "local"])
+}
+
+fn apply_env_overrides(table: &mut toml::Table, env: &[(String, String)], problems: &mut Vec<ConfigProblem>) {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("STREAMSCORE_") else { continue };
+        if !rest.contains("__") {
+            continue;
+        }
+        let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let (path, key): (Vec<&str>, String) = if refs.len() == 3 && is_passthrough(&refs[..2]) {
+            let key = if refs[..2] == ["schemas", "local"] { refs[2].to_string() } else { refs[2].replace('_', ".") };
+            (refs[..2].to_vec(), key)
+        } else if refs.len() == 2 {
+            (vec![refs[0]], refs[1].to_string())
+        } else {
+            problems.push(ConfigProblem {
+                key: name.clone(),
+                message: "environment override must look like STREAMSCORE_<SECTION>__<KEY> (or STREAMSCORE_KAFKA__CONSUMER__<PROPERTY>)".into(),
+            });
+            continue;
+        };
+        let mut cursor = &mut *table;
+        for part in &path {
+            let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => cursor = t,
+                _ => {
+                    problems.push(ConfigProblem { key: name.clone(), message: format!("`{part}` is not a table") });
+                    return;
+                }
+            }
+        }
+        cursor.insert(key, parse_env_value(value, is_passthrough(&path)));
+    }
+}
+
+/// Environment values are TOML literals when they parse as one (numbers, booleans, arrays),
+/// else plain strings; pass-through properties are always strings.
+fn parse_env_value(value: &str, always_string: bool) -> toml::Value {
+    if always_string {
+        return toml::Value::String(value.to_string());
+    }
+    let wrapped = format!("v = {value}");
+    match wrapped.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_string())),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+/// Reports every key that is not part of the schema (the defaults' shape is the schema).
+fn check_unknown_keys(table: &toml::Table, problems: &mut Vec<ConfigProblem>) {
+    let known = match toml::Table::try_from(RawConfig::default()) {
+        Ok(t) => t,
+        Err(_) => return,
+    };
+    walk_unknown(table, &known, &mut Vec::new(), problems);
+}
+
+fn walk_unknown<'a>(table: &'a toml::Table, known: &toml::Table, path: &mut Vec<&'a str>, problems: &mut Vec<ConfigProblem>) {
+    for (key, value) in table {
+        path.push(key);
+        match known.get(key) {
+            None => {
+                let section = if path.len() > 1 { path[..path.len() - 1].join(".") } else { "top level".into() };
+                let valid: Vec<&str> = known.keys().map(String::as_str).collect();
+                problems.push(ConfigProblem {
+                    key: path.join("."),
+                    message: format!("unknown key in {section}; valid keys are: {}", valid.join(", ")),
+                });
+            }
+            Some(toml::Value::Table(k)) if !is_passthrough(path) => {
+                if let toml::Value::Table(t) = value {
+                    walk_unknown(t, k, path, problems);
+                }
+            }
+            Some(_) => {}
+        }
+        path.pop();
+    }
+}
+
+/// Deserializes section by section so that a bad value in one section does not hide the others.
+fn deserialize_sections(table: toml::Table, problems: &mut Vec<ConfigProblem>) -> Option<RawConfig> {
+    fn section<T: serde::de::DeserializeOwned + Default>(
+        table: &toml::Table,
+        name: &str,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> T {
+        match table.get(name) {
+            None => T::default(),
+            Some(v) => match v.clone().try_into::<T>() {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(ConfigProblem { key: name.to_string(), message: e.message().trim().to_string() });
+                    T::default()
+                }
+            },
+        }
+    }
+    let before = problems.len();
+    let raw = RawConfig {
+        kafka: section(&table, "kafka", problems),
+        schemas: section(&table, "schemas", problems),
+        model: section(&table, "model", problems),
+        batch: section(&table, "batch", problems),
+        cache: section(&table, "cache", problems),
+        delivery: section(&table, "delivery", problems),
+        drift: section(&table, "drift", problems),
+        telemetry: section(&table, "telemetry", problems),
+    };
+    (problems.len() == before).then_some(raw)
+}
+
+fn duration(key: &str, value: &str, problems: &mut Vec<ConfigProblem>) -> Duration {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(ConfigProblem {
+                key: key.into(),
+                message: format!("`{value}` is not a duration ({e}); write e.g. \"5ms\", \"30s\", \"10m\""),
+            });
+            Duration::ZERO
+        }
+    }
+}
+
+fn non_empty(key: &str, value: &str, problems: &mut Vec<ConfigProblem>) {
+    if value.trim().is_empty() {
+        problems.push(ConfigProblem { key: key.into(), message: "must not be empty".into() });
+    }
+}
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(key: &str, v: T, lo: T, hi: T, problems: &mut Vec<ConfigProblem>) {
+    if v < lo || v > hi {
+        problems.push(ConfigProblem { key: key.into(), message: format!("{v} is out of range; must be between {lo} and {hi}") });
+    }
+}
+
+impl RawConfig {
+    /// Converts to the checked form, collecting all problems.
+    pub fn check(self) -> Result<Config, ConfigError> {
+        let mut p = Vec::new();
+        let k = self.kafka;
+        non_empty("kafka.bootstrap_servers", &k.bootstrap_servers, &mut p);
+        non_empty("kafka.group_id", &k.group_id, &mut p);
+        non_empty("kafka.scored_topic", &k.scored_topic, &mut p);
+        non_empty("kafka.dead_letter_topic", &k.dead_letter_topic, &mut p);
+        non_empty("kafka.monitoring_topic", &k.monitoring_topic, &mut p);
+        if k.input_topics.is_empty() || k.input_topics.iter().any(|t| t.trim().is_empty()) {
+            p.push(ConfigProblem { key: "kafka.input_topics".into(), message: "must list at least one non-empty topic".into() });
+        }
+        for out in [&k.scored_topic, &k.dead_letter_topic, &k.monitoring_topic] {
+            if k.input_topics.contains(out) {
+                p.push(ConfigProblem {
+                    key: "kafka.input_topics".into(),
+                    message: format!("`{out}` is also an output topic; streamscore would consume its own output"),
+                });
+            }
+        }
+        for prop in RESERVED_CONSUMER_PROPS {
+            if k.consumer.contains_key(*prop) || k.common.contains_key(*prop) {
+                p.push(ConfigProblem {
+                    key: format!("kafka.consumer.\"{prop}\""),
+                    message: "is set by streamscore itself (delivery guarantees depend on it); use the dedicated key instead".into(),
+                });
+            }
+        }
+
+        let s = self.schemas;
+        let registry = if s.registry_url.trim().is_empty() {
+            None
+        } else {
+            if !(s.registry_url.starts_with("http://") || s.registry_url.starts_with("https://")) {
+                p.push(ConfigProblem { key: "schemas.registry_url".into(), message: format!("`{}` must start with http:// or https://", s.registry_url) });
+            }
+            Some(RegistryConfig {
+                url: s.registry_url.trim_end_matches('/').to_string(),
+                username: (!s.registry_username.is_empty()).then(|| s.registry_username.clone()),
+                password: (!s.registry_password.is_empty()).then(|| s.registry_password.clone()),
+                timeout: duration("schemas.registry_timeout", &s.registry_timeout, &mut p),
+            })
+        };
+        let mut local = BTreeMap::new();
+        for (id, file) in &s.local {
+            match id.parse::<u32>() {
+                Ok(n) => {
+                    local.insert(n, PathBuf::from(file));
+                }
+                Err(_) => p.push(ConfigProblem { key: format!("schemas.local.\"{id}\""), message: "schema ids are non-negative integers".into() }),
+            }
+        }
+        if registry.is_none() && local.is_empty() {
+            p.push(ConfigProblem {
+                key: "schemas.local".into(),
+                message: "no writer schemas: set schemas.registry_url or map at least one schema id to a file".into(),
+            });
+        }
+        if registry.is_none() && s.scored_schema_id == s.drift_schema_id {
+            p.push(ConfigProblem { key: "schemas.drift_schema_id".into(), message: "must differ from schemas.scored_schema_id".into() });
+        }
+        in_range("schemas.max_message_bytes", s.max_message_bytes, 64, 1_000_000_000, &mut p);
+
+        let m = self.model;
+        non_empty("model.dir", &m.dir, &mut p);
+        in_range("model.intra_op_threads", m.intra_op_threads, 1, 256, &mut p);
+        in_range("model.inter_op_threads", m.inter_op_threads, 1, 256, &mut p);
+
+        let b = self.batch;
+        in_range("batch.max_batch_size", b.max_batch_size, 1, 65_536, &mut p);
+        in_range("batch.queue_depth", b.queue_depth, 1, 1024, &mut p);
+        let max_batch_delay = duration("batch.max_batch_delay", &b.max_batch_delay, &mut p);
+        if max_batch_delay > Duration::from_secs(10) {
+            p.push(ConfigProblem { key: "batch.max_batch_delay".into(), message: "must be at most 10s".into() });
+        }
+
+        let c = self.cache;
+        if c.enabled {
+            in_range("cache.max_entries", c.max_entries, 1, 1_000_000_000, &mut p);
+        }
+        let ttl = duration("cache.ttl", &c.ttl, &mut p);
+
+        let d = self.delivery;
+        let mode = match d.mode.as_str() {
+            "at_least_once" => DeliveryMode::AtLeastOnce,
+            "exactly_once" => {
+                p.push(ConfigProblem {
+                    key: "delivery.mode".into(),
+                    message: "`exactly_once` is not available in this version; use `at_least_once`".into(),
+                });
+                DeliveryMode::AtLeastOnce
+            }
+            other => {
+                p.push(ConfigProblem { key: "delivery.mode".into(), message: format!("`{other}` is not a mode; use `at_least_once`") });
+                DeliveryMode::AtLeastOnce
+            }
+        };
+        let commit_interval = duration("delivery.commit_interval", &d.commit_interval, &mut p);
+        let drain_timeout = duration("delivery.drain_timeout", &d.drain_timeout, &mut p);
+        let produce_timeout = duration("delivery.produce_timeout", &d.produce_timeout, &mut p);
+        if commit_interval.is_zero() {
+            p.push(ConfigProblem { key: "delivery.commit_interval".into(), message: "must be greater than zero".into() });
+        }
+        if produce_timeout < Duration::from_secs(1) {
+            p.push(ConfigProblem { key: "delivery.produce_timeout".into(), message: "must be at least 1s".into() });
+        }
+
+        let dr = self.drift;
+        let drift_interval = duration("drift.interval", &dr.interval, &mut p);
+        if dr.enabled && drift_interval < Duration::from_millis(100) {
+            p.push(ConfigProblem { key: "drift.interval".into(), message: "must be at least 100ms".into() });
+        }
+
+        let t = self.telemetry;
+        let http_bind = if t.http_bind.trim().is_empty() {
+            None
+        } else {
+            match t.http_bind.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    p.push(ConfigProblem { key: "telemetry.http_bind".into(), message: format!("`{}` is not an address like 0.0.0.0:9464", t.http_bind) });
+                    None
+                }
+            }
+        };
+        let log_format = match t.log_format.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => {
+                p.push(ConfigProblem { key: "telemetry.log_format".into(), message: format!("`{other}` is not `human` or `json`") });
+                LogFormat::Human
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&t.log_level).is_err() {
+            p.push(ConfigProblem { key: "telemetry.log_level".into(), message: format!("`{}` is not a valid filter (e.g. `info`)", t.log_level) });
+        }
+        let instance_id = if t.instance_id.is_empty() { default_instance_id() } else { t.instance_id };
+
+        if !p.is_empty() {
+            return Err(ConfigError::Invalid(p));
+        }
+        Ok(Config {
+            kafka: KafkaConfig {
+                bootstrap_servers: k.bootstrap_servers,
+                group_id: k.group_id,
+                input_topics: k.input_topics,
+                scored_topic: k.scored_topic,
+                dead_letter_topic: k.dead_letter_topic,
+                monitoring_topic: k.monitoring_topic,
+                client_id: k.client_id,
+                common: k.common,
+                consumer: k.consumer,
+                producer: k.producer,
+            },
+            schemas: SchemasConfig {
+                reader_schema: PathBuf::from(s.reader_schema),
+                registry,
+                local,
+                scored_schema_id: s.scored_schema_id,
+                drift_schema_id: s.drift_schema_id,
+                max_message_bytes: s.max_message_bytes,
+            },
+            model: ModelConfig {
+                dir: PathBuf::from(m.dir),
+                onnxruntime_library: (!m.onnxruntime_library.is_empty()).then(|| PathBuf::from(m.onnxruntime_library)),
+                intra_op_threads: m.intra_op_threads,
+                inter_op_threads: m.inter_op_threads,
+                verify_checksum: m.verify_checksum,
+            },
+            batch: BatchConfig { max_batch_size: b.max_batch_size, max_batch_delay, queue_depth: b.queue_depth },
+            cache: CacheConfig { enabled: c.enabled, max_entries: c.max_entries, ttl },
+            delivery: DeliveryConfig { mode, commit_interval, drain_timeout, produce_timeout },
+            drift: DriftConfig { enabled: dr.enabled, interval: drift_interval },
+            telemetry: TelemetryConfig { http_bind, log_format, log_level: t.log_level, instance_id },
+        })
+    }
+}
+
+fn default_instance_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "streamscore".into())
+}
+
+/// Property names whose values are secrets: redacted wherever config is printed.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("password") || n.contains("secret") || n.ends_with(".key") || n.contains("token") || n.contains("sasl.oauthbearer.config")
+}
+
+impl KafkaConfig {
+    /// The pass-through properties for one client, common first, with secrets redacted (for logs).
+    pub fn redacted(props: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        props
+            .iter()
+            .map(|(k, v)| (k.clone(), if is_secret_property(k) { "<redacted>".to_string() } else { v.clone() }))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        Config::from_toml_str(text, "test.toml", &env)
+    }
+
+    fn problems(r: Result<Config, ConfigError>) -> Vec<ConfigProblem> {
+        match r {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load("", &[]).expect("defaults must be valid");
+        assert_eq!(c.batch.max_batch_size, 256);
+        assert_eq!(c.batch.max_batch_delay, Duration::from_millis(5));
+        assert_eq!(c.delivery.mode, DeliveryMode::AtLeastOnce);
+        assert_eq!(c.schemas.local.get(&1), Some(&PathBuf::from("schemas/transaction.avsc")));
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/streamscore.toml");
+        let text = std::fs::read_to_string(&path).expect("config/streamscore.toml exists");
+        let c = load(&text, &[]).expect("shipped config is valid");
+        let d = load("", &[]).expect("defaults");
+        // The documented file states the defaults: if one changes, the other must too.
+        assert_eq!(format!("{:?}", c.batch), format!("{:?}", d.batch));
+        assert_eq!(format!("{:?}", c.delivery), format!("{:?}", d.delivery));
+        assert_eq!(format!("{:?}", c.cache), format!("{:?}", d.cache));
+        assert_eq!(format!("{:?}", c.kafka), format!("{:?}", d.kafka));
+        assert_eq!(format!("{:?}", c.model), format!("{:?}", d.model));
+        assert_eq!(format!("{:?}", c.drift), format!("{:?}", d.drift));
+        assert_eq!(format!("{:?}", c.schemas), format!("{:?}", d.schemas));
+        // Every key of the schema appears in the documented file.
+        let file: toml::Table = text.parse().expect("toml");
+        let known = toml::Table::try_from(RawConfig::default()).expect("defaults serialize");
+        for (section, keys) in &known {
+            let toml::Value::Table(keys) = keys else { continue };
+            for key in keys.keys() {
+                let present = file.get(section).and_then(|s| s.get(key)).is_some();
+                assert!(present, "config/streamscore.toml does not document {section}.{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_all_reported() {
+        let p = problems(load(
+            "[kafka]\nbootstrap_server = \"x\"\n[batch]\nmax_batch_delay = \"soon\"\nmax_batch_size = 0\n[nonsense]\na = 1\n",
+            &[],
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"kafka.bootstrap_server"), "{p:?}");
+        assert!(keys.contains(&"nonsense"), "{p:?}");
+        // Unknown keys stop before value checks only for the section whose shape is wrong.
+        let p = problems(load("[batch]\nmax_batch_delay = \"soon\"\nmax_batch_size = 0\n[cache]\nttl = \"-\"\n", &[]));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"batch.max_batch_delay"), "{p:?}");
+        assert!(keys.contains(&"batch.max_batch_size"), "{p:?}");
+        assert!(keys.contains(&"cache.ttl"), "{p:?}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_section() {
+        let p = problems(load("[batch]\nmax_batch_size = \"big\"\n[cache]\nenabled = 3\n", &[]));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["batch", "cache"], "{p:?}");
+        assert!(p[0].message.contains("max_batch_size") || p[0].message.contains("invalid type"), "{p:?}");
+    }
+
+    #[test]
+    fn env_overrides_apply_with_types() {
+        let c = load(
+            "",
+            &[
+                ("STREAMSCORE_BATCH__MAX_BATCH_SIZE", "512"),
+                ("STREAMSCORE_KAFKA__BOOTSTRAP_SERVERS", "broker:9092"),
+                ("STREAMSCORE_KAFKA__COMMON__SASL_PASSWORD", "s3cret"),
+                ("STREAMSCORE_KAFKA__INPUT_TOPICS", "[\"a\", \"b\"]"),
+                ("STREAMSCORE_TANSU", "/not/config"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.batch.max_batch_size, 512);
+        assert_eq!(c.kafka.bootstrap_servers, "broker:9092");
+        assert_eq!(c.kafka.common.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert_eq!(c.kafka.input_topics, vec!["a", "b"]);
+        assert_eq!(KafkaConfig::redacted(&c.kafka.common).get("sasl.password").map(String::as_str), Some("<redacted>"));
+    }
+
+    #[test]
+    fn unknown_env_override_is_an_error() {
+        let p = problems(load("", &[("STREAMSCORE_BATCH__MAX_SIZE", "1")]));
+        assert_eq!(p[0].key, "batch.max_size");
+    }
+
+    #[test]
+    fn reserved_and_inconsistent_settings_are_refused() {
+        let p = problems(load(
+            "[kafka]\ninput_topics = [\"t\"]\nscored_topic = \"t\"\n[kafka.consumer]\n\"enable.auto.offset.store\" = \"true\"\n[delivery]\nmode = \"best_effort\"\n",
+            &[],
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"kafka.input_topics"), "{p:?}");
+        assert!(keys.contains(&"kafka.consumer.\"enable.auto.offset.store\""), "{p:?}");
+        assert!(keys.contains(&"delivery.mode"), "{p:?}");
+    }
+
+    #[test]
+    fn registry_password_is_not_debug_printed() {
+        let c = load("[schemas]\nregistry_url = \"http://r:8081\"\nregistry_password = \"hunter2\"\n", &[]).expect("valid");
+        let dbg = format!("{:?}", c.schemas);
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+}

@@ -1,0 +1,943 @@
+//! Manifest-driven feature extraction: a decoded `Transaction` record → one float32 model row.
+//!
+//! Everything that can be decided once (field positions, column offsets, type checks against the
+//! reader schema) is decided in [`FeatureExtractor::new`]; [`FeatureExtractor::extract`] is the
+//! per-event hot path and allocates nothing except the identity strings it returns.
+
+use std::collections::HashMap;
+
+use apache_avro::schema::RecordSchema;
+use apache_avro::types::Value;
+use apache_avro::Schema;
+
+use crate::model::manifest::{Manifest, OnNull, Transform};
+use crate::outcome::{DeadLetterReason, Rejection};
+
+/// Identity fields of the input event, copied to the scored output.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RowIdentity {
+    /// `event_id` (a UUID, as its hyphenated lowercase text).
+    pub event_id: String,
+    /// `transaction_id`.
+    pub transaction_id: String,
+    /// `event_time`, milliseconds since the Unix epoch (UTC).
+    pub event_time_ms: i64,
+}
+
+/// The manifest does not fit the reader schema.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error("model manifest {manifest} does not fit the reader schema {schema} ({} problem(s)); fix the manifest's features or the reader schema:\n  - {}", problems.len(), problems.join("\n  - "))]
+    Incompatible {
+        /// `name/version` of the manifest.
+        manifest: String,
+        /// Full name of the reader schema.
+        schema: String,
+        problems: Vec<String>,
+    },
+}
+
+/// Identity field names in the reader schema.
+const EVENT_ID: &str = "event_id";
+const TRANSACTION_ID: &str = "transaction_id";
+const EVENT_TIME: &str = "event_time";
+
+const MS_PER_HOUR: i64 = 3_600_000;
+
+/// One feature, resolved against the reader schema.
+#[derive(Debug)]
+struct Step {
+    source: String,
+    /// Position of `source` in the reader record (a resolved `Value::Record` has reader order).
+    field: usize,
+    transform: Transform,
+    on_null: OnNull,
+    default: f32,
+    missing_flag: bool,
+    /// First column of this feature in the row.
+    offset: usize,
+    /// Value columns (without the missing flag).
+    width: usize,
+    /// `one_hot`: category → column within the feature.
+    categories: HashMap<String, usize>,
+    /// `one_hot`: column of `__other__` within the feature.
+    other: Option<usize>,
+}
+
+/// Builds model rows from decoded `Transaction` records, as one manifest says.
+#[derive(Debug)]
+pub struct FeatureExtractor {
+    steps: Vec<Step>,
+    columns: Vec<String>,
+    event_id: usize,
+    transaction_id: usize,
+    event_time: usize,
+}
+
+impl FeatureExtractor {
+    /// Plans the extraction; fails, listing every problem, if a feature's source field is absent
+    /// from `reader` or has a type its transform cannot take.
+    pub fn new(manifest: &Manifest, reader: &Schema) -> Result<Self, FeatureError> {
+        let label = format!("{}/{}", manifest.name, manifest.version);
+        let Schema::Record(record) = reader else {
+            return Err(FeatureError::Incompatible {
+                manifest: label,
+                schema: "(not a record)".into(),
+                problems: vec!["the reader schema is not a record".into()],
+            });
+        };
+        let mut problems = Vec::new();
+
+        let mut identity = |name: &str, ok: fn(&Schema) -> bool, want: &str| -> usize {
+            match record.lookup.get(name) {
+                Some(&i) if ok(&record.fields[i].schema) => i,
+                Some(&i) => {
+                    problems.push(format!(
+                        "identity field `{name}` is {} in the reader schema, expected {want}",
+                        kind(&record.fields[i].schema)
+                    ));
+                    usize::MAX
+                }
+                None => {
+                    problems.push(format!(
+                        "identity field `{name}` is not in the reader schema"
+                    ));
+                    usize::MAX
+                }
+            }
+        };
+        let event_id = identity(
+            EVENT_ID,
+            |s| matches!(strip_null(s).0, Schema::String | Schema::Uuid(_)),
+            "a string or uuid",
+        );
+        let transaction_id = identity(
+            TRANSACTION_ID,
+            |s| matches!(strip_null(s).0, Schema::String),
+            "a string",
+        );
+        let event_time = identity(
+            EVENT_TIME,
+            |s| matches!(strip_null(s).0, Schema::TimestampMillis | Schema::Long),
+            "a timestamp-millis",
+        );
+
+        let mut steps = Vec::with_capacity(manifest.features.len());
+        let mut offset = 0;
+        for (i, spec) in manifest.features.iter().enumerate() {
+            let at = format!(
+                "features[{i}] (source `{}`, {})",
+                spec.source, spec.transform
+            );
+            let width = spec.value_columns();
+            let Some(&field) = record.lookup.get(&spec.source) else {
+                problems.push(format!(
+                    "{at}: field `{}` is not in the reader schema {} (fields: {})",
+                    spec.source,
+                    record.name.fullname(None),
+                    record
+                        .fields
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                offset += spec.width();
+                continue;
+            };
+            let (schema, _nullable) = strip_null(&record.fields[field].schema);
+            let accepted = match spec.transform {
+                Transform::Numeric | Transform::Log1p => {
+                    matches!(
+                        schema,
+                        Schema::Int | Schema::Long | Schema::Float | Schema::Double
+                    )
+                }
+                Transform::Boolean => matches!(schema, Schema::Boolean),
+                Transform::OneHot => matches!(schema, Schema::String | Schema::Enum(_)),
+                Transform::HourOfDay => matches!(schema, Schema::TimestampMillis | Schema::Long),
+            };
+            if !accepted {
+                problems.push(format!(
+                    "{at}: field `{}` is {} in the reader schema, which {} cannot take",
+                    spec.source,
+                    kind(&record.fields[field].schema),
+                    spec.transform
+                ));
+            }
+            if let (Transform::OneHot, Schema::Enum(e)) = (spec.transform, schema) {
+                for c in &spec.categories {
+                    if !e.symbols.contains(c) {
+                        problems.push(format!(
+                            "{at}: category {c:?} is not a symbol of enum {} ({})",
+                            e.name.fullname(None),
+                            e.symbols.join(", ")
+                        ));
+                    }
+                }
+            }
+            steps.push(Step {
+                source: spec.source.clone(),
+                field,
+                transform: spec.transform,
+                on_null: spec.on_null,
+                default: spec.default,
+                missing_flag: spec.missing_flag,
+                offset,
+                width,
+                categories: spec
+                    .categories
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| (c.clone(), j))
+                    .collect(),
+                other: (spec.transform == Transform::OneHot && spec.other)
+                    .then_some(spec.categories.len()),
+            });
+            offset += spec.width();
+        }
+
+        let columns = manifest.derived_columns();
+        if columns.len() != manifest.columns.len() || offset != columns.len() {
+            problems.push(format!(
+                "features produce {} columns but the manifest lists {}",
+                columns.len(),
+                manifest.columns.len()
+            ));
+        }
+
+        if !problems.is_empty() {
+            return Err(FeatureError::Incompatible {
+                manifest: label,
+                schema: record.name.fullname(None),
+                problems,
+            });
+        }
+        Ok(Self {
+            steps,
+            columns,
+            event_id,
+            transaction_id,
+            event_time,
+        })
+    }
+
+    /// Columns per row (`F`).
+    pub fn num_columns(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Column names, in row order (equal to the manifest's `columns`).
+    pub fn column_names(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Fills `out[..F]` and `missing[..F]` and returns the identity fields.
+    ///
+    /// `missing[c]` is true where column `c` is a value column of a feature whose source was null
+    /// (so it holds the manifest default); the `_missing` flag column itself is never marked.
+    ///
+    /// # Panics
+    /// If `out` or `missing` is shorter than [`num_columns`](Self::num_columns).
+    pub fn extract(
+        &self,
+        record: &Value,
+        out: &mut [f32],
+        missing: &mut [bool],
+    ) -> Result<RowIdentity, Rejection> {
+        let n = self.columns.len();
+        let (out, missing) = (&mut out[..n], &mut missing[..n]);
+        let Value::Record(fields) = record else {
+            return Err(Rejection::new(
+                DeadLetterReason::Undecodable,
+                "decoded value is not a record",
+            ));
+        };
+
+        let identity = RowIdentity {
+            event_id: match field(fields, self.event_id, EVENT_ID) {
+                Some(Value::Uuid(u)) => u.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                other => return Err(identity_missing(EVENT_ID, other)),
+            },
+            transaction_id: match field(fields, self.transaction_id, TRANSACTION_ID) {
+                Some(Value::String(s)) => s.clone(),
+                other => return Err(identity_missing(TRANSACTION_ID, other)),
+            },
+            event_time_ms: match field(fields, self.event_time, EVENT_TIME) {
+                Some(Value::TimestampMillis(t) | Value::Long(t)) => *t,
+                other => return Err(identity_missing(EVENT_TIME, other)),
+            },
+        };
+
+        for step in &self.steps {
+            let cols = &mut out[step.offset..step.offset + step.width];
+            let miss = &mut missing[step.offset..step.offset + step.width];
+            let value = field(fields, step.field, &step.source);
+            let is_null = matches!(value, None | Some(Value::Null));
+            if is_null {
+                if step.on_null == OnNull::Reject {
+                    return Err(Rejection::new(
+                        DeadLetterReason::MissingFeature,
+                        format!(
+                            "field `{}` is null or absent and the model requires it",
+                            step.source
+                        ),
+                    ));
+                }
+                let fill = if step.transform == Transform::OneHot {
+                    0.0
+                } else {
+                    step.default
+                };
+                cols.fill(fill);
+                miss.fill(true);
+            } else {
+                miss.fill(false);
+                // `value` is Some and not Null here.
+                step.apply(value.unwrap_or(&Value::Null), cols)?;
+            }
+            if step.missing_flag {
+                let c = step.offset + step.width;
+                out[c] = if is_null { 1.0 } else { 0.0 };
+                missing[c] = false;
+            }
+            for (j, v) in cols_of(out, step).iter().enumerate() {
+                if !v.is_finite() {
+                    return Err(Rejection::new(
+                        DeadLetterReason::InvalidFeature,
+                        format!(
+                            "column `{}` is {v} (from field `{}` = {})",
+                            self.columns[step.offset + j],
+                            step.source,
+                            describe(value)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(identity)
+    }
+}
+
+fn cols_of<'a>(out: &'a [f32], step: &Step) -> &'a [f32] {
+    &out[step.offset..step.offset + step.width]
+}
+
+impl Step {
+    /// Writes the value columns for a non-null value.
+    fn apply(&self, value: &Value, cols: &mut [f32]) -> Result<(), Rejection> {
+        match self.transform {
+            Transform::Numeric => cols[0] = self.number(value)? as f32,
+            Transform::Log1p => cols[0] = self.number(value)?.ln_1p() as f32,
+            Transform::Boolean => match value {
+                Value::Boolean(b) => cols[0] = if *b { 1.0 } else { 0.0 },
+                other => return Err(self.unexpected(other)),
+            },
+            Transform::HourOfDay => match value {
+                Value::TimestampMillis(t) | Value::Long(t) => {
+                    cols[0] = t.div_euclid(MS_PER_HOUR).rem_euclid(24) as f32
+                }
+                other => return Err(self.unexpected(other)),
+            },
+            Transform::OneHot => {
+                let text = match value {
+                    Value::String(s) => s.as_str(),
+                    Value::Enum(_, s) => s.as_str(),
+                    other => return Err(self.unexpected(other)),
+                };
+                cols.fill(0.0);
+                if let Some(&j) = self.categories.get(text) {
+                    cols[j] = 1.0;
+                } else if let Some(j) = self.other {
+                    cols[j] = 1.0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn number(&self, value: &Value) -> Result<f64, Rejection> {
+        Ok(match value {
+            Value::Int(v) => f64::from(*v),
+            Value::Long(v) => *v as f64,
+            Value::Float(v) => f64::from(*v),
+            Value::Double(v) => *v,
+            other => return Err(self.unexpected(other)),
+        })
+    }
+
+    /// A value type the reader schema does not allow: only reachable if the record was not
+    /// resolved to the reader schema the extractor was planned with.
+    fn unexpected(&self, value: &Value) -> Rejection {
+        Rejection::new(
+            DeadLetterReason::InvalidFeature,
+            format!(
+                "field `{}` holds {} which {} cannot take",
+                self.source,
+                describe(Some(value)),
+                self.transform
+            ),
+        )
+    }
+}
+
+/// The field at `index` (reader order), falling back to a search by name; unions are unwrapped.
+fn field<'a>(fields: &'a [(String, Value)], index: usize, name: &str) -> Option<&'a Value> {
+    let value = match fields.get(index) {
+        Some((n, v)) if n == name => v,
+        _ => &fields.iter().find(|(n, _)| n == name)?.1,
+    };
+    Some(match value {
+        Value::Union(_, inner) => inner,
+        v => v,
+    })
+}
+
+fn identity_missing(name: &str, value: Option<&Value>) -> Rejection {
+    Rejection::new(
+        DeadLetterReason::MissingFeature,
+        format!("identity field `{name}` is {}", describe(value)),
+    )
+}
+
+fn describe(value: Option<&Value>) -> String {
+    match value {
+        None => "absent".into(),
+        Some(Value::Null) => "null".into(),
+        Some(Value::Int(v)) => v.to_string(),
+        Some(Value::Long(v)) | Some(Value::TimestampMillis(v)) => v.to_string(),
+        Some(Value::Float(v)) => v.to_string(),
+        Some(Value::Double(v)) => v.to_string(),
+        Some(Value::Boolean(v)) => v.to_string(),
+        Some(Value::String(v)) | Some(Value::Enum(_, v)) => format!("{v:?}"),
+        Some(Value::Union(_, v)) => describe(Some(v)),
+        Some(other) => format!("a {:?} value", apache_avro::schema::SchemaKind::from(other)),
+    }
+}
+
+/// A schema with a `null` branch removed: `["null", T]` → (T, true). Other unions stay as they are.
+fn strip_null(schema: &Schema) -> (&Schema, bool) {
+    if let Schema::Union(u) = schema {
+        let non_null: Vec<&Schema> = u
+            .variants()
+            .iter()
+            .filter(|s| !matches!(s, Schema::Null))
+            .collect();
+        let nullable = non_null.len() < u.variants().len();
+        if non_null.len() == 1 {
+            return (non_null[0], nullable);
+        }
+        return (schema, nullable);
+    }
+    (schema, matches!(schema, Schema::Null))
+}
+
+fn kind(schema: &Schema) -> String {
+    match schema {
+        Schema::Union(u) => format!(
+            "[{}]",
+            u.variants().iter().map(kind).collect::<Vec<_>>().join(", ")
+        ),
+        Schema::Record(RecordSchema { name, .. }) => format!("record {}", name.fullname(None)),
+        Schema::Enum(e) => format!("enum {}", e.name.fullname(None)),
+        Schema::TimestampMillis => "timestamp-millis".into(),
+        Schema::Uuid(_) => "uuid".into(),
+        other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    use serde_json::json;
+
+    const EVENT_UUID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+
+    fn reader() -> Schema {
+        crate::codec::parse_schema(crate::codec::TRANSACTION_SCHEMA).unwrap()
+    }
+
+    /// A valid manifest from `features`: columns and reference are derived.
+    fn manifest(features: serde_json::Value) -> Manifest {
+        let mut m: Manifest = serde_json::from_value(json!({
+            "format_version": 1, "name": "t", "version": "1", "model_file": "model.onnx",
+            "sha256": "0".repeat(64),
+            "input": {"name": "features"}, "output": {"name": "probabilities", "column": 1},
+            "threshold": 0.5, "features": features, "columns": [],
+            "reference": {"rows": 1, "columns": [], "score": {"name": "score", "edges": [], "counts": [1]}}
+        }))
+        .unwrap();
+        m.columns = m.derived_columns();
+        m.reference.columns = m
+            .columns
+            .iter()
+            .map(|c| crate::model::manifest::Histogram {
+                name: c.clone(),
+                edges: vec![],
+                counts: vec![1],
+            })
+            .collect();
+        m.validate().unwrap();
+        m
+    }
+
+    fn full_manifest() -> Manifest {
+        manifest(json!([
+            {"source": "amount", "transform": "numeric"},
+            {"source": "amount", "transform": "log1p"},
+            {"source": "channel", "transform": "one_hot", "categories": ["POS", "ECOMMERCE"], "other": true},
+            {"source": "country", "transform": "one_hot", "categories": ["DE", "FR"]},
+            {"source": "event_time", "transform": "hour_of_day"},
+            {"source": "account_age_days", "transform": "numeric", "on_null": "default", "default": -1.0, "missing_flag": true},
+            {"source": "distance_from_home_km", "transform": "log1p", "on_null": "default", "default": 7.0, "missing_flag": true},
+            {"source": "new_device", "transform": "boolean", "on_null": "default", "missing_flag": true},
+            {"source": "card_present", "transform": "boolean"}
+        ]))
+    }
+
+    /// A `Transaction` as written by a producer using the reader schema itself, with some fields
+    /// replaced, encoded and decoded back through apache-avro (so value shapes are realistic).
+    fn txn(overrides: &[(&str, Value)]) -> Value {
+        let schema = reader();
+        let mut fields: Vec<(String, Value)> = vec![
+            ("event_id".into(), Value::Uuid(EVENT_UUID.parse().unwrap())),
+            (
+                "transaction_id".into(),
+                Value::String("tx-0123456789abcdef".into()),
+            ),
+            ("account_id".into(), Value::String("acc-1".into())),
+            ("card_id".into(), Value::Union(0, Box::new(Value::Null))),
+            ("merchant_id".into(), Value::String("m-1".into())),
+            ("amount".into(), Value::Double(99.0)),
+            ("currency".into(), Value::String("EUR".into())),
+            ("merchant_category".into(), Value::String("5411".into())),
+            ("channel".into(), Value::Enum(1, "ECOMMERCE".into())),
+            ("country".into(), Value::String("FR".into())),
+            (
+                "event_time".into(),
+                Value::TimestampMillis(5 * MS_PER_HOUR + 59 * 60_000),
+            ),
+            (
+                "account_age_days".into(),
+                Value::Union(1, Box::new(Value::Int(12))),
+            ),
+            (
+                "distance_from_home_km".into(),
+                Value::Union(1, Box::new(Value::Double(0.0))),
+            ),
+            (
+                "txn_count_1h".into(),
+                Value::Union(0, Box::new(Value::Null)),
+            ),
+            (
+                "card_present".into(),
+                Value::Union(1, Box::new(Value::Boolean(false))),
+            ),
+            (
+                "new_device".into(),
+                Value::Union(1, Box::new(Value::Boolean(true))),
+            ),
+        ];
+        for (name, v) in overrides {
+            let slot = fields
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .expect("known field");
+            slot.1 = v.clone();
+        }
+        let bytes = GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(Value::Record(fields))
+            .unwrap();
+        GenericDatumReader::builder(&schema)
+            .reader_schema(&schema)
+            .build()
+            .unwrap()
+            .read_value(&mut &bytes[..])
+            .unwrap()
+    }
+
+    fn null() -> Value {
+        Value::Union(0, Box::new(Value::Null))
+    }
+
+    fn some(v: Value) -> Value {
+        Value::Union(1, Box::new(v))
+    }
+
+    fn run(
+        fx: &FeatureExtractor,
+        record: &Value,
+    ) -> Result<(Vec<f32>, Vec<bool>, RowIdentity), Rejection> {
+        // Poison the buffers so a column the extractor forgets to write shows up.
+        let mut out = vec![f32::NAN; fx.num_columns() + 2];
+        let mut missing = vec![true; fx.num_columns() + 2];
+        let id = fx.extract(record, &mut out, &mut missing)?;
+        out.truncate(fx.num_columns());
+        missing.truncate(fx.num_columns());
+        Ok((out, missing, id))
+    }
+
+    fn col(fx: &FeatureExtractor, row: &[f32], name: &str) -> f32 {
+        row[fx
+            .column_names()
+            .iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("no column {name}"))]
+    }
+
+    #[test]
+    fn column_count_and_names_equal_the_manifest() {
+        let m = full_manifest();
+        let fx = FeatureExtractor::new(&m, &reader()).unwrap();
+        assert_eq!(fx.num_columns(), m.num_columns());
+        assert_eq!(fx.column_names(), &m.columns[..]);
+        assert_eq!(fx.num_columns(), 15);
+    }
+
+    #[test]
+    fn every_transform_on_a_complete_record() {
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        let (row, missing, id) = run(&fx, &txn(&[])).unwrap();
+        let expected: [(&str, f32); 15] = [
+            ("amount", 99.0),
+            ("amount_log1p", (100f64).ln() as f32),
+            ("channel=POS", 0.0),
+            ("channel=ECOMMERCE", 1.0),
+            ("channel=__other__", 0.0),
+            ("country=DE", 0.0),
+            ("country=FR", 1.0),
+            ("event_time_hour", 5.0),
+            ("account_age_days", 12.0),
+            ("account_age_days_missing", 0.0),
+            ("distance_from_home_km_log1p", 0.0),
+            ("distance_from_home_km_missing", 0.0),
+            ("new_device", 1.0),
+            ("new_device_missing", 0.0),
+            ("card_present", 0.0),
+        ];
+        assert_eq!(expected.len(), fx.num_columns());
+        for (name, v) in &expected {
+            assert_eq!(col(&fx, &row, name), *v, "column {name}");
+        }
+        assert!(missing.iter().all(|m| !m));
+        assert_eq!(
+            id,
+            RowIdentity {
+                event_id: EVENT_UUID.into(),
+                transaction_id: "tx-0123456789abcdef".into(),
+                event_time_ms: 5 * MS_PER_HOUR + 59 * 60_000,
+            }
+        );
+    }
+
+    #[test]
+    fn uuid_logical_type_decodes_as_uuid_and_a_string_event_id_also_works() {
+        let record = txn(&[]);
+        let Value::Record(fields) = &record else {
+            panic!()
+        };
+        // apache-avro 0.22 decodes {"type":"string","logicalType":"uuid"} as Value::Uuid.
+        assert!(
+            matches!(fields[0], (ref n, Value::Uuid(_)) if n == "event_id"),
+            "{:?}",
+            fields[0]
+        );
+
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        let mut fields = fields.clone();
+        fields[0].1 = Value::String("not-necessarily-a-uuid".into());
+        let (_, _, id) = run(&fx, &Value::Record(fields)).unwrap();
+        assert_eq!(id.event_id, "not-necessarily-a-uuid");
+    }
+
+    #[test]
+    fn nulls_take_defaults_and_set_missing_flags() {
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        let record = txn(&[
+            ("account_age_days", null()),
+            ("distance_from_home_km", null()),
+            ("new_device", null()),
+        ]);
+        let (row, missing, _) = run(&fx, &record).unwrap();
+        let names = fx.column_names();
+        let idx = |n: &str| names.iter().position(|c| c == n).unwrap();
+        // Defaults are used as is (log1p's default is not transformed).
+        assert_eq!(col(&fx, &row, "account_age_days"), -1.0);
+        assert_eq!(col(&fx, &row, "distance_from_home_km_log1p"), 7.0);
+        assert_eq!(col(&fx, &row, "new_device"), 0.0);
+        for flag in [
+            "account_age_days_missing",
+            "distance_from_home_km_missing",
+            "new_device_missing",
+        ] {
+            assert_eq!(col(&fx, &row, flag), 1.0, "{flag}");
+            assert!(
+                !missing[idx(flag)],
+                "the flag column itself is never marked missing"
+            );
+        }
+        for value_col in [
+            "account_age_days",
+            "distance_from_home_km_log1p",
+            "new_device",
+        ] {
+            assert!(missing[idx(value_col)], "{value_col}");
+        }
+        assert_eq!(missing.iter().filter(|m| **m).count(), 3);
+    }
+
+    #[test]
+    fn null_one_hot_with_default_is_all_zero_and_missing() {
+        let m = manifest(json!([
+            {"source": "card_id", "transform": "one_hot", "categories": ["c1", "c2"], "other": true,
+             "on_null": "default", "default": 5.0, "missing_flag": true}
+        ]));
+        let fx = FeatureExtractor::new(&m, &reader()).unwrap();
+        let (row, missing, _) = run(&fx, &txn(&[("card_id", null())])).unwrap();
+        assert_eq!(row, [0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(missing, [true, true, true, false]);
+        let (row, missing, _) =
+            run(&fx, &txn(&[("card_id", some(Value::String("c2".into())))])).unwrap();
+        assert_eq!(row, [0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(missing, [false; 4]);
+    }
+
+    #[test]
+    fn null_with_reject_is_missing_feature_naming_the_field() {
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        let err = run(&fx, &txn(&[("card_present", null())])).unwrap_err();
+        assert_eq!(err.reason, DeadLetterReason::MissingFeature);
+        assert!(err.detail.contains("card_present"), "{}", err.detail);
+    }
+
+    #[test]
+    fn one_hot_unknown_values_go_to_other_or_nowhere() {
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        let (row, _, _) = run(
+            &fx,
+            &txn(&[
+                ("channel", Value::Enum(4, "MOTO".into())),
+                ("country", Value::String("US".into())),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(col(&fx, &row, "channel=POS"), 0.0);
+        assert_eq!(col(&fx, &row, "channel=ECOMMERCE"), 0.0);
+        assert_eq!(col(&fx, &row, "channel=__other__"), 1.0);
+        assert_eq!(col(&fx, &row, "country=DE"), 0.0);
+        assert_eq!(col(&fx, &row, "country=FR"), 0.0);
+        // Exact text comparison: case matters.
+        let (row, _, _) = run(&fx, &txn(&[("country", Value::String("de".into()))])).unwrap();
+        assert_eq!(col(&fx, &row, "country=DE"), 0.0);
+    }
+
+    #[test]
+    fn hour_of_day_uses_a_non_negative_modulo() {
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        for (t, hour) in [
+            (0, 0.0),
+            (MS_PER_HOUR - 1, 0.0),
+            (MS_PER_HOUR, 1.0),
+            (23 * MS_PER_HOUR, 23.0),
+            (24 * MS_PER_HOUR, 0.0),
+            (-1, 23.0),
+            (-MS_PER_HOUR, 23.0),
+            (-MS_PER_HOUR - 1, 22.0),
+            (-24 * MS_PER_HOUR, 0.0),
+            (
+                i64::MIN,
+                (i64::MIN.div_euclid(MS_PER_HOUR).rem_euclid(24)) as f32,
+            ),
+        ] {
+            let (row, _, id) =
+                run(&fx, &txn(&[("event_time", Value::TimestampMillis(t))])).unwrap();
+            assert_eq!(col(&fx, &row, "event_time_hour"), hour, "t = {t}");
+            assert_eq!(id.event_time_ms, t);
+        }
+    }
+
+    #[test]
+    fn nan_and_infinite_columns_are_invalid_feature_naming_the_column() {
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        for (amount, column) in [
+            (f64::NAN, "`amount`"),
+            (f64::INFINITY, "`amount`"),
+            (1e300, "`amount`"), // finite in f64, infinite as f32
+            (-2.0, "`amount_log1p`"),
+            (-1.0, "`amount_log1p`"),
+        ] {
+            let err = run(&fx, &txn(&[("amount", Value::Double(amount))])).unwrap_err();
+            assert_eq!(
+                err.reason,
+                DeadLetterReason::InvalidFeature,
+                "amount {amount}"
+            );
+            assert!(
+                err.detail.contains(column),
+                "amount {amount}: {}",
+                err.detail
+            );
+        }
+        let err = run(
+            &fx,
+            &txn(&[("distance_from_home_km", some(Value::Double(-3.0)))]),
+        )
+        .unwrap_err();
+        assert!(
+            err.detail.contains("distance_from_home_km_log1p") && err.detail.contains("-3"),
+            "{}",
+            err.detail
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_all_reported() {
+        let m = manifest(json!([
+            {"source": "no_such_field", "transform": "numeric"},
+            {"source": "amount", "transform": "one_hot", "categories": ["1"]},
+            {"source": "channel", "transform": "one_hot", "categories": ["POS", "CARRIER_PIGEON"]},
+            {"source": "country", "transform": "hour_of_day"},
+            {"source": "currency", "transform": "boolean"}
+        ]));
+        let err = FeatureExtractor::new(&m, &reader()).unwrap_err();
+        let FeatureError::Incompatible { problems, .. } = &err;
+        let all = problems.join("\n");
+        assert_eq!(problems.len(), 5, "{all}");
+        assert!(
+            all.contains("`no_such_field` is not in the reader schema"),
+            "{all}"
+        );
+        assert!(
+            all.contains("`amount` is double") && all.contains("one_hot cannot take"),
+            "{all}"
+        );
+        assert!(all.contains("CARRIER_PIGEON"), "{all}");
+        assert!(
+            all.contains("`country` is string") && all.contains("hour_of_day"),
+            "{all}"
+        );
+        assert!(all.contains("`currency`"), "{all}");
+        assert!(
+            err.to_string()
+                .contains("io.streamscore.payments.Transaction"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_identity_fields_are_missing_feature() {
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        let Value::Record(fields) = txn(&[]) else {
+            panic!()
+        };
+        for drop in [EVENT_ID, TRANSACTION_ID, EVENT_TIME] {
+            let rec = Value::Record(fields.iter().filter(|(n, _)| n != drop).cloned().collect());
+            let err = run(&fx, &rec).unwrap_err();
+            assert_eq!(err.reason, DeadLetterReason::MissingFeature, "{drop}");
+            assert!(err.detail.contains(drop), "{}", err.detail);
+        }
+    }
+
+    #[test]
+    fn fields_are_found_by_name_when_not_at_the_planned_index() {
+        let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
+        let Value::Record(mut fields) = txn(&[]) else {
+            panic!()
+        };
+        let (expected, _, _) = run(&fx, &Value::Record(fields.clone())).unwrap();
+        fields.reverse();
+        let (row, _, id) = run(&fx, &Value::Record(fields)).unwrap();
+        assert_eq!(row, expected);
+        assert_eq!(id.event_id, EVENT_UUID);
+    }
+
+    #[test]
+    fn writer_with_other_field_order_and_an_extra_field_resolves_to_reader_order() {
+        let reader = reader();
+        let writer = Schema::parse_str(
+            r#"{"type":"record","name":"Transaction","namespace":"io.streamscore.payments","fields":[
+              {"name":"note","type":"string"},
+              {"name":"new_device","type":["null","boolean"]},
+              {"name":"amount","type":"double"},
+              {"name":"country","type":"string"},
+              {"name":"channel","type":{"type":"enum","name":"Channel","symbols":["POS","ECOMMERCE","MOBILE","ATM","MOTO"]}},
+              {"name":"event_time","type":{"type":"long","logicalType":"timestamp-millis"}},
+              {"name":"merchant_category","type":"string"},
+              {"name":"currency","type":"string"},
+              {"name":"merchant_id","type":"string"},
+              {"name":"account_id","type":"string"},
+              {"name":"transaction_id","type":"string"},
+              {"name":"event_id","type":{"type":"string","logicalType":"uuid"}},
+              {"name":"card_present","type":["null","boolean"]}
+            ]}"#,
+        )
+        .unwrap();
+        let written = Value::Record(vec![
+            ("note".into(), Value::String("ignored".into())),
+            ("new_device".into(), some(Value::Boolean(false))),
+            ("amount".into(), Value::Double(3.0)),
+            ("country".into(), Value::String("DE".into())),
+            ("channel".into(), Value::Enum(0, "POS".into())),
+            ("event_time".into(), Value::TimestampMillis(-1)),
+            ("merchant_category".into(), Value::String("5411".into())),
+            ("currency".into(), Value::String("EUR".into())),
+            ("merchant_id".into(), Value::String("m".into())),
+            ("account_id".into(), Value::String("a".into())),
+            ("transaction_id".into(), Value::String("tx".into())),
+            ("event_id".into(), Value::Uuid(EVENT_UUID.parse().unwrap())),
+            ("card_present".into(), some(Value::Boolean(true))),
+        ]);
+        let bytes = GenericDatumWriter::builder(&writer)
+            .build()
+            .unwrap()
+            .write_value_to_vec(written)
+            .unwrap();
+        let decoded = GenericDatumReader::builder(&writer)
+            .reader_schema(&reader)
+            .build()
+            .unwrap()
+            .read_value(&mut &bytes[..])
+            .unwrap();
+        let Value::Record(fields) = &decoded else {
+            panic!()
+        };
+        let Schema::Record(r) = &reader else { panic!() };
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        let reader_names: Vec<&str> = r.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names, reader_names,
+            "resolved record has reader order, extra field dropped"
+        );
+
+        let fx = FeatureExtractor::new(&full_manifest(), &reader).unwrap();
+        let (row, missing, id) = run(&fx, &decoded).unwrap();
+        assert_eq!(col(&fx, &row, "amount"), 3.0);
+        assert_eq!(col(&fx, &row, "channel=POS"), 1.0);
+        assert_eq!(col(&fx, &row, "country=DE"), 1.0);
+        assert_eq!(col(&fx, &row, "event_time_hour"), 23.0);
+        assert_eq!(col(&fx, &row, "card_present"), 1.0);
+        // Fields the writer lacks take the reader default (null) → manifest default + flag.
+        assert_eq!(col(&fx, &row, "account_age_days"), -1.0);
+        assert_eq!(col(&fx, &row, "account_age_days_missing"), 1.0);
+        assert_eq!(missing.iter().filter(|m| **m).count(), 2);
+        assert_eq!(id.transaction_id, "tx");
+    }
+
+    #[test]
+    fn shipped_fraud_mlp_manifest_fits_the_reader_schema() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud_mlp/1");
+        let m = Manifest::from_dir(&dir).unwrap();
+        let fx = FeatureExtractor::new(&m, &reader()).unwrap();
+        assert_eq!(fx.num_columns(), m.num_columns());
+        let (row, missing, _) = run(&fx, &txn(&[("txn_count_1h", null())])).unwrap();
+        assert_eq!(col(&fx, &row, "txn_count_1h_missing"), 1.0);
+        assert_eq!(col(&fx, &row, "channel=ECOMMERCE"), 1.0);
+        assert_eq!(col(&fx, &row, "amount_log1p"), (100f64).ln() as f32);
+        assert_eq!(missing.iter().filter(|m| **m).count(), 1);
+    }
+}

@@ -1,0 +1,40 @@
+//! streamscore: scores Kafka event streams with ONNX models.
+//!
+//! The modules mirror the data flow (see `docs/architecture.md`):
+//!
+//! ```text
+//! source ──Envelope──► codec + features ──Row──► batcher ──Batch──► model (cache, ORT) ──► sink
+//!   ▲                        │ Rejection (dead letter) ─────────────────────────────────────► sink
+//!   └──────── offsets: commit only a contiguous prefix of acknowledged outcomes ◄──────────── acks
+//! ```
+//!
+//! - [`config`]: typed, validated configuration (TOML + `STREAMSCORE_*` env).
+//! - [`source`]: the Kafka consumer group; decoding and feature extraction into batches.
+//! - [`codec`]: Confluent wire format, writer schemas (registry or local), Avro decode/encode.
+//! - [`features`]: manifest-driven extraction of the model's float32 input row.
+//! - [`batcher`]: the micro-batch policy (size or deadline from the first row).
+//! - [`model`]: manifest, ONNX Runtime session, inference over a batch.
+//! - [`cache`]: prediction cache keyed by (model version, feature-vector hash).
+//! - [`sink`]: the producer for scored and dead-letter records; delivery acks feed [`offsets`].
+//! - [`offsets`]: per-partition tracking of in-flight batches; what is safe to commit.
+//! - [`drift`]: streaming statistics and PSI against the manifest's reference histograms.
+//! - [`telemetry`]: metric names, tracing set-up, the HTTP endpoints.
+//! - [`pipeline`]: wires the stages; start-up and graceful shutdown.
+//! - [`synth`]: the synthetic transaction generator (demo, `produce`, tests).
+//! - [`demo`]: the zero-infrastructure demo on librdkafka's in-process mock cluster.
+
+pub mod batcher;
+pub mod cache;
+pub mod codec;
+pub mod config;
+pub mod demo;
+pub mod drift;
+pub mod features;
+pub mod model;
+pub mod offsets;
+pub mod outcome;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod synth;
+pub mod telemetry;

@@ -1,0 +1,245 @@
+//! The `streamscore` binary: parses the command line and calls into the library.
+//!
+//! Exit codes: 0 clean stop; 1 runtime failure (model, broker, undeliverable outcome);
+//! 2 invalid command line or configuration; 130 second interrupt (immediate exit).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rdkafka::producer::BaseProducer;
+use rdkafka::ClientConfig;
+
+use streamscore::config::{Config, LogFormat};
+use streamscore::demo::{self, DemoOptions, TrafficOptions};
+use streamscore::{pipeline, telemetry};
+
+#[derive(Parser)]
+#[command(name = "streamscore", version, about = "Scores Kafka event streams with ONNX models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scoring service.
+    Run {
+        /// Configuration file (every key optional; see config/streamscore.toml).
+        #[arg(long, short, env = "STREAMSCORE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print the problems, if any.
+    CheckConfig {
+        #[arg(long, short, env = "STREAMSCORE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Zero-infrastructure demo: in-process mock Kafka, synthetic traffic, the real pipeline.
+    Demo {
+        /// Transactions to publish.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+    },
+    /// Publish synthetic transactions (Avro, Confluent framing) to a real broker.
+    Produce {
+        #[arg(long, default_value = "localhost:9092")]
+        bootstrap_servers: String,
+        #[arg(long, default_value = "transactions")]
+        topic: String,
+        /// How many transactions.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Events per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Schema id written in the Confluent header (the transaction schema's id).
+        #[arg(long, default_value_t = 1)]
+        schema_id: u32,
+        /// Register schemas/transaction.avsc under <topic>-value in this registry and use its id.
+        #[arg(long)]
+        registry_url: Option<String>,
+        /// Every n-th event is malformed (0 = none).
+        #[arg(long, default_value_t = 0)]
+        malformed_every: u64,
+        /// Share of events repeating an earlier event's features (cache hits).
+        #[arg(long, default_value_t = 0.0)]
+        repeat_share: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Extra librdkafka producer properties, KEY=VALUE (TLS/SASL).
+        #[arg(long = "property", short = 'X', value_parser = parse_property)]
+        properties: Vec<(String, String)>,
+    },
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Run { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init_tracing(config.telemetry.log_format, &config.telemetry.log_level);
+            match runtime.block_on(pipeline::run(config, shutdown_signal())) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "streamscore stopped with an error");
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                println!("configuration is valid: {} input topic(s), model {}", c.kafka.input_topics.len(), c.model.dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo { events, seed, partitions } => {
+            telemetry::init_tracing(LogFormat::Human, "warn,streamscore=warn");
+            let mut stdout = std::io::stdout();
+            let opts = DemoOptions { events, seed, partitions };
+            match runtime.block_on(demo::run(opts, |_| {}, &mut stdout)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Produce {
+            bootstrap_servers,
+            topic,
+            count,
+            rate,
+            schema_id,
+            registry_url,
+            malformed_every,
+            repeat_share,
+            seed,
+            properties,
+        } => {
+            telemetry::init_tracing(LogFormat::Human, "warn");
+            match runtime.block_on(produce(
+                bootstrap_servers,
+                topic,
+                TrafficOptions { events: count, malformed_every, repeat_share, seed, schema_id, rate },
+                registry_url,
+                properties,
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+async fn produce(
+    bootstrap: String,
+    topic: String,
+    mut opts: TrafficOptions,
+    registry_url: Option<String>,
+    properties: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    if let Some(url) = registry_url {
+        use streamscore::codec;
+        let settings = codec::RegistrySettings { url: url.clone(), username: None, password: None, bearer_token: None, timeout: Duration::from_secs(10) };
+        let reader = codec::parse_schema(codec::TRANSACTION_SCHEMA)?;
+        let store = codec::SchemaStore::new(reader, &Default::default(), Some(settings), Some(tokio::runtime::Handle::current()))?;
+        opts.schema_id = store
+            .register(&format!("{topic}-value"), codec::TRANSACTION_SCHEMA)
+            .await
+            .with_context(|| format!("registering the transaction schema at {url}"))?;
+        println!("registered schemas/transaction.avsc as id {} under {topic}-value", opts.schema_id);
+    }
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &bootstrap).set("linger.ms", "5").set("enable.idempotence", "true");
+    for (k, v) in &properties {
+        cfg.set(k, v);
+    }
+    let producer: BaseProducer = cfg.create().context("creating the producer")?;
+    let started = std::time::Instant::now();
+    let published = tokio::task::spawn_blocking(move || {
+        demo::publish_synthetic(&producer, &topic, &opts, |n| {
+            if n % 100_000 == 0 && n > 0 {
+                eprintln!("  published {n}");
+            }
+        })
+    })
+    .await
+    .context("publisher panicked")?
+    .context("publishing failed")?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "published {} transactions ({} malformed, {} repeats) in {:.1} s ({:.0}/s)",
+        published.total,
+        published.malformed,
+        published.repeats,
+        secs,
+        published.total as f64 / secs
+    );
+    Ok(())
+}
+
+/// Resolves on the first SIGINT/SIGTERM; a second one exits at once with 130.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("signal received: draining (send it again to exit immediately)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+    // Give the spawned watcher a chance to register before the drain starts.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

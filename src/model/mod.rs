@@ -1,0 +1,295 @@
+//! The model: manifest, ONNX Runtime session, and scoring of a batch.
+//!
+//! ONNX Runtime is loaded at run time (`ort` with `load-dynamic`) from the library of the
+//! pinned `onnxruntime` PyPI wheel: `model.onnxruntime_library` in the config or `ORT_DYLIB_PATH`.
+
+pub mod manifest;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::batcher::Batch;
+use crate::cache::{CacheKey, PredictionCache};
+use crate::config::ModelConfig;
+pub use manifest::Manifest;
+
+/// What a user can get wrong about the model, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "ONNX Runtime library not found: {0}. Set model.onnxruntime_library in the config or ORT_DYLIB_PATH to the \
+         libonnxruntime.so.* of the onnxruntime wheel (`make setup` installs it into .venv/lib/python3*/site-packages/onnxruntime/capi/)"
+    )]
+    RuntimeMissing(String),
+    #[error("cannot load ONNX Runtime from {path}: {detail}. Is it the libonnxruntime.so of onnxruntime 1.31 (the pinned wheel)?")]
+    RuntimeLoad { path: PathBuf, detail: String },
+    #[error("model manifest: {0}")]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("cannot load model {path}: {detail}")]
+    Load { path: PathBuf, detail: String },
+    #[error("model {path} does not match its manifest: {detail}")]
+    Mismatch { path: PathBuf, detail: String },
+    #[error("inference failed on a batch of {rows} rows: {detail}")]
+    Inference { rows: usize, detail: String },
+}
+
+static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process. `ort` panics if it is used without a loadable library,
+/// so the path is checked here first, and any panic inside the loader becomes an error.
+pub fn init_onnxruntime(configured: Option<&Path>) -> Result<&'static ort::environment::Environment, ModelError> {
+    let path = match configured {
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("ORT_DYLIB_PATH") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => return Err(ModelError::RuntimeMissing("neither model.onnxruntime_library nor ORT_DYLIB_PATH is set".into())),
+        },
+    };
+    if !path.is_file() {
+        return Err(ModelError::RuntimeMissing(format!("{} does not exist", path.display())));
+    }
+    let env = ORT_ENV.get_or_init(|| {
+        let p = path.clone();
+        let loaded = std::panic::catch_unwind(move || -> Result<ort::environment::Environment, String> {
+            let builder = ort::init_from(&p).map_err(|e| e.to_string())?;
+            builder.with_name("streamscore").build().map_err(|e| e.to_string())
+        });
+        match loaded {
+            Ok(r) => r,
+            Err(panic) => Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the loader panicked".into())),
+        }
+    });
+    env.as_ref().map_err(|detail| ModelError::RuntimeLoad { path, detail: detail.clone() })
+}
+
+/// Identity of a loaded model version, shared by every outcome it scores.
+#[derive(Debug)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    /// Hash of (name, version, sha256): the cache key's version part, so that two versions (or
+    /// a re-exported model under the same version string) never share cached scores.
+    pub version_id: u64,
+    pub threshold: f32,
+    pub num_columns: usize,
+}
+
+/// One ONNX Runtime session over one model version. `Session::run` needs `&mut self`, so each
+/// inference worker owns its own `Model`.
+pub struct Model {
+    pub manifest: Manifest,
+    pub info: Arc<ModelInfo>,
+    session: Session,
+    output_column: usize,
+    output_width: usize,
+}
+
+impl Model {
+    /// Loads and checks the model in `cfg.dir`: manifest, checksum, declared input/output, and a
+    /// warm-up run (so the first real batch does not pay for lazy initialisation).
+    pub fn load(cfg: &ModelConfig) -> Result<Model, ModelError> {
+        let env = init_onnxruntime(cfg.onnxruntime_library.as_deref())?;
+        let manifest = Manifest::from_dir(&cfg.dir)?;
+        if cfg.verify_checksum {
+            manifest.verify_checksum(&cfg.dir)?;
+        }
+        let path = manifest.model_path(&cfg.dir);
+        let load_err = |e: ort::Error| ModelError::Load { path: path.clone(), detail: e.to_string() };
+        let session = Session::builder(env)
+            .map_err(load_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| load_err(e.into()))?
+            .with_intra_threads(cfg.intra_op_threads)
+            .map_err(|e| load_err(e.into()))?
+            .with_inter_threads(cfg.inter_op_threads)
+            .map_err(|e| load_err(e.into()))?
+            .commit_from_file(&path)
+            .map_err(load_err)?;
+
+        let f = manifest.num_columns();
+        let mismatch = |detail: String| ModelError::Mismatch { path: path.clone(), detail };
+        let input = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == manifest.input.name)
+            .ok_or_else(|| mismatch(format!("no input named `{}` (inputs: {})", manifest.input.name, names(session.inputs()))))?;
+        if session.inputs().len() != 1 {
+            return Err(mismatch(format!("expected exactly one input, found {}", names(session.inputs()))));
+        }
+        check_float_tensor(input.dtype(), Some(f as i64)).map_err(|d| mismatch(format!("input `{}`: {d}", input.name())))?;
+        let output = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == manifest.output.name)
+            .ok_or_else(|| mismatch(format!("no output named `{}` (outputs: {})", manifest.output.name, names(session.outputs()))))?;
+        let shape = check_float_tensor(output.dtype(), None).map_err(|d| mismatch(format!("output `{}`: {d}", output.name())))?;
+        let output_width = match shape.as_slice() {
+            [_] => 1,
+            [_, w] if *w > 0 => *w as usize,
+            [_, _] => 0, // dynamic width: checked on the first run
+            other => return Err(mismatch(format!("output `{}` has shape {other:?}; expected [N] or [N, C]", output.name()))),
+        };
+        if output_width > 0 && manifest.output.column >= output_width {
+            return Err(mismatch(format!("output column {} but the output has {output_width} columns", manifest.output.column)));
+        }
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&manifest.name, &manifest.version, &manifest.sha256).hash(&mut hasher);
+        let info = Arc::new(ModelInfo {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            version_id: hasher.finish(),
+            threshold: manifest.threshold,
+            num_columns: f,
+        });
+        let mut model = Model { output_column: manifest.output.column, manifest, info, session, output_width };
+        // Warm-up: one row of zeros exercises the whole graph and checks the output shape.
+        let mut scores = Vec::new();
+        model.infer(&vec![0.0; f], 1, &mut scores)?;
+        Ok(model)
+    }
+
+    /// Runs one batch: `rows` is `[n, F]` row-major; the scores are appended to `out` (cleared first).
+    /// One ONNX Runtime call, no copy of the input.
+    pub fn infer(&mut self, rows: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        out.clear();
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.info.num_columns;
+        debug_assert_eq!(rows.len(), n * f);
+        let err = |e: ort::Error| ModelError::Inference { rows: n, detail: e.to_string() };
+        let input = TensorRef::from_array_view(([n, f], &rows[..n * f])).map_err(err)?;
+        let outputs = self.session.run(ort::inputs![self.manifest.input.name.as_str() => input]).map_err(err)?;
+        let value = outputs
+            .get(&self.manifest.output.name)
+            .ok_or_else(|| ModelError::Inference { rows: n, detail: format!("output `{}` missing", self.manifest.output.name) })?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(err)?;
+        let width = match &shape[..] {
+            [m] if *m as usize == n => 1,
+            [m, w] if *m as usize == n => *w as usize,
+            other => {
+                return Err(ModelError::Inference { rows: n, detail: format!("unexpected output shape {other:?} for {n} rows") });
+            }
+        };
+        if self.output_width > 0 && width != self.output_width {
+            return Err(ModelError::Inference { rows: n, detail: format!("output has {width} columns, the model declared {}", self.output_width) });
+        }
+        let col = if width == 1 { 0 } else { self.output_column };
+        if col >= width {
+            return Err(ModelError::Inference { rows: n, detail: format!("output has {width} columns, manifest reads column {col}") });
+        }
+        out.extend((0..n).map(|i| data[i * width + col]));
+        Ok(())
+    }
+}
+
+fn names(outlets: &[ort::value::Outlet]) -> String {
+    outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks that a declared value is a float32 tensor (with `cols` columns when given); returns its shape.
+fn check_float_tensor(dtype: &ort::value::ValueType, cols: Option<i64>) -> Result<Vec<i64>, String> {
+    match dtype {
+        ort::value::ValueType::Tensor { ty, shape, .. } => {
+            if *ty != ort::value::TensorElementType::Float32 {
+                return Err(format!("element type is {ty:?}, expected float32"));
+            }
+            let dims: Vec<i64> = shape.iter().copied().collect();
+            if let Some(c) = cols {
+                match dims.as_slice() {
+                    [_, w] if *w == c || *w < 0 => {}
+                    other => return Err(format!("shape {other:?}, expected [N, {c}] (N dynamic, {c} = manifest columns)")),
+                }
+            }
+            Ok(dims)
+        }
+        other => Err(format!("is {other:?}, expected a float32 tensor (export with zipmap disabled)")),
+    }
+}
+
+/// Scores batches: cache lookups first, then one ONNX Runtime call over the misses.
+pub struct Scorer {
+    pub model: Model,
+    cache: PredictionCache,
+    miss_rows: Vec<f32>,
+    miss_index: Vec<usize>,
+    miss_keys: Vec<CacheKey>,
+    out: Vec<f32>,
+}
+
+/// What one batch cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScoreCounts {
+    pub cache_hits: usize,
+    pub cache_misses: usize,
+    pub inference: std::time::Duration,
+}
+
+impl Scorer {
+    pub fn new(model: Model, cache: PredictionCache) -> Self {
+        Self { model, cache, miss_rows: Vec::new(), miss_index: Vec::new(), miss_keys: Vec::new(), out: Vec::new() }
+    }
+
+    /// Fills `batch.scores`, `batch.cache_hits` and `batch.model` for every row. Reuses its
+    /// buffers; copies rows only when some (not all) rows were cache hits.
+    pub fn score(&mut self, batch: &mut Batch) -> Result<ScoreCounts, ModelError> {
+        let info = self.model.info.clone();
+        let n = batch.rows;
+        let f = batch.width();
+        if f != info.num_columns {
+            return Err(ModelError::Inference { rows: n, detail: format!("batch rows have {f} features, model expects {}", info.num_columns) });
+        }
+        batch.model = Some(info.clone());
+        batch.scores.clear();
+        batch.scores.resize(n, 0.0);
+        batch.cache_hits.clear();
+        batch.cache_hits.resize(n, false);
+        self.miss_index.clear();
+        self.miss_keys.clear();
+        for i in 0..n {
+            let key = PredictionCache::key(info.version_id, batch.row(i));
+            match self.cache.get(&key) {
+                Some(score) => {
+                    batch.scores[i] = score;
+                    batch.cache_hits[i] = true;
+                }
+                None => {
+                    self.miss_index.push(i);
+                    self.miss_keys.push(key);
+                }
+            }
+        }
+        let m = self.miss_index.len();
+        let mut counts = ScoreCounts { cache_hits: n - m, cache_misses: m, inference: std::time::Duration::ZERO };
+        if m == 0 {
+            return Ok(counts);
+        }
+        let started = std::time::Instant::now();
+        if m == n {
+            self.model.infer(&batch.features[..n * f], n, &mut self.out)?;
+        } else {
+            self.miss_rows.clear();
+            for &i in &self.miss_index {
+                self.miss_rows.extend_from_slice(batch.row(i));
+            }
+            self.model.infer(&self.miss_rows, m, &mut self.out)?;
+        }
+        counts.inference = started.elapsed();
+        for (j, &i) in self.miss_index.iter().enumerate() {
+            let score = self.out[j];
+            batch.scores[i] = score;
+            self.cache.insert(self.miss_keys[j], score);
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,412 @@
+//! Wires the stages and owns start-up and shutdown.
+//!
+//! ```text
+//! source thread ──Batch──► inference thread ──Batch──► sink thread ──► producer ──acks──► offset tracker
+//!   (poll, decode,   bounded   (cache, ORT, drift)  bounded  (encode, produce)                  │
+//!    features)                                                                                  ▼
+//!   ◄──────────────────────────── recycled batches ◄──────────────           commits (source thread)
+//! ```
+//!
+//! Shutdown (mini-redis style): only the source is told to stop. It seals its open batch and
+//! drops its sender; inference and sink finish as their input channels close; the source waits
+//! (bounded by `delivery.drain_timeout`) until every outcome is acknowledged, commits, and leaves
+//! the group. A fatal error anywhere (undeliverable outcome, inference failure) takes the same
+//! path, and nothing past the failure is committed.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, info_span, warn};
+
+use crate::batcher::Batch;
+use crate::cache::PredictionCache;
+use crate::codec::{self, Decoder, SchemaStore};
+use crate::config::{Config, KafkaConfig};
+use crate::drift::{DriftAccumulator, DriftWindow};
+use crate::features::FeatureExtractor;
+use crate::model::{Model, ModelError, ModelInfo, Scorer};
+use crate::offsets::OffsetTracker;
+use crate::outcome::DeadLetterReason;
+use crate::sink::{self, Ack, OutputProducer};
+use crate::telemetry::{self, names, Health, RunStats};
+use crate::{source, sink::now_ms};
+
+/// Why the pipeline could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("schemas: {0}")]
+    Schema(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("an outcome could not be delivered: {0}")]
+    Delivery(String),
+    #[error("inference: {0}")]
+    Inference(String),
+    #[error("http: {0}")]
+    Http(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// State shared by the stage threads.
+pub struct Shared {
+    stop: AtomicBool,
+    fatal: Mutex<Option<PipelineError>>,
+    wake: Notify,
+    pub tracker: Arc<OffsetTracker>,
+    pub health: Arc<Health>,
+    pub stats: Arc<RunStats>,
+}
+
+impl Shared {
+    pub fn new(stats: Arc<RunStats>) -> Arc<Self> {
+        Arc::new(Self {
+            stop: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            wake: Notify::new(),
+            tracker: OffsetTracker::new(),
+            health: Arc::new(Health::default()),
+            stats,
+        })
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Asks the source to stop intake; the rest of the pipeline drains behind it.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.health.stopping.store(true, Ordering::Release);
+        self.health.publish();
+        self.wake.notify_one();
+    }
+
+    /// Records a fatal error (the first one wins) and stops the pipeline.
+    pub fn fail(&self, e: PipelineError) {
+        {
+            let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                error!(error = %e, "fatal error; stopping");
+                *f = Some(e);
+            }
+        }
+        self.request_stop();
+    }
+
+    fn take_fatal(&self) -> Option<PipelineError> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub consumed: u64,
+    pub scored: u64,
+    pub dead_lettered: Vec<(DeadLetterReason, u64)>,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub elapsed: Duration,
+    pub latency_p50: Option<f64>,
+    pub latency_p99: Option<f64>,
+    /// Highest-PSI columns of the last drift window (name, PSI), highest first.
+    pub top_drift: Vec<(String, f64)>,
+    pub model_name: String,
+    pub model_version: String,
+}
+
+/// Runs the pipeline until `shutdown` resolves or a fatal error happens.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<RunSummary, PipelineError> {
+    run_with_stats(config, Arc::new(RunStats::default()), shutdown).await
+}
+
+/// As [`run`], recording into `stats` (so a caller can watch progress while it runs).
+pub async fn run_with_stats(
+    config: Config,
+    stats: Arc<RunStats>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, PipelineError> {
+    let started = Instant::now();
+    let cfg = Arc::new(config);
+    let shared = Shared::new(stats.clone());
+    let handle = telemetry::prometheus();
+    info!(
+        brokers = %cfg.kafka.bootstrap_servers,
+        group = %cfg.kafka.group_id,
+        inputs = ?cfg.kafka.input_topics,
+        common = ?KafkaConfig::redacted(&cfg.kafka.common),
+        consumer = ?KafkaConfig::redacted(&cfg.kafka.consumer),
+        producer = ?KafkaConfig::redacted(&cfg.kafka.producer),
+        "starting streamscore"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = match cfg.telemetry.http_bind {
+        Some(addr) => {
+            let listener = telemetry::bind_http(addr).await.map_err(|e| PipelineError::Http(e.to_string()))?;
+            info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
+            let mut rx = stop_rx.clone();
+            let health = shared.health.clone();
+            Some(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = telemetry::serve_http(listener, handle, health, stop).await {
+                    warn!(error = %e, "http server stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    // Model and schemas: everything that can be wrong with them fails here, before consuming.
+    let model_cfg = cfg.model.clone();
+    let model = tokio::task::spawn_blocking(move || Model::load(&model_cfg))
+        .await
+        .map_err(|e| PipelineError::Internal(format!("model loader panicked: {e}")))??;
+    let info: Arc<ModelInfo> = model.info.clone();
+    info!(model = %info.name, version = %info.version, columns = info.num_columns, threshold = info.threshold, "model loaded");
+    metrics::gauge!(names::MODEL_INFO, "model" => info.name.clone(), "version" => info.version.clone()).set(1.0);
+    shared.health.model_loaded.store(true, Ordering::Release);
+    shared.health.publish();
+
+    let reader_text = std::fs::read_to_string(&cfg.schemas.reader_schema).map_err(|e| {
+        PipelineError::Schema(format!("cannot read reader schema {} (schemas.reader_schema): {e}", cfg.schemas.reader_schema.display()))
+    })?;
+    let reader = codec::parse_schema(&reader_text).map_err(|e| PipelineError::Schema(e.to_string()))?;
+    let features = FeatureExtractor::new(&model.manifest, &reader)
+        .map_err(|e| PipelineError::Schema(format!("model {} does not fit the reader schema: {e}", info.name)))?;
+    let registry = cfg.schemas.registry.as_ref().map(|r| codec::RegistrySettings {
+        url: r.url.clone(),
+        username: r.username.clone(),
+        password: r.password.clone(),
+        bearer_token: None,
+        timeout: r.timeout,
+    });
+    let store = Arc::new(
+        SchemaStore::new(reader, &cfg.schemas.local, registry, Some(tokio::runtime::Handle::current()))
+            .map_err(|e| PipelineError::Schema(e.to_string()))?,
+    );
+    let decoder = Decoder::new(store.clone(), cfg.schemas.max_message_bytes);
+    let drift_schema = codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
+    let (scored_schema_id, drift_schema_id) = if cfg.schemas.registry.is_some() {
+        let scored = store
+            .register(&format!("{}-value", cfg.kafka.scored_topic), codec::SCORED_TRANSACTION_SCHEMA)
+            .await
+            .map_err(|e| PipelineError::Schema(e.to_string()))?;
+        let drift = store
+            .register(&format!("{}-value", cfg.kafka.monitoring_topic), codec::DRIFT_REPORT_SCHEMA)
+            .await
+            .map_err(|e| PipelineError::Schema(e.to_string()))?;
+        (scored, drift)
+    } else {
+        (cfg.schemas.scored_schema_id, cfg.schemas.drift_schema_id)
+    };
+
+    let producer = Arc::new(sink::create_producer(&cfg, shared.clone())?);
+    let depth = cfg.batch.queue_depth;
+    let (to_inference, inference_rx) = crossbeam_channel::bounded::<Batch>(depth);
+    let (to_sink, sink_rx) = crossbeam_channel::bounded::<Batch>(depth);
+    let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Batch>(2 * depth + 2);
+
+    let drift = cfg.drift.enabled.then(|| Arc::new(Mutex::new(DriftAccumulator::new(&model.manifest))));
+    let scorer = Scorer::new(model, PredictionCache::new(&cfg.cache));
+    let inference = spawn_inference(scorer, inference_rx, to_sink, shared.clone(), drift.clone())?;
+    let sink = sink::spawn(sink::SinkParts {
+        config: cfg.clone(),
+        producer: producer.clone(),
+        shared: shared.clone(),
+        from_inference: sink_rx,
+        recycle: recycle_tx,
+        scored_schema_id,
+    })?;
+    let source = source::spawn(source::SourceParts {
+        config: cfg.clone(),
+        decoder,
+        features,
+        shared: shared.clone(),
+        to_inference,
+        recycled: recycle_rx,
+    })?;
+
+    let last_drift: Arc<Mutex<Vec<(String, f64)>>> = Arc::default();
+    let reporter = drift.clone().map(|acc| {
+        let reporter = DriftReporter {
+            acc,
+            producer: producer.clone(),
+            topic: cfg.kafka.monitoring_topic.clone(),
+            schema: drift_schema,
+            schema_id: drift_schema_id,
+            instance_id: cfg.telemetry.instance_id.clone(),
+            window_start: now_ms(),
+            last: last_drift.clone(),
+        };
+        tokio::spawn(reporter.run(cfg.drift.interval, stop_rx.clone()))
+    });
+
+    tokio::select! {
+        _ = shutdown => info!("shutdown requested; draining"),
+        _ = shared.wake.notified() => {}
+    }
+    shared.request_stop();
+    for (name, handle) in [("source", source), ("inference", inference), ("sink", sink)] {
+        let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            error!(thread = name, "stage thread panicked");
+            shared.fail(PipelineError::Internal(format!("the {name} thread panicked")));
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Some(r) = reporter {
+        let _ = r.await;
+    }
+    let p = producer.clone();
+    let drain = cfg.delivery.drain_timeout;
+    let _ = tokio::task::spawn_blocking(move || sink::flush(&p, drain)).await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+
+    if let Some(e) = shared.take_fatal() {
+        return Err(e);
+    }
+    let top_drift = last_drift.lock().map(|v| v.clone()).unwrap_or_default();
+    info!(
+        consumed = stats.consumed.load(Ordering::Relaxed),
+        scored = stats.scored.load(Ordering::Relaxed),
+        dead_lettered = stats.dead_lettered_total(),
+        "stopped cleanly"
+    );
+    Ok(RunSummary {
+        consumed: stats.consumed.load(Ordering::Relaxed),
+        scored: stats.scored.load(Ordering::Relaxed),
+        dead_lettered: stats.dead_lettered_by_reason(),
+        cache_hits: stats.cache_hits.load(Ordering::Relaxed),
+        cache_misses: stats.cache_misses.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        latency_p50: stats.latency.quantile(0.5),
+        latency_p99: stats.latency.quantile(0.99),
+        top_drift,
+        model_name: info.name.clone(),
+        model_version: info.version.clone(),
+    })
+}
+
+/// The inference stage: one dedicated thread that owns the ONNX Runtime session (never on the
+/// async reactor). One span per batch.
+fn spawn_inference(
+    mut scorer: Scorer,
+    input: crossbeam_channel::Receiver<Batch>,
+    output: crossbeam_channel::Sender<Batch>,
+    shared: Arc<Shared>,
+    drift: Option<Arc<Mutex<DriftAccumulator>>>,
+) -> Result<std::thread::JoinHandle<()>, PipelineError> {
+    std::thread::Builder::new()
+        .name("streamscore-inference".into())
+        .spawn(move || {
+            let info = scorer.model.info.clone();
+            let inference_seconds =
+                metrics::histogram!(names::INFERENCE_SECONDS, "model" => info.name.clone(), "version" => info.version.clone());
+            let hits = metrics::counter!(names::CACHE_HITS, "model" => info.name.clone(), "version" => info.version.clone());
+            let misses = metrics::counter!(names::CACHE_MISSES, "model" => info.name.clone(), "version" => info.version.clone());
+            for mut batch in input.iter() {
+                let span = info_span!("batch", seq = batch.seq, inputs = batch.len(), rows = batch.rows);
+                let _enter = span.enter();
+                match scorer.score(&mut batch) {
+                    Ok(c) => {
+                        if c.cache_misses > 0 {
+                            inference_seconds.record(c.inference.as_secs_f64());
+                        }
+                        hits.increment(c.cache_hits as u64);
+                        misses.increment(c.cache_misses as u64);
+                        shared.stats.cache_hits.fetch_add(c.cache_hits as u64, Ordering::Relaxed);
+                        shared.stats.cache_misses.fetch_add(c.cache_misses as u64, Ordering::Relaxed);
+                        shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        shared.tracker.fail(batch.seq);
+                        shared.fail(PipelineError::Inference(e.to_string()));
+                        break;
+                    }
+                }
+                if let Some(d) = &drift {
+                    let n = batch.rows * batch.width();
+                    if let Ok(mut acc) = d.lock() {
+                        acc.observe(&batch.features[..n], &batch.missing[..n], &batch.scores);
+                    }
+                }
+                if output.send(batch).is_err() {
+                    break;
+                }
+            }
+            info!("inference stopped");
+        })
+        .map_err(|e| PipelineError::Internal(format!("cannot start the inference thread: {e}")))
+}
+
+/// Publishes one drift report per window to the monitoring topic and the PSI gauges.
+struct DriftReporter {
+    acc: Arc<Mutex<DriftAccumulator>>,
+    producer: Arc<OutputProducer>,
+    topic: String,
+    schema: apache_avro::Schema,
+    schema_id: u32,
+    instance_id: String,
+    window_start: i64,
+    last: Arc<Mutex<Vec<(String, f64)>>>,
+}
+
+impl DriftReporter {
+    async fn run(mut self, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.publish(),
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        // The last, partial window: its rows would otherwise never be reported.
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let end = now_ms();
+        let window: DriftWindow = match self.acc.lock() {
+            Ok(mut acc) => acc.take_window(self.window_start, end),
+            Err(_) => return,
+        };
+        self.window_start = end;
+        if window.rows == 0 {
+            return;
+        }
+        let (model, version) = (window.model_name.clone(), window.model_version.clone());
+        for f in window.features.iter().chain(std::iter::once(&window.score)) {
+            metrics::gauge!(names::DRIFT_PSI, "model" => model.clone(), "version" => version.clone(), "feature" => f.name.clone())
+                .set(f.psi);
+        }
+        if let Ok(mut last) = self.last.lock() {
+            *last = window.top_psi(5).into_iter().map(|(n, p)| (n.to_string(), p)).collect();
+        }
+        let mut buf = Vec::new();
+        if let Err(e) = codec::encode_value(&mut buf, self.schema_id, &self.schema, window.to_avro(&self.instance_id)) {
+            warn!(error = %e, "cannot encode drift report");
+            return;
+        }
+        let key = format!("{model}/{version}");
+        let record = rdkafka::producer::BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&self.topic, Arc::new(Ack::Monitoring))
+            .key(key.as_bytes())
+            .payload(&buf[..]);
+        match sink::send(&self.producer, record) {
+            Ok(()) => {
+                metrics::counter!(names::DRIFT_REPORTS, "model" => model, "version" => version).increment(1);
+            }
+            Err(e) => warn!(error = %e, "cannot publish drift report"),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The sink: produces exactly one record per input (scored or dead-letter) and turns the
+//! broker's delivery acknowledgements into offset-tracker progress.
+//!
+//! Records are produced in batch order, so a partition's outcomes leave in input order (the
+//! producer is idempotent, which keeps that order through retries). The sink never flushes per
+//! batch (a flush costs ~100 ms in rdkafka 0.39): delivery callbacks count down a per-batch
+//! counter, and the batch is acknowledged to the tracker when the last of its records is.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message};
+use tracing::{error, info, warn};
+
+use crate::batcher::{Batch, EntryKind};
+use crate::codec::{encode_scored, ScoredRecord};
+use crate::config::Config;
+use crate::outcome::DeadLetterReason;
+use crate::pipeline::{PipelineError, Shared};
+use crate::telemetry::{names, RunStats};
+
+/// Header names added to dead-letter records (the input's own headers are kept too).
+pub mod dlq_headers {
+    pub const REASON: &str = "streamscore.dlq.reason";
+    pub const DETAIL: &str = "streamscore.dlq.detail";
+    pub const SOURCE_TOPIC: &str = "streamscore.dlq.source.topic";
+    pub const SOURCE_PARTITION: &str = "streamscore.dlq.source.partition";
+    pub const SOURCE_OFFSET: &str = "streamscore.dlq.source.offset";
+}
+
+/// Outcome counts of one batch, settled when the broker has acknowledged all of them.
+pub struct BatchAck {
+    seq: u64,
+    remaining: AtomicUsize,
+    failed: AtomicBool,
+    scored: u64,
+    dead_lettered: [u64; DeadLetterReason::ALL.len()],
+    /// Kafka timestamps of the inputs (ms), for end-to-end latency at acknowledgement.
+    timestamps: Vec<i64>,
+}
+
+/// What a produced record reports back to when the broker answers.
+pub enum Ack {
+    Batch(BatchAck),
+    /// Drift reports: a failure is logged and counted, it holds back no offsets.
+    Monitoring,
+}
+
+/// The producer's context: routes delivery reports.
+pub struct SinkContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Arc<Ack>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Arc<Ack>) {
+        let batch = match &*opaque {
+            Ack::Monitoring => {
+                if let Err((e, msg)) = result {
+                    warn!(error = %e, topic = msg.topic(), "drift report not delivered");
+                    metrics::counter!(names::DELIVERY_FAILURES, "topic" => "monitoring").increment(1);
+                }
+                return;
+            }
+            Ack::Batch(b) => b,
+        };
+        if let Err((e, msg)) = result {
+            error!(error = %e, topic = msg.topic(), batch = batch.seq, "outcome not delivered; stopping without committing past it");
+            metrics::counter!(names::DELIVERY_FAILURES, "topic" => msg.topic().to_string()).increment(1);
+            if !batch.failed.swap(true, Ordering::AcqRel) {
+                self.shared.tracker.fail(batch.seq);
+                self.shared.fail(PipelineError::Delivery(format!("{} to topic {}", e, msg.topic())));
+            }
+        }
+        if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !batch.failed.load(Ordering::Acquire) {
+            settle(batch, &self.shared.stats);
+            self.shared.tracker.ack(batch.seq);
+        }
+    }
+}
+
+/// Counts a fully acknowledged batch (metrics once per batch, latency per input).
+fn settle(b: &BatchAck, stats: &RunStats) {
+    stats.scored.fetch_add(b.scored, Ordering::Relaxed);
+    metrics::counter!(names::EVENTS_SCORED).increment(b.scored);
+    for (i, n) in b.dead_lettered.iter().enumerate() {
+        if *n > 0 {
+            stats.dead_lettered[i].fetch_add(*n, Ordering::Relaxed);
+            metrics::counter!(names::EVENTS_DEAD_LETTERED, "reason" => DeadLetterReason::ALL[i].as_str()).increment(*n);
+        }
+    }
+    let now = now_ms();
+    let latency = metrics::histogram!(names::END_TO_END_SECONDS);
+    let seconds = b.timestamps.iter().map(|t| (now - t).max(0) as f64 / 1000.0);
+    for s in seconds.clone() {
+        latency.record(s);
+    }
+    stats.latency.record_all(seconds);
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// librdkafka producer properties: ours first, then the user's pass-through ones.
+pub fn producer_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.bootstrap_servers)
+        .set("client.id", &k.client_id)
+        // Idempotence keeps per-partition order through retries and avoids duplicates from them.
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", cfg.delivery.produce_timeout.as_millis().to_string())
+        .set("queue.buffering.max.messages", "1000000");
+    for (key, value) in k.common.iter().chain(k.producer.iter()) {
+        c.set(key, value);
+    }
+    c
+}
+
+pub type OutputProducer = ThreadedProducer<SinkContext>;
+
+pub fn create_producer(cfg: &Config, shared: Arc<Shared>) -> Result<OutputProducer, PipelineError> {
+    producer_config(cfg)
+        .create_with_context(SinkContext { shared })
+        .map_err(|e| PipelineError::Kafka(format!("cannot create the producer (check kafka.* settings): {e}")))
+}
+
+/// Settings of the sink stage.
+pub struct SinkParts {
+    pub config: Arc<Config>,
+    pub producer: Arc<OutputProducer>,
+    pub shared: Arc<Shared>,
+    pub from_inference: Receiver<Batch>,
+    pub recycle: Sender<Batch>,
+    /// Schema id in front of scored records.
+    pub scored_schema_id: u32,
+}
+
+/// Starts the sink thread; it ends when inference closes its channel (or on a fatal error).
+pub fn spawn(parts: SinkParts) -> Result<std::thread::JoinHandle<()>, PipelineError> {
+    std::thread::Builder::new()
+        .name("streamscore-sink".into())
+        .spawn(move || run(parts))
+        .map_err(|e| PipelineError::Internal(format!("cannot start the sink thread: {e}")))
+}
+
+fn run(parts: SinkParts) {
+    let mut buf = Vec::with_capacity(256);
+    for mut batch in parts.from_inference.iter() {
+        if let Err(e) = produce_batch(&parts, &mut batch, &mut buf) {
+            parts.shared.tracker.fail(batch.seq);
+            parts.shared.fail(e);
+            break;
+        }
+        batch.clear();
+        // The source may have enough batches already; then this one is simply dropped.
+        let _ = parts.recycle.try_send(batch);
+    }
+    info!("sink stopped");
+}
+
+/// Produces every outcome of `batch`, in order.
+fn produce_batch(parts: &SinkParts, batch: &mut Batch, buf: &mut Vec<u8>) -> Result<(), PipelineError> {
+    let cfg = &parts.config;
+    let model = batch.model.clone();
+    let mut ack = BatchAck {
+        seq: batch.seq,
+        remaining: AtomicUsize::new(batch.entries.len()),
+        failed: AtomicBool::new(false),
+        scored: 0,
+        dead_lettered: [0; DeadLetterReason::ALL.len()],
+        timestamps: batch.entries.iter().filter_map(|e| e.timestamp_ms).collect(),
+    };
+    for e in &batch.entries {
+        match &e.kind {
+            EntryKind::Row { .. } => ack.scored += 1,
+            EntryKind::Rejected { rejection, .. } => ack.dead_lettered[RunStats::reason_index(rejection.reason)] += 1,
+        }
+    }
+    let ack = Arc::new(Ack::Batch(ack));
+    let scored_at = now_ms();
+    for entry in batch.entries.drain(..) {
+        let opaque = ack.clone();
+        let key = entry.key.as_deref();
+        match entry.kind {
+            EntryKind::Row { row, identity } => {
+                let Some(model) = model.as_deref() else {
+                    return Err(PipelineError::Internal("a batch with rows reached the sink without a model".into()));
+                };
+                buf.clear();
+                let score = batch.scores[row];
+                encode_scored(
+                    buf,
+                    parts.scored_schema_id,
+                    &ScoredRecord {
+                        event_id: &identity.event_id,
+                        transaction_id: &identity.transaction_id,
+                        model_name: &model.name,
+                        model_version: &model.version,
+                        score,
+                        label: score >= model.threshold,
+                        threshold: model.threshold,
+                        cache_hit: batch.cache_hits[row],
+                        source_topic: &entry.topic,
+                        source_partition: entry.partition,
+                        source_offset: entry.offset,
+                        event_time_ms: identity.event_time_ms,
+                        scored_at_ms: scored_at,
+                    },
+                );
+                let mut record = BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.scored_topic, opaque).payload(&buf[..]);
+                if let Some(k) = key {
+                    record = record.key(k);
+                }
+                if let Some(h) = entry.headers {
+                    record = record.headers(h);
+                }
+                send(&parts.producer, record)?;
+            }
+            EntryKind::Rejected { rejection, payload } => {
+                let partition = entry.partition.to_string();
+                let offset = entry.offset.to_string();
+                let headers = entry
+                    .headers
+                    .unwrap_or_else(OwnedHeaders::new)
+                    .insert(Header { key: dlq_headers::REASON, value: Some(rejection.reason.as_str()) })
+                    .insert(Header { key: dlq_headers::DETAIL, value: Some(rejection.detail.as_str()) })
+                    .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(&*entry.topic) })
+                    .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(partition.as_str()) })
+                    .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(offset.as_str()) });
+                let mut record =
+                    BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.dead_letter_topic, opaque).headers(headers);
+                if let Some(p) = payload.as_deref() {
+                    record = record.payload(p);
+                }
+                if let Some(k) = key {
+                    record = record.key(k);
+                }
+                send(&parts.producer, record)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Enqueues one record, waiting while librdkafka's queue is full (backpressure from the broker).
+pub fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8], Arc<Ack>>) -> Result<(), PipelineError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                record = rec;
+                // The producer's own thread polls; give it time to drain deliveries.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, rec)) => {
+                // Not enqueued, so no delivery report will come: settle the ack as failed here.
+                if let Ack::Batch(b) = &*rec.delivery_opaque {
+                    b.failed.store(true, Ordering::Release);
+                }
+                return Err(PipelineError::Delivery(format!("cannot enqueue a record for topic {}: {e}", rec.topic)));
+            }
+        }
+    }
+}
+
+/// Flushes the producer at shutdown (bounded).
+pub fn flush(producer: &OutputProducer, timeout: Duration) {
+    if let Err(e) = producer.flush(timeout) {
+        warn!(error = %e, "producer flush did not complete; unacknowledged outcomes are not committed");
+    }
+}

@@ -1,0 +1,373 @@
+//! The source: a Kafka consumer group member that turns messages into batches.
+//!
+//! It runs on its own OS thread (not on the async reactor): polling, Avro decoding and feature
+//! extraction are CPU work, and the rebalance callback must be able to *block* while in-flight
+//! work of revoked partitions drains. Each message is decoded straight into the open batch's
+//! feature buffer; a message that cannot be scored becomes a dead-letter entry in the same batch,
+//! so every input has exactly one outcome and a partition's outcomes keep their input order.
+//!
+//! Backpressure: the channel to inference is bounded; when it is full, `send` blocks this thread,
+//! which stops fetching (librdkafka's prefetch queue is bounded too).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::batcher::{Batch, BatchPolicy, Entry, EntryKind};
+use crate::codec::Decoder;
+use crate::config::Config;
+use crate::features::FeatureExtractor;
+use crate::offsets::{OffsetTracker, TopicPartition};
+use crate::outcome::{DeadLetterReason, Rejection};
+use crate::pipeline::{PipelineError, Shared};
+use crate::telemetry::names;
+
+/// How long one poll may block when no batch is open (bounds the reaction time to a stop).
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Retries of a schema lookup while the registry is unreachable, before dead-lettering.
+const REGISTRY_RETRIES: u32 = 3;
+
+/// librdkafka consumer properties: ours first, then the user's pass-through ones.
+pub fn consumer_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.bootstrap_servers)
+        .set("group.id", &k.group_id)
+        .set("client.id", &k.client_id)
+        // Offsets are stored and committed explicitly, only for acknowledged outcomes.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // The default (1000 ms) idles fetching for a second whenever the prefetch queue fills.
+        .set("fetch.queue.backoff.ms", "10")
+        .set("statistics.interval.ms", "5000");
+    for (key, value) in k.common.iter().chain(k.consumer.iter()) {
+        c.set(key, value);
+    }
+    c
+}
+
+/// What the consumer thread needs; moved into it by [`spawn`].
+pub struct SourceParts {
+    pub config: Arc<Config>,
+    pub decoder: Decoder,
+    pub features: FeatureExtractor,
+    pub shared: Arc<Shared>,
+    pub to_inference: Sender<Batch>,
+    pub recycled: Receiver<Batch>,
+}
+
+/// The open batch and what it takes to seal it, shared by the poll loop and the rebalance
+/// callback (which runs inside `poll` on the same thread, so the lock is never contended across
+/// threads; it exists because the callback only gets `&self`).
+struct Builder {
+    batch: Batch,
+    next_seq: u64,
+    to_inference: Option<Sender<Batch>>,
+    recycled: Receiver<Batch>,
+    width: usize,
+    capacity: usize,
+    /// Highest offset per partition in the open batch (few partitions per batch: a Vec beats a map).
+    last_offsets: Vec<(TopicPartition, i64)>,
+    topics: HashMap<String, Arc<str>>,
+}
+
+impl Builder {
+    fn topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.topics.get(name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(name);
+        self.topics.insert(name.to_string(), t.clone());
+        t
+    }
+
+    fn note_offset(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        match self.last_offsets.iter_mut().find(|((t, p), _)| *p == partition && t == topic) {
+            Some((_, last)) => *last = (*last).max(offset),
+            None => self.last_offsets.push(((topic.clone(), partition), offset)),
+        }
+    }
+
+    /// Registers the open batch with the tracker and hands it to inference (blocking while the
+    /// queue is full). Returns false when inference is gone (the pipeline is stopping).
+    fn seal(&mut self, shared: &Shared) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let Some(tx) = self.to_inference.as_ref() else { return false };
+        let fresh = self.recycled.try_recv().unwrap_or_else(|_| Batch::new(self.width, self.capacity));
+        let mut batch = std::mem::replace(&mut self.batch, fresh);
+        self.next_seq += 1;
+        batch.seq = self.next_seq;
+        shared.tracker.register(batch.seq, &self.last_offsets);
+        self.last_offsets.clear();
+        shared.stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        metrics::counter!(names::EVENTS_CONSUMED).increment(batch.len() as u64);
+        metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
+        tx.send(batch).is_ok()
+    }
+}
+
+/// The consumer's context: rebalance handling (drain, commit, release) and statistics.
+struct SourceContext {
+    builder: Mutex<Builder>,
+    shared: Arc<Shared>,
+    drain_timeout: Duration,
+}
+
+impl SourceContext {
+    fn builder(&self) -> MutexGuard<'_, Builder> {
+        self.builder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 means unknown (not assigned / not fetched yet); the internal UA partition is -1.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                metrics::counter!(names::REBALANCES, "kind" => "assign").increment(1);
+                info!(partitions = %describe(tpl), "partitions assigned");
+                self.shared.health.consumer_joined.store(true, Ordering::Release);
+                self.shared.health.publish();
+            }
+            Rebalance::Revoke(tpl) => {
+                metrics::counter!(names::REBALANCES, "kind" => "revoke").increment(1);
+                let revoked: Vec<TopicPartition> =
+                    tpl.elements().iter().map(|e| (Arc::<str>::from(e.topic()), e.partition())).collect();
+                info!(partitions = %describe(tpl), "partitions revoked; draining in-flight outcomes");
+                // Finish what was consumed from these partitions before they go to another member.
+                self.builder().seal(&self.shared);
+                let drained = self.shared.tracker.wait_drained(Some(&revoked), self.drain_timeout);
+                if !drained {
+                    warn!(
+                        in_flight = self.shared.tracker.in_flight(Some(&revoked)),
+                        timeout = ?self.drain_timeout,
+                        "drain timed out on revoke; the new owner will re-process uncommitted inputs (at-least-once)"
+                    );
+                }
+                commit(consumer, &self.shared.tracker, Some(&revoked));
+                self.shared.tracker.forget(&revoked);
+            }
+            Rebalance::Error(e) => error!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Sync commits report through their return value; this catches librdkafka's own.
+            debug!(error = %e, "commit callback reported an error");
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
+}
+
+/// Commits what the tracker says is safe (optionally only for `only` partitions).
+fn commit(consumer: &BaseConsumer<SourceContext>, tracker: &OffsetTracker, only: Option<&[TopicPartition]>) {
+    let offsets: Vec<(TopicPartition, i64)> =
+        tracker.committable().into_iter().filter(|(tp, _)| only.is_none_or(|o| o.contains(tp))).collect();
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for ((topic, partition), offset) in &offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            warn!(error = %e, topic = %topic, partition, "cannot add offset to commit list");
+        }
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            tracker.mark_committed(&offsets);
+            metrics::counter!(names::COMMITS, "result" => "ok").increment(1);
+            debug!(partitions = offsets.len(), "committed offsets");
+        }
+        Err(e) => {
+            // Not fatal: the offsets stay committable and the next commit retries them.
+            metrics::counter!(names::COMMITS, "result" => "error").increment(1);
+            warn!(error = %e, "offset commit failed; will retry");
+        }
+    }
+}
+
+/// Starts the consumer thread. It subscribes, runs until `shared` says stop (or a fatal error),
+/// then seals the open batch, waits (bounded) for every outcome to be acknowledged, and commits.
+pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, PipelineError> {
+    let cfg = parts.config.clone();
+    let width = parts.features.num_columns();
+    let capacity = cfg.batch.max_batch_size;
+    let context = SourceContext {
+        builder: Mutex::new(Builder {
+            batch: Batch::new(width, capacity),
+            next_seq: 0,
+            to_inference: Some(parts.to_inference),
+            recycled: parts.recycled,
+            width,
+            capacity,
+            last_offsets: Vec::new(),
+            topics: HashMap::new(),
+        }),
+        shared: parts.shared.clone(),
+        drain_timeout: cfg.delivery.drain_timeout,
+    };
+    let consumer: BaseConsumer<SourceContext> = consumer_config(&cfg)
+        .create_with_context(context)
+        .map_err(|e| PipelineError::Kafka(format!("cannot create the consumer (check kafka.* settings): {e}")))?;
+    let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
+    info!(topics = ?cfg.kafka.input_topics, group = %cfg.kafka.group_id, "consumer subscribed");
+
+    let decoder = parts.decoder;
+    let features = parts.features;
+    let shared = parts.shared;
+    std::thread::Builder::new()
+        .name("streamscore-source".into())
+        .spawn(move || run(consumer, &cfg, &decoder, &features, &shared))
+        .map_err(|e| PipelineError::Internal(format!("cannot start the source thread: {e}")))
+}
+
+fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, features: &FeatureExtractor, shared: &Shared) {
+    let policy = BatchPolicy::new(cfg.batch.max_batch_size, cfg.batch.max_batch_delay);
+    let mut next_commit = Instant::now() + cfg.delivery.commit_interval;
+    let mut last_poll_error: Option<Instant> = None;
+    let ctx = consumer.context();
+
+    while !shared.stopping() {
+        let now = Instant::now();
+        if now >= next_commit {
+            commit(&consumer, &shared.tracker, None);
+            next_commit = now + cfg.delivery.commit_interval;
+        }
+        let budget = policy.wait_budget(&ctx.builder().batch, now, IDLE_POLL);
+        match consumer.poll(budget) {
+            None => {}
+            Some(Ok(msg)) => {
+                let mut b = ctx.builder();
+                accept(&mut b, &msg, cfg, decoder, features, shared);
+            }
+            Some(Err(e)) => {
+                // Transient errors (broker down, rebalance in progress) are retried by librdkafka;
+                // log at most once per 10 s so an outage does not flood the log.
+                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warn!(error = %e, "consumer error (librdkafka retries on its own)");
+                    last_poll_error = Some(Instant::now());
+                }
+            }
+        }
+        let mut b = ctx.builder();
+        if policy.is_due(&b.batch, Instant::now()) && !b.seal(shared) {
+            break;
+        }
+    }
+
+    // Stop intake, finish in-flight work, commit, release.
+    {
+        let mut b = ctx.builder();
+        b.seal(shared);
+        b.to_inference = None; // inference and sink finish as their input channels close
+    }
+    let drained = shared.tracker.wait_drained(None, cfg.delivery.drain_timeout);
+    if !drained {
+        warn!(
+            in_flight = shared.tracker.in_flight(None),
+            "shutdown drain incomplete; uncommitted inputs will be consumed again after restart"
+        );
+    }
+    // Commits the contiguous acknowledged prefix only: the tracker never offers an offset past
+    // an outcome that failed or is still in flight.
+    commit(&consumer, &shared.tracker, None);
+    consumer.unsubscribe();
+    drop(consumer);
+    info!("consumer stopped");
+}
+
+/// Decodes one message into the open batch (a scored row or a dead-letter entry).
+fn accept(b: &mut Builder, msg: &BorrowedMessage<'_>, cfg: &Config, decoder: &Decoder, features: &FeatureExtractor, shared: &Shared) {
+    let topic = b.topic(msg.topic());
+    let (partition, offset) = (msg.partition(), msg.offset());
+    b.note_offset(&topic, partition, offset);
+    let kind = match msg.payload() {
+        None => EntryKind::Rejected {
+            rejection: Rejection::new(DeadLetterReason::Truncated, "message has no value (null payload)"),
+            payload: None,
+        },
+        Some(bytes) if bytes.len() > cfg.schemas.max_message_bytes => EntryKind::Rejected {
+            rejection: Rejection::new(
+                DeadLetterReason::Oversized,
+                format!("value of {} bytes exceeds schemas.max_message_bytes = {}", bytes.len(), cfg.schemas.max_message_bytes),
+            ),
+            payload: Some(bytes.to_vec()),
+        },
+        Some(bytes) => match decode_with_retry(decoder, bytes, shared) {
+            Err(rejection) => EntryKind::Rejected { rejection, payload: Some(bytes.to_vec()) },
+            Ok(record) => {
+                let (row, values, missing) = b.batch.push_row();
+                match features.extract(&record, values, missing) {
+                    Ok(identity) => EntryKind::Row { row, identity },
+                    Err(rejection) => {
+                        b.batch.pop_row();
+                        EntryKind::Rejected { rejection, payload: Some(bytes.to_vec()) }
+                    }
+                }
+            }
+        },
+    };
+    let entry = Entry {
+        topic,
+        partition,
+        offset,
+        key: msg.key().map(<[u8]>::to_vec),
+        headers: msg.headers().map(|h| h.detach()),
+        timestamp_ms: msg.timestamp().to_millis(),
+        kind,
+    };
+    b.batch.push_entry(entry, Instant::now());
+}
+
+/// A registry outage should not dead-letter good events: retry a few times with backoff first.
+fn decode_with_retry(decoder: &Decoder, bytes: &[u8], shared: &Shared) -> Result<apache_avro::types::Value, Rejection> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 0;
+    loop {
+        match decoder.decode(bytes) {
+            Err(r) if r.reason == DeadLetterReason::RegistryUnavailable && attempt < REGISTRY_RETRIES && !shared.stopping() => {
+                warn!(detail = %r.detail, retry_in = ?delay, "schema registry unavailable; retrying");
+                std::thread::sleep(delay);
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Headers of a message, for tests and debugging.
+pub fn header_value<'a>(headers: &'a rdkafka::message::OwnedHeaders, name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value)
+}

@@ -1,0 +1,278 @@
+//! Telemetry: every metric name in one place, tracing set-up, run statistics, and the HTTP
+//! endpoints (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Metrics are recorded once per batch where possible. Labels are low-cardinality: topic,
+//! partition, model, version, reason, feature (a manifest column), never event ids.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::LogFormat;
+use crate::outcome::DeadLetterReason;
+
+/// Metric names (Prometheus, base units, counters end in `_total`).
+pub mod names {
+    pub const EVENTS_CONSUMED: &str = "streamscore_events_consumed_total";
+    pub const EVENTS_SCORED: &str = "streamscore_events_scored_total";
+    pub const EVENTS_DEAD_LETTERED: &str = "streamscore_events_dead_lettered_total";
+    pub const BATCH_SIZE: &str = "streamscore_batch_size";
+    pub const INFERENCE_SECONDS: &str = "streamscore_inference_seconds";
+    pub const END_TO_END_SECONDS: &str = "streamscore_end_to_end_latency_seconds";
+    pub const CACHE_HITS: &str = "streamscore_cache_hits_total";
+    pub const CACHE_MISSES: &str = "streamscore_cache_misses_total";
+    pub const CONSUMER_LAG: &str = "streamscore_consumer_lag";
+    pub const DRIFT_PSI: &str = "streamscore_drift_psi";
+    pub const DRIFT_REPORTS: &str = "streamscore_drift_reports_total";
+    pub const COMMITS: &str = "streamscore_offset_commits_total";
+    pub const DELIVERY_FAILURES: &str = "streamscore_delivery_failures_total";
+    pub const REBALANCES: &str = "streamscore_rebalances_total";
+    pub const MODEL_INFO: &str = "streamscore_model_info";
+    pub const READY: &str = "streamscore_ready";
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let inference = [0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(names::END_TO_END_SECONDS.into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::INFERENCE_SECONDS.into()), &inference))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), &sizes));
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. an embedding application); then
+            // our handle renders nothing, which is visible on /metrics rather than a crash.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(names::EVENTS_CONSUMED, "Input messages consumed.");
+    describe_counter!(names::EVENTS_SCORED, "Inputs scored and acknowledged on the scored topic.");
+    describe_counter!(names::EVENTS_DEAD_LETTERED, "Inputs sent to the dead-letter topic, by reason.");
+    describe_histogram!(names::BATCH_SIZE, "Inputs per micro-batch.");
+    describe_histogram!(names::INFERENCE_SECONDS, Unit::Seconds, "ONNX Runtime time per batch.");
+    describe_histogram!(names::END_TO_END_SECONDS, Unit::Seconds, "Kafka timestamp of the input to its outcome acknowledged by the broker.");
+    describe_counter!(names::CACHE_HITS, "Rows served from the prediction cache.");
+    describe_counter!(names::CACHE_MISSES, "Rows that needed inference.");
+    describe_gauge!(names::CONSUMER_LAG, "Messages behind the partition's high watermark (from librdkafka statistics).");
+    describe_gauge!(names::DRIFT_PSI, "Population stability index of the last drift window against the training reference.");
+    describe_counter!(names::DRIFT_REPORTS, "Drift reports published.");
+    describe_counter!(names::COMMITS, "Offset commits, by result.");
+    describe_counter!(names::DELIVERY_FAILURES, "Outcomes the broker did not acknowledge (the service stops without committing past them).");
+    describe_counter!(names::REBALANCES, "Consumer group rebalances, by kind (assign/revoke).");
+    describe_gauge!(names::MODEL_INFO, "1 for the model version being served.");
+    describe_gauge!(names::READY, "1 when the model is loaded and the consumer has joined its group.");
+}
+
+/// Sets up `tracing` once per process (later calls are no-ops).
+pub fn init_tracing(format: LogFormat, filter: &str) {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let _ = match format {
+            LogFormat::Json => builder.json().try_init(),
+            LogFormat::Human => builder.try_init(),
+        };
+    });
+}
+
+/// Liveness and readiness, shared by the stages and the HTTP endpoints.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub model_loaded: AtomicBool,
+    pub consumer_joined: AtomicBool,
+    /// Set when the service is stopping; `/readyz` turns false.
+    pub stopping: AtomicBool,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.model_loaded.load(Ordering::Acquire) && self.consumer_joined.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn publish(&self) {
+        metrics::gauge!(names::READY).set(if self.ready() { 1.0 } else { 0.0 });
+    }
+}
+
+/// Latency histogram with log-spaced buckets (about 4% wide) for in-process percentiles: the
+/// demo's summary and tests read it without scraping Prometheus.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Mutex<Vec<u64>>,
+}
+
+const LAT_BUCKETS: usize = 600;
+const LAT_BASE_US: f64 = 10.0; // bucket 0 holds everything below 10 µs
+const LAT_GROWTH: f64 = 1.04;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self { buckets: Mutex::new(vec![0; LAT_BUCKETS]) }
+    }
+}
+
+impl LatencyHistogram {
+    fn bucket(seconds: f64) -> usize {
+        let us = seconds * 1e6;
+        if us <= LAT_BASE_US {
+            return 0;
+        }
+        (((us / LAT_BASE_US).ln() / LAT_GROWTH.ln()).ceil() as usize).min(LAT_BUCKETS - 1)
+    }
+
+    fn upper_bound(bucket: usize) -> f64 {
+        LAT_BASE_US * LAT_GROWTH.powi(bucket as i32) / 1e6
+    }
+
+    /// Records many observations under one lock.
+    pub fn record_all(&self, seconds: impl Iterator<Item = f64>) {
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        for s in seconds {
+            b[Self::bucket(s.max(0.0))] += 1;
+        }
+    }
+
+    /// The `q` quantile (0..=1), as the upper bound of its bucket; None when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let total: u64 = b.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in b.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::upper_bound(i));
+            }
+        }
+        Some(Self::upper_bound(LAT_BUCKETS - 1))
+    }
+}
+
+/// Counters of one pipeline run (also exported as metrics); read by the demo summary and tests.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub consumed: AtomicU64,
+    pub scored: AtomicU64,
+    pub dead_lettered: [AtomicU64; DeadLetterReason::ALL.len()],
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub batches: AtomicU64,
+    pub latency: LatencyHistogram,
+}
+
+impl RunStats {
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn dead_lettered_by_reason(&self) -> Vec<(DeadLetterReason, u64)> {
+        DeadLetterReason::ALL
+            .iter()
+            .zip(&self.dead_lettered)
+            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    pub fn reason_index(reason: DeadLetterReason) -> usize {
+        DeadLetterReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+    }
+
+    /// Outcomes acknowledged so far (scored + dead-lettered).
+    pub fn outcomes(&self) -> u64 {
+        self.scored.load(Ordering::Relaxed) + self.dead_lettered_total()
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+
+    let h_ready = health.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
+            }),
+        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = h_ready.clone();
+                async move {
+                    if h.ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Binds the HTTP listener (a bind error names the address and the config key).
+pub async fn bind_http(addr: SocketAddr) -> Result<tokio::net::TcpListener, std::io::Error> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} (telemetry.http_bind): {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_are_within_a_bucket() {
+        let h = LatencyHistogram::default();
+        h.record_all((1..=1000).map(|i| i as f64 / 1000.0)); // 1 ms .. 1 s
+        let p50 = h.quantile(0.5).expect("non-empty");
+        let p99 = h.quantile(0.99).expect("non-empty");
+        assert!((p50 - 0.5).abs() / 0.5 < 0.05, "p50 {p50}");
+        assert!((p99 - 0.99).abs() / 0.99 < 0.05, "p99 {p99}");
+        assert!(LatencyHistogram::default().quantile(0.5).is_none());
+    }
+
+    #[test]
+    fn readiness_needs_model_and_group() {
+        let h = Health::default();
+        assert!(!h.ready());
+        h.model_loaded.store(true, Ordering::Release);
+        assert!(!h.ready());
+        h.consumer_joined.store(true, Ordering::Release);
+        assert!(h.ready());
+        h.stopping.store(true, Ordering::Release);
+        assert!(!h.ready());
+    }
+}
