@@ -134,6 +134,9 @@ pub async fn run_with_stats(
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
     let cfg = Arc::new(config);
+    // apache-avro pre-allocates a string's or array's claimed length; a hostile 20-byte value could
+    // claim gigabytes. Nothing decoded can be larger than the message it came in.
+    apache_avro::util::max_allocation_bytes(cfg.schemas.max_message_bytes.max(1024));
     let shared = Shared::new(stats.clone());
     let handle = telemetry::prometheus();
     info!(

@@ -397,12 +397,20 @@ fn oversized_messages_are_refused_unread() {
     assert!(err.detail.contains("max_message_bytes"), "{}", err.detail);
 }
 
+/// One decoder shared by the property tests (building a store per case would dominate their time).
+fn shared_decoder() -> &'static Decoder {
+    static DECODER: std::sync::OnceLock<(Decoder, tempfile::TempDir)> = std::sync::OnceLock::new();
+    &DECODER
+        .get_or_init(|| decoder(&[(1, TRANSACTION_SCHEMA), (5, EVOLVED_WRITER)]))
+        .0
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn random_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let (dec, _dir) = decoder(&[(1, TRANSACTION_SCHEMA), (5, EVOLVED_WRITER)]);
+        let dec = shared_decoder();
         for id in [1u32, 5] {
             if let Ok(v) = dec.decode(&frame(id, &bytes)) {
                 prop_assert!(matches!(v, Value::Record(_)));
@@ -413,7 +421,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_bodies_never_panic(pos in 0usize..200, byte in any::<u8>(), cut in 0usize..200) {
-        let (dec, _dir) = decoder(&[(1, TRANSACTION_SCHEMA)]);
+        let dec = shared_decoder();
         let mut p = valid_payload();
         let i = pos % p.len();
         p[i] = byte;

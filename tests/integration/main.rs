@@ -2,4 +2,7 @@
 //! (see `common::broker`), one module per area.
 
 mod common;
+mod faults;
 mod harness_smoke;
+mod pipeline;
+mod service;

@@ -251,24 +251,24 @@ async fn get_version(
     }
 }
 
-/// Parses `{"schema": "...", "schemaType"?: "..."}`; returns (schema, type).
-fn schema_request(body: &[u8]) -> Result<(String, String), Response> {
-    let invalid = |why: &str| {
-        error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            42201,
-            &format!("Invalid schema: {why}"),
-        )
-    };
-    let request: Value = serde_json::from_slice(body).map_err(|e| invalid(&e.to_string()))?;
-    let schema = request["schema"]
-        .as_str()
-        .ok_or_else(|| invalid("no \"schema\" string"))?;
+/// Parses `{"schema": "...", "schemaType"?: "..."}` into (schema, type), or
+/// says why it is invalid.
+fn schema_request(body: &[u8]) -> Result<(String, String), String> {
+    let request: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let schema = request["schema"].as_str().ok_or("no \"schema\" string")?;
     let schema_type = request["schemaType"].as_str().unwrap_or("AVRO").to_owned();
     if schema_type == "AVRO" {
-        serde_json::from_str::<Value>(schema).map_err(|e| invalid(&e.to_string()))?;
+        serde_json::from_str::<Value>(schema).map_err(|e| e.to_string())?;
     }
     Ok((schema.to_owned(), schema_type))
+}
+
+fn invalid_schema(why: &str) -> Response {
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        42201,
+        &format!("Invalid schema: {why}"),
+    )
 }
 
 async fn register(
@@ -289,7 +289,7 @@ async fn register(
                 .register(&subject, &schema, &schema_type);
             reply(StatusCode::OK, json!({"id": id}))
         }
-        Err(response) => response,
+        Err(why) => invalid_schema(&why),
     }
 }
 
@@ -304,7 +304,7 @@ async fn lookup(
     }
     let (schema, schema_type) = match schema_request(&body) {
         Ok(parsed) => parsed,
-        Err(response) => return response,
+        Err(why) => return invalid_schema(&why),
     };
     let store = shared.store.lock().unwrap();
     let Some(versions) = store.subjects.get(&subject) else {

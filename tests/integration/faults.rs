@@ -1,0 +1,138 @@
+//! Crashes and group membership changes: no input is ever left without an outcome.
+//!
+//! `STREAMSCORE_TEST_SCALE` (default 1) multiplies the event counts for longer soak runs.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::message::OwnedMessage;
+
+use crate::common::{self, Broker};
+use crate::service::{self, Binary, InProcess, Schemas, Topics};
+
+fn scale() -> usize {
+    std::env::var("STREAMSCORE_TEST_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1)
+}
+
+/// Event ids of the scored outputs, with how many times each was seen.
+fn outcome_ids(messages: &[OwnedMessage]) -> HashMap<String, usize> {
+    let schema = service::scored_schema();
+    let mut ids = HashMap::new();
+    for m in messages {
+        *ids.entry(service::decode_framed(m, &schema).str("event_id")).or_insert(0) += 1;
+    }
+    ids
+}
+
+/// Reads the scored topic until it holds an outcome for every id in `want`, or the timeout.
+async fn wait_for_all(bootstrap: &str, topic: &str, want: &HashSet<String>, timeout: Duration) -> HashMap<String, usize> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let all = common::consume_until_quiet(bootstrap, topic, Duration::from_secs(2), Duration::from_secs(60)).await;
+        let ids = outcome_ids(&all);
+        if want.iter().all(|id| ids.contains_key(id)) || tokio::time::Instant::now() > deadline {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// kill -9 in the middle of the stream, twice, restarting each time: every input ends up with
+/// at least one outcome (at-least-once: duplicates allowed, losses not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_and_restarted_every_input_has_an_outcome() {
+    let n = 8000 * scale();
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 3).await;
+    let inputs = service::synthetic(n, 99, 1);
+    let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
+    common::produce_values(&bootstrap, &topics.input, inputs.records).await;
+    let group = common::random_topic("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Small batches and a slow-ish commit cadence make a kill land with work in flight.
+    let extra = "[batch]\nmax_batch_size = 64\n[delivery]\ncommit_interval = \"500ms\"\n";
+
+    let mut kills = 0;
+    for (round, kill_at) in [(0, n / 5), (1, n / 2)] {
+        let port = service::free_port();
+        let bin = Binary::start(
+            &service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), extra),
+            port,
+            dir.path(),
+            &format!("round{round}"),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        // Count this process's own outcomes; kill once it is well into the stream.
+        loop {
+            let scored = bin.metric("streamscore_events_scored_total").unwrap_or(0.0) as usize;
+            if scored >= kill_at / 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "round {round} made no progress:\n{}", bin.log_tail(40));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bin.kill9();
+        kills += 1;
+    }
+    assert_eq!(kills, 2);
+
+    // The last instance runs to the end and stops cleanly.
+    let cfg = service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, ""));
+    let last = InProcess::start(cfg);
+    let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(180)).await;
+    let _ = last.stop().await;
+    let missing: Vec<&String> = want.iter().filter(|id| !ids.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "{} of {n} inputs have no outcome after two kill -9s, e.g. {:?}", missing.len(), &missing[..missing.len().min(3)]);
+    let duplicates: usize = ids.values().map(|c| c - 1).sum();
+    eprintln!("{n} inputs, {} distinct outcomes, {duplicates} duplicates from replays after kill -9", ids.len());
+    assert!(ids.keys().all(|id| want.contains(id)), "outcomes only for inputs");
+}
+
+/// Two instances in one group split the partitions; when one stops, the other takes over
+/// its partitions and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_split_partitions_and_one_takes_over() {
+    let n = 6000 * scale();
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 4).await;
+    let inputs = service::synthetic(n, 123, 1);
+    let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
+    let group = common::random_topic("g");
+    let cfg = || service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, ""));
+
+    // Input keeps arriving while the group changes: a third now, a third with both members,
+    // the rest after one member left.
+    let mut chunks = inputs.records.chunks(n / 3 + 1).map(|c| c.to_vec());
+    let a = InProcess::start(cfg());
+    let b = InProcess::start(cfg());
+    common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a.outcomes() == 0 || b.outcomes() == 0 {
+        if tokio::time::Instant::now() > deadline {
+            // Both joined but one may own only idle partitions: feed more.
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while (a.outcomes() == 0 || b.outcomes() == 0) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.outcomes() > 0 && b.outcomes() > 0, "both members scored: a={} b={}", a.outcomes(), b.outcomes());
+
+    let a_summary = a.stop().await;
+    common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
+    let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(120)).await;
+    let b_summary = b.stop().await;
+    let missing = want.iter().filter(|id| !ids.contains_key(*id)).count();
+    assert_eq!(missing, 0, "{missing} of {n} inputs lost across the membership change");
+    assert!(b_summary.consumed > 0 && a_summary.consumed > 0);
+    assert!(
+        a_summary.consumed + b_summary.consumed >= n as u64,
+        "together they consumed everything: {} + {}",
+        a_summary.consumed,
+        b_summary.consumed
+    );
+    eprintln!("a consumed {}, b consumed {}", a_summary.consumed, b_summary.consumed);
+}

@@ -1,0 +1,348 @@
+//! The pipeline end to end against the real test broker: scores, dead letters, schema
+//! registry, drift, HTTP endpoints.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use rdkafka::Message;
+
+use streamscore::codec;
+use streamscore::synth::{malformed_payload, Malformed};
+
+use crate::common::{self, Broker, Registry, TestRecord};
+use crate::service::{self, header, Binary, InProcess, Schemas, Topics};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// N valid events in → N scored out; every score equals Python onnxruntime's on the same inputs
+/// (Python decodes with fastavro and extracts features from the manifest on its own); keys and
+/// headers propagate; per input partition, outcomes keep input order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
+    let n = 3000;
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 3).await;
+    let inputs = service::synthetic(n, 7, 1);
+    let placed = common::produce_values(&bootstrap, &topics.input, inputs.records.clone()).await;
+
+    let cfg = service::config(&service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, None, ""));
+    let running = InProcess::start(cfg);
+    assert!(running.wait_outcomes(n as u64, TIMEOUT).await, "only {} outcomes of {n}", running.outcomes());
+    let summary = running.stop().await;
+    assert_eq!(summary.consumed, n as u64);
+    assert_eq!(summary.scored, n as u64);
+    assert!(summary.dead_lettered.is_empty(), "{:?}", summary.dead_lettered);
+
+    let messages = common::consume_n(&bootstrap, &topics.scored, n, TIMEOUT).await;
+    assert_eq!(messages.len(), n);
+    let extra = common::consume_until_quiet(&bootstrap, &topics.dlq, Duration::from_secs(1), Duration::from_secs(5)).await;
+    assert!(extra.is_empty(), "no dead letters expected, got {}", extra.len());
+
+    // Independent reference: the Python scorer on the very bytes we produced.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input_file = dir.path().join("inputs.b64");
+    let lines: Vec<String> = inputs.records.iter().map(|(_, v, _, _)| service::base64(v)).collect();
+    std::fs::write(&input_file, lines.join("\n") + "\n").expect("write inputs");
+    let output_file = dir.path().join("scores.jsonl");
+    let root = service::root();
+    let status = std::process::Command::new(common::python())
+        .arg(root.join("python/reference_score.py"))
+        .arg("--model-dir")
+        .arg(root.join("models/fraud_mlp/1"))
+        .arg("--schema")
+        .arg(root.join("schemas/transaction.avsc"))
+        .arg("--input")
+        .arg(&input_file)
+        .arg("--output")
+        .arg(&output_file)
+        .status()
+        .expect("run python/reference_score.py");
+    assert!(status.success(), "reference scorer failed");
+    let mut reference: HashMap<String, (f64, bool)> = HashMap::new();
+    for line in std::fs::read_to_string(&output_file).expect("scores").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let id = v["event_id"].as_str().expect("event id").to_string();
+        let score = v["score"].as_f64().expect("every input scores in Python too");
+        reference.insert(id, (score, v["label"].as_bool().expect("label")));
+    }
+    assert_eq!(reference.len(), n);
+
+    let schema = service::scored_schema();
+    let offsets: HashMap<String, (i32, i64)> =
+        inputs.transactions.iter().zip(&placed).map(|(tx, p)| (tx.event_id.clone(), *p)).collect();
+    let keys: HashMap<String, &str> = inputs.transactions.iter().map(|tx| (tx.event_id.clone(), tx.account_id.as_str())).collect();
+    let mut seen = HashSet::new();
+    let mut max_diff = 0f64;
+    let mut flagged = 0;
+    let mut last_offset: HashMap<(i32, i32), i64> = HashMap::new();
+    for m in &messages {
+        let s = service::decode_framed(m, &schema);
+        assert_eq!(s.schema_id, 2, "local scored schema id");
+        let id = s.str("event_id");
+        assert!(seen.insert(id.clone()), "duplicate outcome for {id}");
+        let (ref_score, ref_label) = reference[&id];
+        let diff = (s.float("score") as f64 - ref_score).abs();
+        max_diff = max_diff.max(diff);
+        assert!(diff <= 1e-5, "event {id}: streamscore {} vs onnxruntime {ref_score}", s.float("score"));
+        assert_eq!(s.bool("label"), ref_label, "label of {id}");
+        flagged += usize::from(s.bool("label"));
+        assert_eq!(s.str("model_name"), "fraud_mlp");
+        assert_eq!(s.str("model_version"), "1");
+        assert!((s.float("threshold") - 0.241).abs() < 1e-6);
+        assert_eq!(s.str("source_topic"), topics.input);
+        let (partition, offset) = offsets[&id];
+        assert_eq!((s.long("source_partition") as i32, s.long("source_offset")), (partition, offset), "source of {id}");
+        assert_eq!(s.key.as_deref(), Some(keys[&id].as_bytes()), "key of {id}");
+        assert!(header(&s.headers, "trace-id").is_some_and(|v| v.starts_with("trace-")), "headers of {id}: {:?}", s.headers);
+        assert!(s.long("scored_at") >= s.long("event_time"));
+        // Outcomes of one input partition landing in one output partition appear in input order.
+        let k = (partition, s.partition);
+        if let Some(prev) = last_offset.insert(k, offset) {
+            assert!(prev < offset, "input partition {partition}: offset {offset} after {prev}");
+        }
+    }
+    assert_eq!(seen.len(), n);
+    assert!(flagged > 0 && flagged < n, "some, not all, flagged: {flagged}");
+    eprintln!("max |streamscore - onnxruntime| = {max_diff:e}; {flagged} of {n} flagged");
+}
+
+/// Each kind of bad input goes to the dead-letter topic with its key, bytes, headers and the
+/// reason headers, while the valid events around it still score. Repeats hit the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_inputs_are_dead_lettered_and_valid_ones_still_score() {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 2).await;
+    let valid = service::synthetic(400, 11, 1);
+    let mut records: Vec<TestRecord> = Vec::new();
+    let mut expected: HashMap<Vec<u8>, &str> = HashMap::new();
+    let cases: [(Malformed, &str); 5] = [
+        (Malformed::RandomBytes, "bad_magic"),
+        (Malformed::BadMagic, "bad_magic"),
+        (Malformed::UnknownSchemaId, "unknown_schema"),
+        (Malformed::TruncatedBody, "undecodable"),
+        (Malformed::NanAmount, "invalid_feature"),
+    ];
+    for (i, rec) in valid.records.iter().enumerate() {
+        records.push(rec.clone());
+        if i % 40 == 7 {
+            let (kind, reason) = cases[(i / 40) % cases.len()];
+            let key = format!("bad-{i}").into_bytes();
+            let value = malformed_payload(kind, 1, i as u64);
+            expected.insert(key.clone(), reason);
+            records.push((Some(key), value, vec![("origin".into(), b"test".to_vec())], None));
+        }
+    }
+    // Two more: an empty value and a value shorter than the Confluent header.
+    expected.insert(b"empty".to_vec(), "truncated");
+    records.push((Some(b"empty".to_vec()), Vec::new(), vec![], None));
+    expected.insert(b"short".to_vec(), "truncated");
+    records.push((Some(b"short".to_vec()), vec![0, 0, 0, 1], vec![], None));
+    // Exact repeats of earlier feature vectors (new event ids) must hit the cache.
+    let repeats = service::synthetic(50, 11, 1);
+    let bad_count = expected.len();
+    let placed = common::produce_values(&bootstrap, &topics.input, records.clone()).await;
+    let total = records.len();
+
+    let cfg = service::config(&service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, None, ""));
+    let running = InProcess::start(cfg);
+    assert!(running.wait_outcomes(total as u64, TIMEOUT).await, "only {} outcomes of {total}", running.outcomes());
+    // Repeats after the first pass: same features as the first 50 valid ones, so cache hits.
+    let mut again: Vec<TestRecord> = Vec::new();
+    for (i, (key, _, headers, p)) in repeats.records.iter().enumerate() {
+        let mut tx = repeats.transactions[i].clone();
+        tx.event_id = format!("00000000-0000-4000-8000-{:012}", i);
+        let mut value = Vec::new();
+        codec::write_frame_header(&mut value, 1);
+        streamscore::synth::encode_transaction(&tx, &mut value);
+        again.push((key.clone(), value, headers.clone(), *p));
+    }
+    common::produce_values(&bootstrap, &topics.input, again).await;
+    assert!(running.wait_outcomes((total + 50) as u64, TIMEOUT).await, "repeats not scored");
+    let summary = running.stop().await;
+    assert!(summary.cache_hits >= 50, "cache hits {}", summary.cache_hits);
+
+    let dlq = common::consume_n(&bootstrap, &topics.dlq, bad_count, TIMEOUT).await;
+    assert_eq!(dlq.len(), bad_count, "dead letters");
+    let by_key: HashMap<Vec<u8>, (usize, &TestRecord)> =
+        records.iter().enumerate().filter_map(|(i, r)| r.0.clone().map(|k| (k, (i, r)))).collect();
+    for m in &dlq {
+        let key = m.key().expect("dead letter keeps the key").to_vec();
+        let (i, original) = by_key[&key];
+        let headers = common::headers_of(m);
+        let want = expected[&key];
+        assert_eq!(header(&headers, "streamscore.dlq.reason"), Some(want), "reason for {:?}: {headers:?}", String::from_utf8_lossy(&key));
+        assert!(header(&headers, "streamscore.dlq.detail").is_some_and(|d| !d.is_empty()));
+        assert_eq!(header(&headers, "streamscore.dlq.source.topic"), Some(topics.input.as_str()));
+        assert_eq!(header(&headers, "streamscore.dlq.source.partition"), Some(placed[i].0.to_string().as_str()));
+        assert_eq!(header(&headers, "streamscore.dlq.source.offset"), Some(placed[i].1.to_string().as_str()));
+        assert_eq!(m.payload().unwrap_or_default(), &original.1[..], "original bytes kept");
+        for (name, value) in &original.2 {
+            assert!(headers.iter().any(|(k, v)| k == name && v == value), "input header {name} kept");
+        }
+    }
+    let scored = common::consume_n(&bootstrap, &topics.scored, 450, TIMEOUT).await;
+    assert_eq!(scored.len(), 450, "every valid input scored");
+    let schema = service::scored_schema();
+    let hits = scored.iter().map(|m| service::decode_framed(m, &schema)).filter(|s| s.bool("cache_hit")).count();
+    assert!(hits >= 50, "cache_hit marked on repeats: {hits}");
+}
+
+/// Writer schemas from a Schema Registry (Confluent REST API), with writer→reader resolution:
+/// the writer has an extra field and lacks one that the reader defaults. The schema is fetched
+/// once; output schemas are registered and used in the output framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_schemas_resolve_to_the_reader_and_are_cached() {
+    let n = 300;
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 2).await;
+    let registry = Registry::start();
+    let mut writer: serde_json::Value = serde_json::from_str(codec::TRANSACTION_SCHEMA).expect("schema json");
+    let fields = writer["fields"].as_array_mut().expect("fields");
+    fields.retain(|f| f["name"] != "new_device");
+    fields.push(serde_json::json!({"name": "merchant_name", "type": "string"}));
+    let writer_text = writer.to_string();
+    let writer_id = registry.register(&format!("{}-value", topics.input), &writer_text);
+    let writer_schema = codec::parse_schema(&writer_text).expect("writer schema");
+    let reader_schema = codec::parse_schema(codec::TRANSACTION_SCHEMA).expect("reader schema");
+
+    // Encode with the evolved writer: decode our standard encoding, drop/add fields, re-encode.
+    let inputs = service::synthetic(n, 5, 1);
+    let mut records = Vec::new();
+    for (key, value, headers, p) in &inputs.records {
+        let reader = apache_avro::reader::datum::GenericDatumReader::builder(&reader_schema).build().expect("reader");
+        let Value::Record(mut fs) = reader.read_value(&mut &value[5..]).expect("decode") else { panic!() };
+        fs.retain(|(name, _)| name != "new_device");
+        fs.push(("merchant_name".into(), Value::String("ACME".into())));
+        let mut framed = Vec::new();
+        codec::encode_value(&mut framed, writer_id, &writer_schema, Value::Record(fs)).expect("encode evolved");
+        records.push((key.clone(), framed, headers.clone(), *p));
+    }
+    common::produce_values(&bootstrap, &topics.input, records).await;
+
+    let cfg = service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &common::random_topic("g"),
+        Schemas::Registry(&registry.url()),
+        None,
+        "",
+    ));
+    let running = InProcess::start(cfg);
+    assert!(running.wait_outcomes(n as u64, TIMEOUT).await, "only {} outcomes", running.outcomes());
+    let summary = running.stop().await;
+    assert_eq!(summary.scored, n as u64, "dead letters: {:?}", summary.dead_lettered);
+    assert_eq!(registry.get_by_id_calls(), 1, "writer schema fetched once, then cached");
+
+    let scored_id = registry.register(&format!("{}-value", topics.scored), codec::SCORED_TRANSACTION_SCHEMA);
+    let messages = common::consume_n(&bootstrap, &topics.scored, n, TIMEOUT).await;
+    assert_eq!(messages.len(), n);
+    let schema = service::scored_schema();
+    for m in &messages {
+        assert_eq!(service::decode_framed(m, &schema).schema_id, scored_id, "scored records framed with the registered id");
+    }
+}
+
+/// Drift reports reach the monitoring topic (decodable with schemas/drift_report.avsc, rows add
+/// up); /healthz, /readyz and /metrics answer with the documented names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_reports_metrics_and_health_endpoints() {
+    let n = 1000;
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 2).await;
+    common::produce_values(&bootstrap, &topics.input, service::synthetic(n, 3, 1).records).await;
+    let port = service::free_port();
+    let cfg = service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &common::random_topic("g"),
+        Schemas::Local,
+        Some(port),
+        "[drift]\ninterval = \"500ms\"\n",
+    ));
+    let running = InProcess::start(cfg);
+    let base = format!("http://127.0.0.1:{port}");
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        tokio::task::spawn_blocking(move || common::http("GET", &url, None))
+    };
+    assert!(running.wait_outcomes(n as u64, TIMEOUT).await, "only {} outcomes", running.outcomes());
+    assert_eq!(get("/healthz").await.expect("healthz").status, 200);
+    assert_eq!(get("/readyz").await.expect("readyz").status, 200, "ready once the model is loaded and the group joined");
+    tokio::time::sleep(Duration::from_millis(1200)).await; // at least one drift window
+    let metrics = get("/metrics").await.expect("metrics").body;
+    for name in [
+        "streamscore_events_consumed_total",
+        "streamscore_events_scored_total",
+        "streamscore_batch_size_bucket",
+        "streamscore_inference_seconds_bucket",
+        "streamscore_end_to_end_latency_seconds_bucket",
+        "streamscore_cache_misses_total",
+        "streamscore_drift_psi",
+        "streamscore_ready",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    let summary = running.stop().await;
+    assert_eq!(summary.scored, n as u64);
+
+    let reports = common::consume_until_quiet(&bootstrap, &topics.monitoring, Duration::from_secs(2), Duration::from_secs(20)).await;
+    assert!(!reports.is_empty(), "no drift report");
+    let schema = codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).expect("drift schema");
+    let mut rows = 0;
+    for m in &reports {
+        let r = service::decode_framed(m, &schema);
+        assert_eq!(r.schema_id, 3);
+        assert!(matches!(r.fields.get("model_name"), Some(Value::String(s)) if s == "fraud_mlp"));
+        rows += r.long("rows");
+        let Some(Value::Array(features)) = r.fields.get("features") else { panic!("features") };
+        assert_eq!(features.len(), 36, "one entry per model column");
+        for f in features {
+            let Value::Record(f) = f else { panic!("feature stats") };
+            let psi = f.iter().find(|(k, _)| k == "psi").map(|(_, v)| v.clone());
+            assert!(matches!(psi, Some(Value::Double(p)) if p.is_finite() && p >= 0.0), "psi {psi:?}");
+        }
+    }
+    assert_eq!(rows, n as i64, "every scored row counted once across windows");
+}
+
+/// SIGTERM: the binary drains, commits and exits 0; a new member of the group then finds
+/// nothing left to do (everything was committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_commits_and_exits_zero() {
+    let n = 1500;
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 2).await;
+    common::produce_values(&bootstrap, &topics.input, service::synthetic(n, 21, 1).records).await;
+    let group = common::random_topic("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = service::free_port();
+    let mut bin = Binary::start(
+        &service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), "[delivery]\ncommit_interval = \"60s\"\n"),
+        port,
+        dir.path(),
+        "first",
+    );
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < n as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "not all scored:\n{}", bin.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The periodic commit is 60 s away: only the shutdown commit can save these offsets.
+    bin.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = bin.wait_exit(Duration::from_secs(30));
+        (code, bin)
+    })
+    .await
+    .expect("wait");
+    assert_eq!(code.0, Some(0), "exit code after SIGTERM:\n{}", code.1.log_tail(30));
+
+    let cfg = service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, ""));
+    let second = InProcess::start(cfg);
+    tokio::time::sleep(Duration::from_secs(8)).await; // join the group, fetch from committed offsets
+    let summary = second.stop().await;
+    assert_eq!(summary.consumed, 0, "offsets were committed on SIGTERM, nothing to redo");
+    let scored = common::consume_until_quiet(&bootstrap, &topics.scored, Duration::from_secs(2), Duration::from_secs(30)).await;
+    assert_eq!(scored.len(), n);
+}

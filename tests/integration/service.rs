@@ -1,0 +1,371 @@
+//! Running streamscore under test: in-process (`pipeline::run`) or as the real binary
+//! (for kill -9 and SIGTERM), plus synthetic input and output decoding.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use tokio::sync::oneshot;
+
+use streamscore::codec;
+use streamscore::config::Config;
+use streamscore::pipeline::{self, PipelineError, RunSummary};
+use streamscore::synth::{encode_transaction, Generator, Transaction};
+use streamscore::telemetry::RunStats;
+
+use crate::common::{self, TestRecord};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The ONNX Runtime library of the project's virtualenv (`make test` sets ORT_DYLIB_PATH).
+pub fn ort_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let lib = root().join(".venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
+        dirs.flatten().find_map(|d| {
+            let capi = d.path().join("site-packages/onnxruntime/capi");
+            std::fs::read_dir(capi).ok()?.flatten().map(|f| f.path()).find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
+            })
+        })
+    });
+    found.unwrap_or_else(|| panic!("libonnxruntime.so.* not found under {}: run `make test`", lib.display()))
+}
+
+/// The four topics of one test, with random names.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub input: String,
+    pub scored: String,
+    pub dlq: String,
+    pub monitoring: String,
+}
+
+impl Topics {
+    pub async fn create(bootstrap: &str, input_partitions: i32) -> Topics {
+        let t = Topics {
+            input: common::random_topic("in"),
+            scored: common::random_topic("scored"),
+            dlq: common::random_topic("dlq"),
+            monitoring: common::random_topic("mon"),
+        };
+        common::create_topic(bootstrap, &t.input, input_partitions).await;
+        common::create_topic(bootstrap, &t.scored, 3).await;
+        common::create_topic(bootstrap, &t.dlq, 1).await;
+        common::create_topic(bootstrap, &t.monitoring, 1).await;
+        t
+    }
+}
+
+/// Where writer schemas come from in a test instance.
+pub enum Schemas<'a> {
+    /// Local id 1 = schemas/transaction.avsc.
+    Local,
+    /// Only the registry at this URL.
+    Registry(&'a str),
+}
+
+/// A complete config file for a test instance; `extra` adds whole sections (not kafka, model,
+/// schemas or telemetry, which are written here).
+pub fn config_toml(bootstrap: &str, topics: &Topics, group: &str, schemas: Schemas<'_>, http_port: Option<u16>, extra: &str) -> String {
+    let root = root();
+    let schema_section = match schemas {
+        Schemas::Local => format!("[schemas.local]\n\"1\" = \"{}\"\n", root.join("schemas/transaction.avsc").display()),
+        Schemas::Registry(url) => format!("registry_url = \"{url}\"\n[schemas.local]\n"),
+    };
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+input_topics = ["{input}"]
+scored_topic = "{scored}"
+dead_letter_topic = "{dlq}"
+monitoring_topic = "{monitoring}"
+
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+
+[model]
+dir = "{model}"
+onnxruntime_library = "{ort}"
+
+[telemetry]
+http_bind = "{http}"
+log_level = "info,streamscore=debug"
+
+[schemas]
+reader_schema = "{reader}"
+{schema_section}
+{extra}
+"#,
+        input = topics.input,
+        scored = topics.scored,
+        dlq = topics.dlq,
+        monitoring = topics.monitoring,
+        model = root.join("models/fraud_mlp/1").display(),
+        ort = ort_library().display(),
+        http = http_port.map(|p| format!("127.0.0.1:{p}")).unwrap_or_default(),
+        reader = root.join("schemas/transaction.avsc").display(),
+    )
+}
+
+pub fn config(toml: &str) -> Config {
+    Config::from_toml_str(toml, "test", &[]).unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A pipeline running inside the test process.
+pub struct InProcess {
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<RunSummary, PipelineError>>,
+    pub stats: Arc<RunStats>,
+}
+
+impl InProcess {
+    pub fn start(config: Config) -> InProcess {
+        let stats = Arc::new(RunStats::default());
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(pipeline::run_with_stats(config, stats.clone(), async move {
+            let _ = rx.await;
+        }));
+        InProcess { stop: Some(tx), handle, stats }
+    }
+
+    pub fn outcomes(&self) -> u64 {
+        self.stats.outcomes()
+    }
+
+    /// Waits until this instance has produced `n` outcomes.
+    pub async fn wait_outcomes(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.outcomes() >= n {
+                return true;
+            }
+            if self.handle.is_finished() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Graceful stop (what SIGTERM does in the binary).
+    pub async fn stop(mut self) -> RunSummary {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(60), self.handle).await {
+            Ok(Ok(Ok(summary))) => summary,
+            Ok(Ok(Err(e))) => panic!("pipeline failed: {e}"),
+            Ok(Err(e)) => panic!("pipeline task panicked: {e}"),
+            Err(_) => panic!("pipeline did not stop within 60 s"),
+        }
+    }
+}
+
+/// The real `streamscore` binary, for signals and crashes.
+pub struct Binary {
+    pub child: Child,
+    pub http_port: u16,
+    log: PathBuf,
+}
+
+impl Binary {
+    pub fn start(config_toml: &str, http_port: u16, dir: &Path, name: &str) -> Binary {
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config_toml).expect("write config");
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start streamscore");
+        Binary { child, http_port, log }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// kill -9: no drain, no commit.
+    pub fn kill9(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A counter from `/metrics` (summed over labels), None while the endpoint is not up.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        // Not listening yet (starting) or any more (killed): no reading, no panic.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.http_port));
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+        let url = format!("http://127.0.0.1:{}/metrics", self.http_port);
+        let body = std::panic::catch_unwind(|| common::http("GET", &url, None)).ok()?;
+        (body.status == 200).then(|| metric_sum(&body.body, name))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of every sample of metric `name` in a Prometheus text page.
+pub fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Synthetic transactions framed with `schema_id`: key = account id, a `trace-id` header.
+pub struct Inputs {
+    pub records: Vec<TestRecord>,
+    pub transactions: Vec<Transaction>,
+}
+
+pub fn synthetic(n: usize, seed: u64, schema_id: u32) -> Inputs {
+    let mut gen = Generator::new(seed, 1_767_225_600_000);
+    let mut records = Vec::with_capacity(n);
+    let mut transactions = Vec::with_capacity(n);
+    for i in 0..n {
+        let tx = gen.next_transaction();
+        let mut value = Vec::new();
+        codec::write_frame_header(&mut value, schema_id);
+        encode_transaction(&tx, &mut value);
+        records.push((
+            Some(tx.account_id.clone().into_bytes()),
+            value,
+            vec![("trace-id".to_string(), format!("trace-{i}").into_bytes())],
+            None,
+        ));
+        transactions.push(tx);
+    }
+    Inputs { records, transactions }
+}
+
+/// A decoded ScoredTransaction plus its Kafka envelope.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub schema_id: u32,
+    pub fields: HashMap<String, Value>,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub partition: i32,
+}
+
+impl Scored {
+    pub fn str(&self, name: &str) -> String {
+        match self.fields.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Uuid(u)) => u.to_string(),
+            other => panic!("field {name} is not a string: {other:?}"),
+        }
+    }
+    pub fn float(&self, name: &str) -> f32 {
+        match self.fields.get(name) {
+            Some(Value::Float(f)) => *f,
+            other => panic!("field {name} is not a float: {other:?}"),
+        }
+    }
+    pub fn bool(&self, name: &str) -> bool {
+        match self.fields.get(name) {
+            Some(Value::Boolean(b)) => *b,
+            other => panic!("field {name} is not a boolean: {other:?}"),
+        }
+    }
+    pub fn long(&self, name: &str) -> i64 {
+        match self.fields.get(name) {
+            Some(Value::Long(v)) | Some(Value::TimestampMillis(v)) => *v,
+            Some(Value::Int(v)) => *v as i64,
+            other => panic!("field {name} is not a long: {other:?}"),
+        }
+    }
+}
+
+/// Decodes a record framed in Confluent format with `schema_json` (independently of the sink's
+/// hand-written encoder: apache-avro's generic reader).
+pub fn decode_framed(msg: &OwnedMessage, schema: &apache_avro::Schema) -> Scored {
+    let payload = msg.payload().expect("payload");
+    assert_eq!(payload[0], 0, "magic byte");
+    let schema_id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+    let mut body = &payload[5..];
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(schema).build().expect("reader");
+    let value = reader.read_value(&mut body).expect("decodes with the schema");
+    assert!(body.is_empty(), "trailing bytes");
+    let Value::Record(fields) = value else { panic!("not a record") };
+    Scored {
+        schema_id,
+        fields: fields.into_iter().collect(),
+        key: msg.key().map(<[u8]>::to_vec),
+        headers: common::headers_of(msg),
+        partition: msg.partition(),
+    }
+}
+
+pub fn scored_schema() -> apache_avro::Schema {
+    codec::parse_schema(codec::SCORED_TRANSACTION_SCHEMA).expect("scored schema")
+}
+
+pub fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+/// Standard base64 (the reference scorer's input format); tiny, to avoid a dependency.
+pub fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
