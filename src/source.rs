@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use crate::batcher::{Batch, BatchPolicy, Entry, EntryKind};
@@ -131,13 +131,26 @@ impl SourceContext {
 }
 
 impl ClientContext for SourceContext {
-    fn stats(&self, statistics: Statistics) {
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                // -1 means unknown (not assigned / not fetched yet); the internal UA partition is -1.
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
+    /// Consumer lag per partition from librdkafka's statistics, parsed loosely (only the fields
+    /// used) so that a field some broker leaves out cannot drop the whole document.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            debug!("unparseable librdkafka statistics");
+            return;
+        };
+        let Some(topics) = doc.get("topics").and_then(|t| t.as_object()) else { return };
+        for (topic, t) in topics {
+            let Some(partitions) = t.get("partitions").and_then(|p| p.as_object()) else { continue };
+            for (partition, p) in partitions {
+                // Messages not yet consumed: high watermark minus the application's position.
+                // (librdkafka's own `consumer_lag` is measured from the *committed* offset and
+                // stays -1 until a commit is visible in its statistics.) Negative = unknown.
+                let field = |k: &str| p.get(k).and_then(|v| v.as_i64()).unwrap_or(-1);
+                let (high, position) = (field("hi_offset"), field("app_offset"));
+                let lag = if high >= 0 && position >= 0 { (high - position).max(0) } else { field("consumer_lag") };
+                // "-1" is librdkafka's internal unassigned partition.
+                if lag >= 0 && partition != "-1" {
+                    metrics::gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.clone()).set(lag as f64);
                 }
             }
         }

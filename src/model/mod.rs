@@ -293,3 +293,101 @@ impl Scorer {
         Ok(counts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The ONNX Runtime library `make test` provides (ORT_DYLIB_PATH), or the virtualenv's.
+    fn ort_library() -> PathBuf {
+        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+            return PathBuf::from(p);
+        }
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+        std::fs::read_dir(&lib)
+            .ok()
+            .and_then(|dirs| {
+                dirs.flatten().find_map(|d| {
+                    std::fs::read_dir(d.path().join("site-packages/onnxruntime/capi"))
+                        .ok()?
+                        .flatten()
+                        .map(|f| f.path())
+                        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+                })
+            })
+            .unwrap_or_else(|| panic!("no libonnxruntime.so.* under {}: run `make test`", lib.display()))
+    }
+
+    fn model_config() -> ModelConfig {
+        let mut cfg = Config::from_toml_str("", "test", &[]).expect("defaults").model;
+        cfg.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud_mlp/1");
+        cfg.onnxruntime_library = Some(ort_library());
+        cfg
+    }
+
+    #[test]
+    fn missing_runtime_library_says_what_to_do() {
+        let err = init_onnxruntime(Some(Path::new("/nonexistent/libonnxruntime.so.1.31.1"))).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/libonnxruntime.so.1.31.1"), "{msg}");
+        assert!(msg.contains("ORT_DYLIB_PATH") && msg.contains("model.onnxruntime_library"), "{msg}");
+    }
+
+    #[test]
+    fn shipped_model_loads_and_scores_a_batch_in_one_call() {
+        let mut model = Model::load(&model_config()).expect("shipped model loads");
+        assert_eq!(model.info.num_columns, 36);
+        assert_eq!(model.info.name, "fraud_mlp");
+        let f = model.info.num_columns;
+        let rows: Vec<f32> = (0..8 * f).map(|i| ((i * 7919) % 13) as f32 / 13.0).collect();
+        let mut batch_scores = Vec::new();
+        model.infer(&rows, 8, &mut batch_scores).expect("batch");
+        assert_eq!(batch_scores.len(), 8);
+        // Row-wise results equal the batched ones: batching changes nothing but cost.
+        for i in 0..8 {
+            let mut one = Vec::new();
+            model.infer(&rows[i * f..(i + 1) * f], 1, &mut one).expect("single row");
+            assert!((one[0] - batch_scores[i]).abs() < 1e-6, "row {i}: {} vs {}", one[0], batch_scores[i]);
+            assert!((0.0..=1.0).contains(&one[0]));
+        }
+    }
+
+    #[test]
+    fn tampered_model_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud_mlp/1");
+        std::fs::copy(src.join("manifest.json"), dir.path().join("manifest.json")).expect("copy manifest");
+        let mut bytes = std::fs::read(src.join("model.onnx")).expect("model");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(dir.path().join("model.onnx"), bytes).expect("write");
+        let mut cfg = model_config();
+        cfg.dir = dir.path().to_path_buf();
+        let err = Model::load(&cfg).err().expect("checksum mismatch refused");
+        assert!(err.to_string().contains("sha256") || err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn scorer_serves_repeats_from_the_cache_and_marks_them() {
+        let model = Model::load(&model_config()).expect("model");
+        let f = model.info.num_columns;
+        let mut scorer = Scorer::new(model, PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60)));
+        let mut batch = Batch::new(f, 4);
+        for r in 0..3 {
+            let (_, row, _) = batch.push_row();
+            row.iter_mut().enumerate().for_each(|(i, v)| *v = (r * f + i) as f32 / 100.0);
+        }
+        let first = scorer.score(&mut batch).expect("score");
+        assert_eq!((first.cache_hits, first.cache_misses), (0, 3));
+        let scores = batch.scores.clone();
+        // Same rows again plus a new one: three hits, one miss, identical scores.
+        let (_, row, _) = batch.push_row();
+        row.fill(0.5);
+        let second = scorer.score(&mut batch).expect("score");
+        assert_eq!((second.cache_hits, second.cache_misses), (3, 1));
+        assert_eq!(&batch.scores[..3], &scores[..]);
+        assert_eq!(batch.cache_hits, vec![true, true, true, false]);
+        assert_eq!(batch.model.as_ref().map(|m| m.version.as_str()), Some("1"));
+    }
+}

@@ -280,6 +280,7 @@ async fn drift_reports_metrics_and_health_endpoints() {
         "streamscore_cache_misses_total",
         "streamscore_drift_psi",
         "streamscore_ready",
+        "streamscore_consumer_lag",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
@@ -345,4 +346,95 @@ async fn sigterm_drains_commits_and_exits_zero() {
     assert_eq!(summary.consumed, 0, "offsets were committed on SIGTERM, nothing to redo");
     let scored = common::consume_until_quiet(&bootstrap, &topics.scored, Duration::from_secs(2), Duration::from_secs(30)).await;
     assert_eq!(scored.len(), n);
+}
+
+/// The broker is unreachable at start: no crash, /healthz answers, /readyz says not ready,
+/// and a stop request still ends the run cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_is_not_ready_and_does_not_crash() {
+    let dead = format!("127.0.0.1:{}", service::free_port());
+    let topics = Topics {
+        input: "in".into(),
+        scored: "scored".into(),
+        dlq: "dlq".into(),
+        monitoring: "mon".into(),
+    };
+    let port = service::free_port();
+    let cfg = service::config(&service::config_toml(&dead, &topics, "g", Schemas::Local, Some(port), ""));
+    let running = InProcess::start(cfg);
+    let base = format!("http://127.0.0.1:{port}");
+    let mut health = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let url = format!("{base}/healthz");
+        if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || std::panic::catch_unwind(|| common::http("GET", &url, None))).await {
+            health = Some(r.status);
+            break;
+        }
+    }
+    assert_eq!(health, Some(200), "/healthz answers while the broker is down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let url = format!("{base}/readyz");
+    let ready = tokio::task::spawn_blocking(move || common::http("GET", &url, None)).await.expect("readyz");
+    assert_eq!(ready.status, 503, "not ready without a group");
+    let summary = running.stop().await;
+    assert_eq!(summary.consumed, 0);
+}
+
+/// `streamscore produce` publishes decodable synthetic transactions (and the malformed share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_command_publishes_synthetic_transactions() {
+    let bootstrap = Broker::shared().bootstrap();
+    let topic = common::random_topic("produce");
+    common::create_topic(&bootstrap, &topic, 2).await;
+    let args = ["produce", "--bootstrap-servers", &bootstrap, "--topic", &topic, "--count", "500", "--malformed-every", "50"]
+        .map(str::to_string);
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(env!("CARGO_BIN_EXE_streamscore")).args(args).output())
+        .await
+        .expect("join")
+        .expect("run streamscore produce");
+    assert!(out.status.success(), "produce failed: {}", String::from_utf8_lossy(&out.stderr));
+    let messages = common::consume_n(&bootstrap, &topic, 500, TIMEOUT).await;
+    assert_eq!(messages.len(), 500);
+    let store = std::sync::Arc::new(
+        codec::SchemaStore::new(
+            codec::parse_schema(codec::TRANSACTION_SCHEMA).expect("schema"),
+            &[(1u32, service::root().join("schemas/transaction.avsc"))].into_iter().collect(),
+            None,
+            None,
+        )
+        .expect("store"),
+    );
+    let decoder = codec::Decoder::new(store, 1 << 20);
+    let decoded = messages.iter().filter(|m| decoder.decode(m.payload().unwrap_or_default()).is_ok()).count();
+    // Ten malformed: the cycle's NaN-amount records (2 of 10) decode and fail later, in features.
+    assert_eq!(decoded, 492, "every 50th is malformed, the rest decode");
+}
+
+/// The demo (`make demo`) runs the real pipeline on the in-process mock cluster and reports one
+/// outcome per input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_end_to_end_on_the_mock_cluster() {
+    let mut out = Vec::new();
+    let ort = service::ort_library();
+    let model_dir = service::root().join("models/fraud_mlp/1");
+    let reader = service::root().join("schemas/transaction.avsc");
+    let summary = streamscore::demo::run(
+        streamscore::demo::DemoOptions { events: 3000, seed: 5, partitions: 3 },
+        |raw| {
+            raw.model.onnxruntime_library = ort.display().to_string();
+            raw.model.dir = model_dir.display().to_string();
+            raw.schemas.reader_schema = reader.display().to_string();
+            raw.schemas.local = [("1".to_string(), reader.display().to_string())].into_iter().collect();
+        },
+        &mut out,
+    )
+    .await
+    .expect("demo succeeds");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("one outcome per input: yes"), "{text}");
+    assert_eq!(summary.consumed, 3000);
+    assert!(summary.cache_hits > 0, "the demo's repeats hit the cache");
+    assert!(!summary.dead_lettered.is_empty(), "the demo's malformed events are dead-lettered");
+    assert!(!summary.top_drift.is_empty(), "the summary lists drift");
 }

@@ -95,6 +95,7 @@ monitoring_topic = "{monitoring}"
 [kafka.consumer]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
+"statistics.interval.ms" = "1000"
 
 [model]
 dir = "{model}"
