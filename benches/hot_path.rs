@@ -25,9 +25,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 
 use streamscore::batcher::Batch;
 use streamscore::cache::PredictionCache;
-use streamscore::codec::{
-    encode_scored, parse_schema, write_frame_header, Decoder, SchemaStore, ScoredRecord,
-};
+use streamscore::codec::{encode_scored, parse_schema, write_frame_header, Decoder, SchemaStore, ScoredRecord};
 use streamscore::config::Config;
 use streamscore::drift::DriftAccumulator;
 use streamscore::features::{FeatureExtractor, RowIdentity};
@@ -118,7 +116,8 @@ impl Fixture {
 
         let manifest = Manifest::from_dir(&model_dir)
             .unwrap_or_else(|e| panic!("cannot read the model manifest in {}: {e}", model_dir.display()));
-        let extractor = FeatureExtractor::new(&manifest, decoder.store().reader()).expect("manifest fits the reader schema");
+        let extractor =
+            FeatureExtractor::new(&manifest, decoder.store().reader()).expect("manifest fits the reader schema");
         let width = extractor.num_columns();
 
         let mut generator = Generator::new(SEED, NOW_MS);
@@ -326,7 +325,8 @@ fn model_cases(fx: &Fixture) -> Vec<Case> {
             hi[c] = hi[c].max(row[c]);
         }
     }
-    let rows: Rc<Vec<f32>> = Rc::new((0..max_n * width).map(|k| lo[k % width] + next() * (hi[k % width] - lo[k % width])).collect());
+    let rows: Rc<Vec<f32>> =
+        Rc::new((0..max_n * width).map(|k| lo[k % width] + next() * (hi[k % width] - lo[k % width])).collect());
 
     INFER_SIZES
         .iter()
@@ -355,17 +355,24 @@ fn all_groups() -> Vec<(&'static str, Vec<Case>)> {
 }
 
 /// libtest flags that take a value (so the value is not a name filter).
-const LIBTEST_VALUE_FLAGS: &[&str] = &["--test-threads", "--skip", "--format", "--color", "--logfile", "-Z", "--shuffle-seed"];
+const LIBTEST_VALUE_FLAGS: &[&str] =
+    &["--test-threads", "--skip", "--format", "--color", "--logfile", "-Z", "--shuffle-seed"];
 
 /// Test mode (`cargo test --all-targets`): every case once, honouring libtest-style name filters.
 fn smoke_test(args: &[String]) {
     let mut filters = Vec::new();
     let mut skips = Vec::new();
     let mut list = false;
+    let mut exact = false;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         if a == "--list" {
             list = true;
+        } else if a == "--exact" {
+            exact = true;
+        } else if a == "--ignored" {
+            // libtest: run only ignored tests. No case here is ignored.
+            return;
         } else if a == "--skip" {
             skips.extend(it.next().cloned());
         } else if LIBTEST_VALUE_FLAGS.contains(&a.as_str()) {
@@ -374,20 +381,38 @@ fn smoke_test(args: &[String]) {
             filters.push(a.clone());
         }
     }
-    let selected = |name: &str| {
-        (filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-            && !skips.iter().any(|s| name.contains(s.as_str()))
+    let matches = |name: &str, pattern: &str| {
+        if exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
     };
+    let selected = |name: &str| {
+        (filters.is_empty() || filters.iter().any(|f| matches(name, f))) && !skips.iter().any(|s| matches(name, s))
+    };
+    let mut names: Vec<String> = [
+        "codec/decode",
+        "codec/encode_scored",
+        "features/extract",
+        "cache/key_and_lookup",
+        "drift/observe",
+        "batcher/fill_256",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    names.extend(INFER_SIZES.iter().map(|n| format!("model/infer/{n}")));
+    names.retain(|n| selected(n));
     if list {
-        // Listing must not need ONNX Runtime or the fixture's set-up.
-        let mut names: Vec<String> = ["codec/decode", "codec/encode_scored", "features/extract", "cache/key_and_lookup", "drift/observe", "batcher/fill_256"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        names.extend(INFER_SIZES.iter().map(|n| format!("model/infer/{n}")));
-        for name in names.iter().filter(|n| selected(n)) {
+        // Listing needs neither ONNX Runtime nor the fixture.
+        for name in &names {
             println!("{name}: benchmark");
         }
+        return;
+    }
+    if names.is_empty() {
+        // A filter meant for other test targets: nothing to set up.
         return;
     }
     for (_, cases) in all_groups() {

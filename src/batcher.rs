@@ -153,7 +153,8 @@ impl BatchPolicy {
 
     /// The batch is complete: full, or its first input is `max_delay` old.
     pub fn is_due(&self, batch: &Batch, now: Instant) -> bool {
-        batch.len() >= self.max_size || batch.first_at.is_some_and(|t| now.saturating_duration_since(t) >= self.max_delay)
+        batch.len() >= self.max_size
+            || batch.first_at.is_some_and(|t| now.saturating_duration_since(t) >= self.max_delay)
     }
 
     /// How long the source may block waiting for the next input: until the open batch's
@@ -207,7 +208,10 @@ mod tests {
         // A later row does not restart the clock.
         b.push_entry(entry(1), t0 + Duration::from_millis(4));
         assert!(!p.is_due(&b, t0 + Duration::from_millis(4)));
-        assert_eq!(p.wait_budget(&b, t0 + Duration::from_millis(4), Duration::from_millis(100)), Duration::from_millis(1));
+        assert_eq!(
+            p.wait_budget(&b, t0 + Duration::from_millis(4), Duration::from_millis(100)),
+            Duration::from_millis(1)
+        );
         assert!(p.is_due(&b, t0 + Duration::from_millis(5)));
         assert_eq!(p.wait_budget(&b, t0 + Duration::from_millis(9), Duration::from_millis(100)), Duration::ZERO);
     }

@@ -57,10 +57,13 @@ impl PredictionCache {
 
     /// Approximate number of entries (moka applies evictions lazily).
     pub fn entry_count(&self) -> u64 {
-        self.inner.as_ref().map(|c| {
-            c.run_pending_tasks();
-            c.entry_count()
-        }).unwrap_or(0)
+        self.inner
+            .as_ref()
+            .map(|c| {
+                c.run_pending_tasks();
+                c.entry_count()
+            })
+            .unwrap_or(0)
     }
 }
 

@@ -21,7 +21,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// librdkafka properties that streamscore sets itself; passing them through would break a guarantee.
-const RESERVED_CONSUMER_PROPS: &[&str] = &["enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"];
+const RESERVED_CONSUMER_PROPS: &[&str] =
+    &["enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"];
 
 /// One problem found in the configuration, naming the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,9 +395,8 @@ pub struct Config {
 
 impl Config {
     /// Reads `path` (or only defaults when `None`), applies `STREAMSCORE_*` overrides from the
-    /// process environment, and checks everything. Relative paths in the file are resolved
-    /// against the file's directory's parent when the file sits in a `config/` directory,
-    /// else against the current directory (so `config/streamscore.toml` works from the repo root).
+    /// process environment, and checks everything. Relative paths in the configuration (model
+    /// directory, schema files) are relative to the working directory.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = std::env::vars().collect();
         Self::load_with_env(path, &env)
@@ -405,7 +405,9 @@ impl Config {
     /// As [`Config::load`], with the environment given explicitly (tests).
     pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+            Some(p) => {
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?
+            }
             None => String::new(),
         };
         let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
@@ -414,15 +416,21 @@ impl Config {
 
     /// Parses config text (`origin` names it in messages), applies `env` overrides, checks it.
     pub fn from_toml_str(text: &str, origin: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: PathBuf::from(origin), message: e.to_string() })?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: PathBuf::from(origin),
+            message: e.to_string(),
+        })?;
         let mut problems = Vec::new();
         apply_env_overrides(&mut table, env, &mut problems);
-        check_unknown_keys(&table, &mut problems);
+        // Unknown keys are reported and removed, so that the rest is still checked: every
+        // problem of the file is reported in one go, not one per attempt.
+        check_unknown_keys(&mut table, &mut problems);
         let raw = deserialize_sections(table, &mut problems);
-        match raw {
-            Some(raw) if problems.is_empty() => raw.check(),
+        let mut value_problems = Vec::new();
+        let checked = raw.check_into(&mut value_problems);
+        problems.extend(value_problems);
+        match checked {
+            Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid(problems)),
         }
     }
@@ -481,8 +489,8 @@ fn parse_env_value(value: &str, always_string: bool) -> toml::Value {
     }
 }
 
-/// Reports every key that is not part of the schema (the defaults' shape is the schema).
-fn check_unknown_keys(table: &toml::Table, problems: &mut Vec<ConfigProblem>) {
+/// Reports (and removes) every key that is not part of the schema; the defaults' shape is the schema.
+fn check_unknown_keys(table: &mut toml::Table, problems: &mut Vec<ConfigProblem>) {
     let known = match toml::Table::try_from(RawConfig::default()) {
         Ok(t) => t,
         Err(_) => return,
@@ -490,9 +498,15 @@ fn check_unknown_keys(table: &toml::Table, problems: &mut Vec<ConfigProblem>) {
     walk_unknown(table, &known, &mut Vec::new(), problems);
 }
 
-fn walk_unknown<'a>(table: &'a toml::Table, known: &toml::Table, path: &mut Vec<&'a str>, problems: &mut Vec<ConfigProblem>) {
-    for (key, value) in table {
-        path.push(key);
+fn walk_unknown(
+    table: &mut toml::Table,
+    known: &toml::Table,
+    path: &mut Vec<String>,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let mut unknown = Vec::new();
+    for (key, value) in table.iter_mut() {
+        path.push(key.clone());
         match known.get(key) {
             None => {
                 let section = if path.len() > 1 { path[..path.len() - 1].join(".") } else { "top level".into() };
@@ -501,20 +515,27 @@ fn walk_unknown<'a>(table: &'a toml::Table, known: &toml::Table, path: &mut Vec<
                     key: path.join("."),
                     message: format!("unknown key in {section}; valid keys are: {}", valid.join(", ")),
                 });
+                unknown.push(key.clone());
             }
-            Some(toml::Value::Table(k)) if !is_passthrough(path) => {
-                if let toml::Value::Table(t) = value {
-                    walk_unknown(t, k, path, problems);
+            Some(toml::Value::Table(k)) => {
+                let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+                if !is_passthrough(&refs) {
+                    if let toml::Value::Table(t) = value {
+                        walk_unknown(t, k, path, problems);
+                    }
                 }
             }
             Some(_) => {}
         }
         path.pop();
     }
+    for key in unknown {
+        table.remove(&key);
+    }
 }
 
 /// Deserializes section by section so that a bad value in one section does not hide the others.
-fn deserialize_sections(table: toml::Table, problems: &mut Vec<ConfigProblem>) -> Option<RawConfig> {
+fn deserialize_sections(table: toml::Table, problems: &mut Vec<ConfigProblem>) -> RawConfig {
     fn section<T: serde::de::DeserializeOwned + Default>(
         table: &toml::Table,
         name: &str,
@@ -531,8 +552,7 @@ fn deserialize_sections(table: toml::Table, problems: &mut Vec<ConfigProblem>) -
             },
         }
     }
-    let before = problems.len();
-    let raw = RawConfig {
+    RawConfig {
         kafka: section(&table, "kafka", problems),
         schemas: section(&table, "schemas", problems),
         model: section(&table, "model", problems),
@@ -541,8 +561,7 @@ fn deserialize_sections(table: toml::Table, problems: &mut Vec<ConfigProblem>) -
         delivery: section(&table, "delivery", problems),
         drift: section(&table, "drift", problems),
         telemetry: section(&table, "telemetry", problems),
-    };
-    (problems.len() == before).then_some(raw)
+    }
 }
 
 fn duration(key: &str, value: &str, problems: &mut Vec<ConfigProblem>) -> Duration {
@@ -566,7 +585,10 @@ fn non_empty(key: &str, value: &str, problems: &mut Vec<ConfigProblem>) {
 
 fn in_range<T: PartialOrd + fmt::Display + Copy>(key: &str, v: T, lo: T, hi: T, problems: &mut Vec<ConfigProblem>) {
     if v < lo || v > hi {
-        problems.push(ConfigProblem { key: key.into(), message: format!("{v} is out of range; must be between {lo} and {hi}") });
+        problems.push(ConfigProblem {
+            key: key.into(),
+            message: format!("{v} is out of range; must be between {lo} and {hi}"),
+        });
     }
 }
 
@@ -574,14 +596,25 @@ impl RawConfig {
     /// Converts to the checked form, collecting all problems.
     pub fn check(self) -> Result<Config, ConfigError> {
         let mut p = Vec::new();
+        match self.check_into(&mut p) {
+            Some(c) if p.is_empty() => Ok(c),
+            _ => Err(ConfigError::Invalid(p)),
+        }
+    }
+
+    /// Converts to the checked form, appending every problem to `p` (None if there were any).
+    fn check_into(self, p: &mut Vec<ConfigProblem>) -> Option<Config> {
         let k = self.kafka;
-        non_empty("kafka.bootstrap_servers", &k.bootstrap_servers, &mut p);
-        non_empty("kafka.group_id", &k.group_id, &mut p);
-        non_empty("kafka.scored_topic", &k.scored_topic, &mut p);
-        non_empty("kafka.dead_letter_topic", &k.dead_letter_topic, &mut p);
-        non_empty("kafka.monitoring_topic", &k.monitoring_topic, &mut p);
+        non_empty("kafka.bootstrap_servers", &k.bootstrap_servers, p);
+        non_empty("kafka.group_id", &k.group_id, p);
+        non_empty("kafka.scored_topic", &k.scored_topic, p);
+        non_empty("kafka.dead_letter_topic", &k.dead_letter_topic, p);
+        non_empty("kafka.monitoring_topic", &k.monitoring_topic, p);
         if k.input_topics.is_empty() || k.input_topics.iter().any(|t| t.trim().is_empty()) {
-            p.push(ConfigProblem { key: "kafka.input_topics".into(), message: "must list at least one non-empty topic".into() });
+            p.push(ConfigProblem {
+                key: "kafka.input_topics".into(),
+                message: "must list at least one non-empty topic".into(),
+            });
         }
         for out in [&k.scored_topic, &k.dead_letter_topic, &k.monitoring_topic] {
             if k.input_topics.contains(out) {
@@ -595,7 +628,9 @@ impl RawConfig {
             if k.consumer.contains_key(*prop) || k.common.contains_key(*prop) {
                 p.push(ConfigProblem {
                     key: format!("kafka.consumer.\"{prop}\""),
-                    message: "is set by streamscore itself (delivery guarantees depend on it); use the dedicated key instead".into(),
+                    message:
+                        "is set by streamscore itself (delivery guarantees depend on it); use the dedicated key instead"
+                            .into(),
                 });
             }
         }
@@ -605,13 +640,16 @@ impl RawConfig {
             None
         } else {
             if !(s.registry_url.starts_with("http://") || s.registry_url.starts_with("https://")) {
-                p.push(ConfigProblem { key: "schemas.registry_url".into(), message: format!("`{}` must start with http:// or https://", s.registry_url) });
+                p.push(ConfigProblem {
+                    key: "schemas.registry_url".into(),
+                    message: format!("`{}` must start with http:// or https://", s.registry_url),
+                });
             }
             Some(RegistryConfig {
                 url: s.registry_url.trim_end_matches('/').to_string(),
                 username: (!s.registry_username.is_empty()).then(|| s.registry_username.clone()),
                 password: (!s.registry_password.is_empty()).then(|| s.registry_password.clone()),
-                timeout: duration("schemas.registry_timeout", &s.registry_timeout, &mut p),
+                timeout: duration("schemas.registry_timeout", &s.registry_timeout, p),
             })
         };
         let mut local = BTreeMap::new();
@@ -620,7 +658,10 @@ impl RawConfig {
                 Ok(n) => {
                     local.insert(n, PathBuf::from(file));
                 }
-                Err(_) => p.push(ConfigProblem { key: format!("schemas.local.\"{id}\""), message: "schema ids are non-negative integers".into() }),
+                Err(_) => p.push(ConfigProblem {
+                    key: format!("schemas.local.\"{id}\""),
+                    message: "schema ids are non-negative integers".into(),
+                }),
             }
         }
         if registry.is_none() && local.is_empty() {
@@ -630,28 +671,31 @@ impl RawConfig {
             });
         }
         if registry.is_none() && s.scored_schema_id == s.drift_schema_id {
-            p.push(ConfigProblem { key: "schemas.drift_schema_id".into(), message: "must differ from schemas.scored_schema_id".into() });
+            p.push(ConfigProblem {
+                key: "schemas.drift_schema_id".into(),
+                message: "must differ from schemas.scored_schema_id".into(),
+            });
         }
-        in_range("schemas.max_message_bytes", s.max_message_bytes, 64, 1_000_000_000, &mut p);
+        in_range("schemas.max_message_bytes", s.max_message_bytes, 64, 1_000_000_000, p);
 
         let m = self.model;
-        non_empty("model.dir", &m.dir, &mut p);
-        in_range("model.intra_op_threads", m.intra_op_threads, 1, 256, &mut p);
-        in_range("model.inter_op_threads", m.inter_op_threads, 1, 256, &mut p);
+        non_empty("model.dir", &m.dir, p);
+        in_range("model.intra_op_threads", m.intra_op_threads, 1, 256, p);
+        in_range("model.inter_op_threads", m.inter_op_threads, 1, 256, p);
 
         let b = self.batch;
-        in_range("batch.max_batch_size", b.max_batch_size, 1, 65_536, &mut p);
-        in_range("batch.queue_depth", b.queue_depth, 1, 1024, &mut p);
-        let max_batch_delay = duration("batch.max_batch_delay", &b.max_batch_delay, &mut p);
+        in_range("batch.max_batch_size", b.max_batch_size, 1, 65_536, p);
+        in_range("batch.queue_depth", b.queue_depth, 1, 1024, p);
+        let max_batch_delay = duration("batch.max_batch_delay", &b.max_batch_delay, p);
         if max_batch_delay > Duration::from_secs(10) {
             p.push(ConfigProblem { key: "batch.max_batch_delay".into(), message: "must be at most 10s".into() });
         }
 
         let c = self.cache;
         if c.enabled {
-            in_range("cache.max_entries", c.max_entries, 1, 1_000_000_000, &mut p);
+            in_range("cache.max_entries", c.max_entries, 1, 1_000_000_000, p);
         }
-        let ttl = duration("cache.ttl", &c.ttl, &mut p);
+        let ttl = duration("cache.ttl", &c.ttl, p);
 
         let d = self.delivery;
         let mode = match d.mode.as_str() {
@@ -664,22 +708,28 @@ impl RawConfig {
                 DeliveryMode::AtLeastOnce
             }
             other => {
-                p.push(ConfigProblem { key: "delivery.mode".into(), message: format!("`{other}` is not a mode; use `at_least_once`") });
+                p.push(ConfigProblem {
+                    key: "delivery.mode".into(),
+                    message: format!("`{other}` is not a mode; use `at_least_once`"),
+                });
                 DeliveryMode::AtLeastOnce
             }
         };
-        let commit_interval = duration("delivery.commit_interval", &d.commit_interval, &mut p);
-        let drain_timeout = duration("delivery.drain_timeout", &d.drain_timeout, &mut p);
-        let produce_timeout = duration("delivery.produce_timeout", &d.produce_timeout, &mut p);
+        let commit_interval = duration("delivery.commit_interval", &d.commit_interval, p);
+        let drain_timeout = duration("delivery.drain_timeout", &d.drain_timeout, p);
+        let produce_timeout = duration("delivery.produce_timeout", &d.produce_timeout, p);
         if commit_interval.is_zero() {
-            p.push(ConfigProblem { key: "delivery.commit_interval".into(), message: "must be greater than zero".into() });
+            p.push(ConfigProblem {
+                key: "delivery.commit_interval".into(),
+                message: "must be greater than zero".into(),
+            });
         }
         if produce_timeout < Duration::from_secs(1) {
             p.push(ConfigProblem { key: "delivery.produce_timeout".into(), message: "must be at least 1s".into() });
         }
 
         let dr = self.drift;
-        let drift_interval = duration("drift.interval", &dr.interval, &mut p);
+        let drift_interval = duration("drift.interval", &dr.interval, p);
         if dr.enabled && drift_interval < Duration::from_millis(100) {
             p.push(ConfigProblem { key: "drift.interval".into(), message: "must be at least 100ms".into() });
         }
@@ -691,7 +741,10 @@ impl RawConfig {
             match t.http_bind.parse::<SocketAddr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    p.push(ConfigProblem { key: "telemetry.http_bind".into(), message: format!("`{}` is not an address like 0.0.0.0:9464", t.http_bind) });
+                    p.push(ConfigProblem {
+                        key: "telemetry.http_bind".into(),
+                        message: format!("`{}` is not an address like 0.0.0.0:9464", t.http_bind),
+                    });
                     None
                 }
             }
@@ -700,19 +753,25 @@ impl RawConfig {
             "human" => LogFormat::Human,
             "json" => LogFormat::Json,
             other => {
-                p.push(ConfigProblem { key: "telemetry.log_format".into(), message: format!("`{other}` is not `human` or `json`") });
+                p.push(ConfigProblem {
+                    key: "telemetry.log_format".into(),
+                    message: format!("`{other}` is not `human` or `json`"),
+                });
                 LogFormat::Human
             }
         };
         if tracing_subscriber::EnvFilter::try_new(&t.log_level).is_err() {
-            p.push(ConfigProblem { key: "telemetry.log_level".into(), message: format!("`{}` is not a valid filter (e.g. `info`)", t.log_level) });
+            p.push(ConfigProblem {
+                key: "telemetry.log_level".into(),
+                message: format!("`{}` is not a valid filter (e.g. `info`)", t.log_level),
+            });
         }
         let instance_id = if t.instance_id.is_empty() { default_instance_id() } else { t.instance_id };
 
         if !p.is_empty() {
-            return Err(ConfigError::Invalid(p));
+            return None;
         }
-        Ok(Config {
+        Some(Config {
             kafka: KafkaConfig {
                 bootstrap_servers: k.bootstrap_servers,
                 group_id: k.group_id,
@@ -753,14 +812,20 @@ fn default_instance_id() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
+        })
         .unwrap_or_else(|| "streamscore".into())
 }
 
 /// Property names whose values are secrets: redacted wherever config is printed.
 pub fn is_secret_property(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n.contains("password") || n.contains("secret") || n.ends_with(".key") || n.contains("token") || n.contains("sasl.oauthbearer.config")
+    n.contains("password")
+        || n.contains("secret")
+        || n.ends_with(".key")
+        || n.contains("token")
+        || n.contains("sasl.oauthbearer.config")
 }
 
 impl KafkaConfig {
@@ -833,7 +898,9 @@ mod tests {
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"kafka.bootstrap_server"), "{p:?}");
         assert!(keys.contains(&"nonsense"), "{p:?}");
-        // Unknown keys stop before value checks only for the section whose shape is wrong.
+        // Unknown keys do not hide the bad values elsewhere: one run reports all of them.
+        assert!(keys.contains(&"batch.max_batch_delay"), "{p:?}");
+        assert!(keys.contains(&"batch.max_batch_size"), "{p:?}");
         let p = problems(load("[batch]\nmax_batch_delay = \"soon\"\nmax_batch_size = 0\n[cache]\nttl = \"-\"\n", &[]));
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"batch.max_batch_delay"), "{p:?}");
@@ -889,7 +956,8 @@ mod tests {
 
     #[test]
     fn registry_password_is_not_debug_printed() {
-        let c = load("[schemas]\nregistry_url = \"http://r:8081\"\nregistry_password = \"hunter2\"\n", &[]).expect("valid");
+        let c =
+            load("[schemas]\nregistry_url = \"http://r:8081\"\nregistry_password = \"hunter2\"\n", &[]).expect("valid");
         let dbg = format!("{:?}", c.schemas);
         assert!(!dbg.contains("hunter2"), "{dbg}");
     }

@@ -14,7 +14,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 
-
 use crate::codec;
 use crate::config::{Config, RawConfig};
 use crate::pipeline::{self, RunSummary};
@@ -59,8 +58,13 @@ pub fn publish_synthetic(
     let mut recent: Vec<crate::synth::Transaction> = Vec::with_capacity(1024);
     let mut out = Published::default();
     let mut buf = Vec::with_capacity(512);
-    let malformed_kinds =
-        [Malformed::RandomBytes, Malformed::BadMagic, Malformed::UnknownSchemaId, Malformed::TruncatedBody, Malformed::NanAmount];
+    let malformed_kinds = [
+        Malformed::RandomBytes,
+        Malformed::BadMagic,
+        Malformed::UnknownSchemaId,
+        Malformed::TruncatedBody,
+        Malformed::NanAmount,
+    ];
     let started = Instant::now();
     for i in 0..opts.events {
         // splitmix64: a tiny deterministic stream for the repeat decision.
@@ -104,7 +108,10 @@ pub fn publish_synthetic(
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     record = r;
                     producer.poll(Duration::from_millis(10));
                 }
@@ -143,7 +150,11 @@ const DLQ: &str = "transactions.dlq";
 const MONITORING: &str = "streamscore.monitoring";
 
 /// Runs the demo, writing progress and the summary to `out`.
-pub async fn run(opts: DemoOptions, mut config_overrides: impl FnMut(&mut RawConfig), out: &mut (impl Write + Send)) -> anyhow::Result<RunSummary> {
+pub async fn run(
+    opts: DemoOptions,
+    mut config_overrides: impl FnMut(&mut RawConfig),
+    out: &mut (impl Write + Send),
+) -> anyhow::Result<RunSummary> {
     use anyhow::Context as _;
     // A client configured with test.mock.num.brokers owns an in-process cluster; it must outlive the run.
     let cluster_owner: BaseProducer = ClientConfig::new()
@@ -160,7 +171,9 @@ pub async fn run(opts: DemoOptions, mut config_overrides: impl FnMut(&mut RawCon
         );
     }
     for (topic, partitions) in [(INPUT, opts.partitions), (SCORED, opts.partitions), (DLQ, 1), (MONITORING, 1)] {
-        cluster.create_topic(topic, partitions, 1).with_context(|| format!("cannot create topic {topic} on the mock cluster"))?;
+        cluster
+            .create_topic(topic, partitions, 1)
+            .with_context(|| format!("cannot create topic {topic} on the mock cluster"))?;
     }
     let bootstrap = cluster.bootstrap_servers();
 
@@ -170,7 +183,14 @@ pub async fn run(opts: DemoOptions, mut config_overrides: impl FnMut(&mut RawCon
         .set("linger.ms", "5")
         .create()
         .context("cannot create the demo publisher")?;
-    let traffic = TrafficOptions { events: opts.events, malformed_every: 97, repeat_share: 0.2, seed: opts.seed, schema_id: 1, rate: 0.0 };
+    let traffic = TrafficOptions {
+        events: opts.events,
+        malformed_every: 97,
+        repeat_share: 0.2,
+        seed: opts.seed,
+        schema_id: 1,
+        rate: 0.0,
+    };
     let published = tokio::task::spawn_blocking(move || publish_synthetic(&publisher, INPUT, &traffic, |_| {}))
         .await
         .context("publisher panicked")?
@@ -232,7 +252,11 @@ pub async fn run(opts: DemoOptions, mut config_overrides: impl FnMut(&mut RawCon
     writeln!(out, "model                {} v{}", summary.model_name, summary.model_version)?;
     writeln!(out, "consumed             {}", summary.consumed)?;
     writeln!(out, "scored               {}   (records on `{SCORED}`: {})", summary.scored, scored_records.total)?;
-    writeln!(out, "  flagged as fraud   {}   (known-pattern fraud drawn: {})", scored_records.flagged, published.fraud)?;
+    writeln!(
+        out,
+        "  flagged as fraud   {}   (known-pattern fraud drawn: {})",
+        scored_records.flagged, published.fraud
+    )?;
     writeln!(out, "dead-lettered        {dl_total}   (records on `{DLQ}`: {})", dlq_records.total)?;
     for (reason, n) in &summary.dead_lettered {
         writeln!(out, "  {:<18} {n}", reason.as_str())?;
@@ -244,19 +268,24 @@ pub async fn run(opts: DemoOptions, mut config_overrides: impl FnMut(&mut RawCon
         summary.cache_hits,
         lookups
     )?;
-    writeln!(out, "throughput           {:.0} events/s (from pipeline start, group join included)", summary.consumed as f64 / scoring_time.as_secs_f64())?;
+    writeln!(
+        out,
+        "throughput           {:.0} events/s (from pipeline start, group join included)",
+        summary.consumed as f64 / scoring_time.as_secs_f64()
+    )?;
     let ms = |v: Option<f64>| v.map(|s| format!("{:.1} ms", s * 1000.0)).unwrap_or_else(|| "n/a".into());
-    writeln!(out, "latency p50 / p99    {} / {}   (Kafka timestamp → outcome acknowledged; includes the backlog wait)", ms(summary.latency_p50), ms(summary.latency_p99))?;
+    writeln!(
+        out,
+        "latency p50 / p99    {} / {}   (Kafka timestamp → outcome acknowledged; includes the backlog wait)",
+        ms(summary.latency_p50),
+        ms(summary.latency_p99)
+    )?;
     writeln!(out, "highest drift (PSI vs training reference):")?;
     for (name, psi) in &summary.top_drift {
         writeln!(out, "  {name:<32} {psi:.4}")?;
     }
     let complete = scored_records.total + dlq_records.total == published.total && summary.consumed == published.total;
-    writeln!(
-        out,
-        "one outcome per input: {}",
-        if complete { "yes" } else { "NO — see the counts above" }
-    )?;
+    writeln!(out, "one outcome per input: {}", if complete { "yes" } else { "NO — see the counts above" })?;
     if !complete {
         anyhow::bail!("the demo did not see one outcome per input");
     }
@@ -316,10 +345,12 @@ fn scored_label(payload: &[u8], schema: &apache_avro::Schema) -> Option<bool> {
     let (_, mut body) = codec::split_frame(payload).ok()?;
     let reader = apache_avro::reader::datum::GenericDatumReader::builder(schema).build().ok()?;
     match reader.read_value(&mut body).ok()? {
-        apache_avro::types::Value::Record(fields) => fields.into_iter().find_map(|(name, v)| match (name.as_str(), v) {
-            ("label", apache_avro::types::Value::Boolean(b)) => Some(b),
-            _ => None,
-        }),
+        apache_avro::types::Value::Record(fields) => {
+            fields.into_iter().find_map(|(name, v)| match (name.as_str(), v) {
+                ("label", apache_avro::types::Value::Boolean(b)) => Some(b),
+                _ => None,
+            })
+        }
         _ => None,
     }
 }

@@ -60,11 +60,7 @@ pub fn bin_index(edges: &[f64], x: f64) -> usize {
 /// Returns `0.0` when either histogram is empty (all counts zero): an empty window reports
 /// PSI 0 together with a zero count. Bins beyond the shorter of the two slices are ignored.
 pub fn psi(reference: &[u64], observed: &[u64]) -> f64 {
-    debug_assert_eq!(
-        reference.len(),
-        observed.len(),
-        "histograms on different bins"
-    );
+    debug_assert_eq!(reference.len(), observed.len(), "histograms on different bins");
     let total_r: u64 = reference.iter().sum();
     let total_o: u64 = observed.iter().sum();
     if total_r == 0 || total_o == 0 {
@@ -123,35 +119,19 @@ impl DriftWindow {
     pub fn to_avro(&self, instance_id: &str) -> Value {
         Value::Record(vec![
             ("model_name".into(), Value::String(self.model_name.clone())),
-            (
-                "model_version".into(),
-                Value::String(self.model_version.clone()),
-            ),
+            ("model_version".into(), Value::String(self.model_version.clone())),
             ("instance_id".into(), Value::String(instance_id.to_owned())),
-            (
-                "window_start".into(),
-                Value::TimestampMillis(self.window_start_ms),
-            ),
-            (
-                "window_end".into(),
-                Value::TimestampMillis(self.window_end_ms),
-            ),
+            ("window_start".into(), Value::TimestampMillis(self.window_start_ms)),
+            ("window_end".into(), Value::TimestampMillis(self.window_end_ms)),
             ("rows".into(), Value::Long(to_long(self.rows))),
-            (
-                "features".into(),
-                Value::Array(self.features.iter().map(ColumnStats::to_avro).collect()),
-            ),
+            ("features".into(), Value::Array(self.features.iter().map(ColumnStats::to_avro).collect())),
             ("score".into(), self.score.to_avro()),
         ])
     }
 
     /// The `k` feature columns (score excluded) with the highest PSI, highest first.
     pub fn top_psi(&self, k: usize) -> Vec<(&str, f64)> {
-        let mut all: Vec<(&str, f64)> = self
-            .features
-            .iter()
-            .map(|c| (c.name.as_str(), c.psi))
-            .collect();
+        let mut all: Vec<(&str, f64)> = self.features.iter().map(|c| (c.name.as_str(), c.psi)).collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1));
         all.truncate(k);
         all
@@ -168,19 +148,8 @@ impl ColumnStats {
             ("std".into(), Value::Double(self.std)),
             ("min".into(), Value::Double(self.min)),
             ("max".into(), Value::Double(self.max)),
-            (
-                "bin_edges".into(),
-                Value::Array(self.bin_edges.iter().map(|&e| Value::Double(e)).collect()),
-            ),
-            (
-                "bin_counts".into(),
-                Value::Array(
-                    self.bin_counts
-                        .iter()
-                        .map(|&c| Value::Long(to_long(c)))
-                        .collect(),
-                ),
-            ),
+            ("bin_edges".into(), Value::Array(self.bin_edges.iter().map(|&e| Value::Double(e)).collect())),
+            ("bin_counts".into(), Value::Array(self.bin_counts.iter().map(|&c| Value::Long(to_long(c))).collect())),
             ("psi".into(), Value::Double(self.psi)),
         ])
     }
@@ -211,11 +180,7 @@ impl ColumnAcc {
         let bins = reference.edges.len() + 1;
         // The manifest loader checks `counts.len() == edges.len() + 1`; normalising here keeps
         // `observe` panic-free whatever it is given.
-        debug_assert_eq!(
-            reference.counts.len(),
-            bins,
-            "reference histogram of {name}"
-        );
+        debug_assert_eq!(reference.counts.len(), bins, "reference histogram of {name}");
         let mut ref_counts = reference.counts.clone();
         ref_counts.resize(bins, 0);
         ColumnAcc {
@@ -254,11 +219,7 @@ impl ColumnAcc {
             count: self.count,
             missing: self.missing,
             mean: if empty { 0.0 } else { self.mean },
-            std: if empty {
-                0.0
-            } else {
-                (self.m2 / self.count as f64).max(0.0).sqrt()
-            },
+            std: if empty { 0.0 } else { (self.m2 / self.count as f64).max(0.0).sqrt() },
             min: if empty { 0.0 } else { self.min },
             max: if empty { 0.0 } else { self.max },
             bin_edges: self.edges.clone(),
@@ -291,18 +252,12 @@ impl DriftAccumulator {
     /// column order, plus the score).
     pub fn new(manifest: &Manifest) -> Self {
         debug_assert_eq!(manifest.columns.len(), manifest.reference.columns.len());
-        let empty = Histogram {
-            name: String::new(),
-            edges: Vec::new(),
-            counts: vec![0],
-        };
+        let empty = Histogram { name: String::new(), edges: Vec::new(), counts: vec![0] };
         let columns = manifest
             .columns
             .iter()
             .enumerate()
-            .map(|(i, name)| {
-                ColumnAcc::new(name, manifest.reference.columns.get(i).unwrap_or(&empty))
-            })
+            .map(|(i, name)| ColumnAcc::new(name, manifest.reference.columns.get(i).unwrap_or(&empty)))
             .collect();
         DriftAccumulator {
             model_name: manifest.name.clone(),
@@ -314,12 +269,7 @@ impl DriftAccumulator {
     }
 
     /// An accumulator from explicit reference histograms (column names taken from them).
-    pub fn from_histograms(
-        model_name: &str,
-        model_version: &str,
-        columns: &[Histogram],
-        score: &Histogram,
-    ) -> Self {
+    pub fn from_histograms(model_name: &str, model_version: &str, columns: &[Histogram], score: &Histogram) -> Self {
         DriftAccumulator {
             model_name: model_name.to_owned(),
             model_version: model_version.to_owned(),
@@ -343,10 +293,7 @@ impl DriftAccumulator {
         debug_assert_eq!(missing.len(), rows.len(), "missing must be n * F");
         // With no columns only the scores bound `n`.
         let per_row = |len: usize| len.checked_div(f).unwrap_or(usize::MAX);
-        let n = scores
-            .len()
-            .min(per_row(rows.len()))
-            .min(per_row(missing.len()));
+        let n = scores.len().min(per_row(rows.len())).min(per_row(missing.len()));
         if f > 0 {
             for (row, flags) in rows.chunks_exact(f).zip(missing.chunks_exact(f)).take(n) {
                 for ((acc, &x), &m) in self.columns.iter_mut().zip(row).zip(flags) {
@@ -383,21 +330,14 @@ mod tests {
     use apache_avro::Schema;
 
     fn hist(name: &str, edges: &[f64], counts: &[u64]) -> Histogram {
-        Histogram {
-            name: name.into(),
-            edges: edges.to_vec(),
-            counts: counts.to_vec(),
-        }
+        Histogram { name: name.into(), edges: edges.to_vec(), counts: counts.to_vec() }
     }
 
     fn two_column_acc() -> DriftAccumulator {
         DriftAccumulator::from_histograms(
             "fraud_mlp",
             "1",
-            &[
-                hist("amount", &[1.0, 2.0, 3.0], &[10, 20, 30, 40]),
-                hist("flag", &[0.5], &[90, 10]),
-            ],
+            &[hist("amount", &[1.0, 2.0, 3.0], &[10, 20, 30, 40]), hist("flag", &[0.5], &[90, 10])],
             &hist("score", &[0.25, 0.5, 0.75], &[70, 15, 10, 5]),
         )
     }
@@ -407,11 +347,7 @@ mod tests {
         let edges = [1.0, 2.0, 3.0];
         assert_eq!(bin_index(&edges, f64::NEG_INFINITY), 0);
         assert_eq!(bin_index(&edges, 0.999), 0);
-        assert_eq!(
-            bin_index(&edges, 1.0),
-            1,
-            "a value equal to an edge goes to the upper bin"
-        );
+        assert_eq!(bin_index(&edges, 1.0), 1, "a value equal to an edge goes to the upper bin");
         assert_eq!(bin_index(&edges, 1.5), 1);
         assert_eq!(bin_index(&edges, 2.0), 2);
         assert_eq!(bin_index(&edges, 3.0), 3);
@@ -431,8 +367,8 @@ mod tests {
     fn psi_hand_computed_value() {
         // p_r = (0.5, 0.5) + ε, p_o = (0.9, 0.1) + ε.
         let e = PSI_EPSILON;
-        let expected = (0.9 + e - (0.5 + e)) * ((0.9 + e) / (0.5 + e)).ln()
-            + (0.1 + e - (0.5 + e)) * ((0.1 + e) / (0.5 + e)).ln();
+        let expected =
+            (0.9 + e - (0.5 + e)) * ((0.9 + e) / (0.5 + e)).ln() + (0.1 + e - (0.5 + e)) * ((0.1 + e) / (0.5 + e)).ln();
         let got = psi(&[50, 50], &[90, 10]);
         assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
         // ≈ 0.4·ln(1.8) + 0.4·ln(5) = 0.2351 + 0.6438
@@ -498,11 +434,7 @@ mod tests {
     #[test]
     fn take_window_resets() {
         let mut acc = two_column_acc();
-        acc.observe(
-            &[5.0, 1.0, 0.5, 0.0],
-            &[true, false, false, true],
-            &[0.9, 0.1],
-        );
+        acc.observe(&[5.0, 1.0, 0.5, 0.0], &[true, false, false, true], &[0.9, 0.1]);
         let first = acc.take_window(0, 10);
         assert_eq!(first.rows, 2);
         assert!(first.features[0].psi > 0.0);
@@ -512,10 +444,7 @@ mod tests {
         assert_eq!(empty.rows, 0);
         for c in empty.features.iter().chain(std::iter::once(&empty.score)) {
             assert_eq!((c.count, c.missing), (0, 0));
-            assert_eq!(
-                (c.mean, c.std, c.min, c.max, c.psi),
-                (0.0, 0.0, 0.0, 0.0, 0.0)
-            );
+            assert_eq!((c.mean, c.std, c.min, c.max, c.psi), (0.0, 0.0, 0.0, 0.0, 0.0));
             assert!(c.bin_counts.iter().all(|&b| b == 0));
             assert_eq!(c.bin_counts.len(), c.bin_edges.len() + 1);
         }
@@ -543,11 +472,7 @@ mod tests {
         let mut acc = DriftAccumulator::from_histograms(
             "m",
             "1",
-            &[
-                hist("a", &[0.5], &[50, 50]),
-                hist("b", &[0.5], &[50, 50]),
-                hist("c", &[0.5], &[50, 50]),
-            ],
+            &[hist("a", &[0.5], &[50, 50]), hist("b", &[0.5], &[50, 50]), hist("c", &[0.5], &[50, 50])],
             &hist("score", &[0.5], &[50, 50]),
         );
         // a: balanced (psi 0), b: all high (large psi), c: 3:1 (moderate).
@@ -571,10 +496,7 @@ mod tests {
         assert_eq!(acc.num_columns(), f);
         acc.observe(&vec![0.5; 3 * f], &vec![false; 3 * f], &[0.1, 0.2, 0.9]);
         let w = acc.take_window(0, 60_000);
-        assert_eq!(
-            (w.model_name.as_str(), w.model_version.as_str()),
-            ("fraud_mlp", "1")
-        );
+        assert_eq!((w.model_name.as_str(), w.model_version.as_str()), ("fraud_mlp", "1"));
         assert_eq!(w.rows, 3);
         let names: Vec<&str> = w.features.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, manifest.columns);
@@ -589,34 +511,16 @@ mod tests {
 
     #[test]
     fn to_avro_validates_and_round_trips() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/schemas/drift_report.avsc"
-        ))
-        .unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/drift_report.avsc")).unwrap();
         let schema = Schema::parse_str(&text).unwrap();
         let mut acc = two_column_acc();
-        acc.observe(
-            &[1.5, 1.0, 0.2, 0.0],
-            &[false, true, false, false],
-            &[0.3, 0.8],
-        );
-        for w in [
-            acc.take_window(1_700_000_000_000, 1_700_000_060_000),
-            acc.take_window(1, 2),
-        ] {
+        acc.observe(&[1.5, 1.0, 0.2, 0.0], &[false, true, false, false], &[0.3, 0.8]);
+        for w in [acc.take_window(1_700_000_000_000, 1_700_000_060_000), acc.take_window(1, 2)] {
             let value = w.to_avro("instance-a");
             assert!(value.validate(&schema), "{value:?}");
-            let bytes = GenericDatumWriter::builder(&schema)
-                .build()
-                .unwrap()
-                .write_value_to_vec(value.clone())
-                .unwrap();
-            let back = GenericDatumReader::builder(&schema)
-                .build()
-                .unwrap()
-                .read_value(&mut &bytes[..])
-                .unwrap();
+            let bytes =
+                GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(value.clone()).unwrap();
+            let back = GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut &bytes[..]).unwrap();
             assert_eq!(back, value);
         }
     }

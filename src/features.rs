@@ -99,23 +99,14 @@ impl FeatureExtractor {
                     usize::MAX
                 }
                 None => {
-                    problems.push(format!(
-                        "identity field `{name}` is not in the reader schema"
-                    ));
+                    problems.push(format!("identity field `{name}` is not in the reader schema"));
                     usize::MAX
                 }
             }
         };
-        let event_id = identity(
-            EVENT_ID,
-            |s| matches!(strip_null(s).0, Schema::String | Schema::Uuid(_)),
-            "a string or uuid",
-        );
-        let transaction_id = identity(
-            TRANSACTION_ID,
-            |s| matches!(strip_null(s).0, Schema::String),
-            "a string",
-        );
+        let event_id =
+            identity(EVENT_ID, |s| matches!(strip_null(s).0, Schema::String | Schema::Uuid(_)), "a string or uuid");
+        let transaction_id = identity(TRANSACTION_ID, |s| matches!(strip_null(s).0, Schema::String), "a string");
         let event_time = identity(
             EVENT_TIME,
             |s| matches!(strip_null(s).0, Schema::TimestampMillis | Schema::Long),
@@ -125,22 +116,14 @@ impl FeatureExtractor {
         let mut steps = Vec::with_capacity(manifest.features.len());
         let mut offset = 0;
         for (i, spec) in manifest.features.iter().enumerate() {
-            let at = format!(
-                "features[{i}] (source `{}`, {})",
-                spec.source, spec.transform
-            );
+            let at = format!("features[{i}] (source `{}`, {})", spec.source, spec.transform);
             let width = spec.value_columns();
             let Some(&field) = record.lookup.get(&spec.source) else {
                 problems.push(format!(
                     "{at}: field `{}` is not in the reader schema {} (fields: {})",
                     spec.source,
                     record.name.fullname(None),
-                    record
-                        .fields
-                        .iter()
-                        .map(|f| f.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    record.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
                 ));
                 offset += spec.width();
                 continue;
@@ -148,10 +131,7 @@ impl FeatureExtractor {
             let (schema, _nullable) = strip_null(&record.fields[field].schema);
             let accepted = match spec.transform {
                 Transform::Numeric | Transform::Log1p => {
-                    matches!(
-                        schema,
-                        Schema::Int | Schema::Long | Schema::Float | Schema::Double
-                    )
+                    matches!(schema, Schema::Int | Schema::Long | Schema::Float | Schema::Double)
                 }
                 Transform::Boolean => matches!(schema, Schema::Boolean),
                 Transform::OneHot => matches!(schema, Schema::String | Schema::Enum(_)),
@@ -185,14 +165,8 @@ impl FeatureExtractor {
                 missing_flag: spec.missing_flag,
                 offset,
                 width,
-                categories: spec
-                    .categories
-                    .iter()
-                    .enumerate()
-                    .map(|(j, c)| (c.clone(), j))
-                    .collect(),
-                other: (spec.transform == Transform::OneHot && spec.other)
-                    .then_some(spec.categories.len()),
+                categories: spec.categories.iter().enumerate().map(|(j, c)| (c.clone(), j)).collect(),
+                other: (spec.transform == Transform::OneHot && spec.other).then_some(spec.categories.len()),
             });
             offset += spec.width();
         }
@@ -207,19 +181,9 @@ impl FeatureExtractor {
         }
 
         if !problems.is_empty() {
-            return Err(FeatureError::Incompatible {
-                manifest: label,
-                schema: record.name.fullname(None),
-                problems,
-            });
+            return Err(FeatureError::Incompatible { manifest: label, schema: record.name.fullname(None), problems });
         }
-        Ok(Self {
-            steps,
-            columns,
-            event_id,
-            transaction_id,
-            event_time,
-        })
+        Ok(Self { steps, columns, event_id, transaction_id, event_time })
     }
 
     /// Columns per row (`F`).
@@ -239,19 +203,11 @@ impl FeatureExtractor {
     ///
     /// # Panics
     /// If `out` or `missing` is shorter than [`num_columns`](Self::num_columns).
-    pub fn extract(
-        &self,
-        record: &Value,
-        out: &mut [f32],
-        missing: &mut [bool],
-    ) -> Result<RowIdentity, Rejection> {
+    pub fn extract(&self, record: &Value, out: &mut [f32], missing: &mut [bool]) -> Result<RowIdentity, Rejection> {
         let n = self.columns.len();
         let (out, missing) = (&mut out[..n], &mut missing[..n]);
         let Value::Record(fields) = record else {
-            return Err(Rejection::new(
-                DeadLetterReason::Undecodable,
-                "decoded value is not a record",
-            ));
+            return Err(Rejection::new(DeadLetterReason::Undecodable, "decoded value is not a record"));
         };
 
         let identity = RowIdentity {
@@ -279,17 +235,10 @@ impl FeatureExtractor {
                 if step.on_null == OnNull::Reject {
                     return Err(Rejection::new(
                         DeadLetterReason::MissingFeature,
-                        format!(
-                            "field `{}` is null or absent and the model requires it",
-                            step.source
-                        ),
+                        format!("field `{}` is null or absent and the model requires it", step.source),
                     ));
                 }
-                let fill = if step.transform == Transform::OneHot {
-                    0.0
-                } else {
-                    step.default
-                };
+                let fill = if step.transform == Transform::OneHot { 0.0 } else { step.default };
                 cols.fill(fill);
                 miss.fill(true);
             } else {
@@ -335,9 +284,7 @@ impl Step {
                 other => return Err(self.unexpected(other)),
             },
             Transform::HourOfDay => match value {
-                Value::TimestampMillis(t) | Value::Long(t) => {
-                    cols[0] = t.div_euclid(MS_PER_HOUR).rem_euclid(24) as f32
-                }
+                Value::TimestampMillis(t) | Value::Long(t) => cols[0] = t.div_euclid(MS_PER_HOUR).rem_euclid(24) as f32,
                 other => return Err(self.unexpected(other)),
             },
             Transform::OneHot => {
@@ -372,12 +319,7 @@ impl Step {
     fn unexpected(&self, value: &Value) -> Rejection {
         Rejection::new(
             DeadLetterReason::InvalidFeature,
-            format!(
-                "field `{}` holds {} which {} cannot take",
-                self.source,
-                describe(Some(value)),
-                self.transform
-            ),
+            format!("field `{}` holds {} which {} cannot take", self.source, describe(Some(value)), self.transform),
         )
     }
 }
@@ -395,10 +337,7 @@ fn field<'a>(fields: &'a [(String, Value)], index: usize, name: &str) -> Option<
 }
 
 fn identity_missing(name: &str, value: Option<&Value>) -> Rejection {
-    Rejection::new(
-        DeadLetterReason::MissingFeature,
-        format!("identity field `{name}` is {}", describe(value)),
-    )
+    Rejection::new(DeadLetterReason::MissingFeature, format!("identity field `{name}` is {}", describe(value)))
 }
 
 fn describe(value: Option<&Value>) -> String {
@@ -419,11 +358,7 @@ fn describe(value: Option<&Value>) -> String {
 /// A schema with a `null` branch removed: `["null", T]` → (T, true). Other unions stay as they are.
 fn strip_null(schema: &Schema) -> (&Schema, bool) {
     if let Schema::Union(u) = schema {
-        let non_null: Vec<&Schema> = u
-            .variants()
-            .iter()
-            .filter(|s| !matches!(s, Schema::Null))
-            .collect();
+        let non_null: Vec<&Schema> = u.variants().iter().filter(|s| !matches!(s, Schema::Null)).collect();
         let nullable = non_null.len() < u.variants().len();
         if non_null.len() == 1 {
             return (non_null[0], nullable);
@@ -435,10 +370,7 @@ fn strip_null(schema: &Schema) -> (&Schema, bool) {
 
 fn kind(schema: &Schema) -> String {
     match schema {
-        Schema::Union(u) => format!(
-            "[{}]",
-            u.variants().iter().map(kind).collect::<Vec<_>>().join(", ")
-        ),
+        Schema::Union(u) => format!("[{}]", u.variants().iter().map(kind).collect::<Vec<_>>().join(", ")),
         Schema::Record(RecordSchema { name, .. }) => format!("record {}", name.fullname(None)),
         Schema::Enum(e) => format!("enum {}", e.name.fullname(None)),
         Schema::TimestampMillis => "timestamp-millis".into(),
@@ -474,11 +406,7 @@ mod tests {
         m.reference.columns = m
             .columns
             .iter()
-            .map(|c| crate::model::manifest::Histogram {
-                name: c.clone(),
-                edges: vec![],
-                counts: vec![1],
-            })
+            .map(|c| crate::model::manifest::Histogram { name: c.clone(), edges: vec![], counts: vec![1] })
             .collect();
         m.validate().unwrap();
         m
@@ -504,10 +432,7 @@ mod tests {
         let schema = reader();
         let mut fields: Vec<(String, Value)> = vec![
             ("event_id".into(), Value::Uuid(EVENT_UUID.parse().unwrap())),
-            (
-                "transaction_id".into(),
-                Value::String("tx-0123456789abcdef".into()),
-            ),
+            ("transaction_id".into(), Value::String("tx-0123456789abcdef".into())),
             ("account_id".into(), Value::String("acc-1".into())),
             ("card_id".into(), Value::Union(0, Box::new(Value::Null))),
             ("merchant_id".into(), Value::String("m-1".into())),
@@ -516,43 +441,19 @@ mod tests {
             ("merchant_category".into(), Value::String("5411".into())),
             ("channel".into(), Value::Enum(1, "ECOMMERCE".into())),
             ("country".into(), Value::String("FR".into())),
-            (
-                "event_time".into(),
-                Value::TimestampMillis(5 * MS_PER_HOUR + 59 * 60_000),
-            ),
-            (
-                "account_age_days".into(),
-                Value::Union(1, Box::new(Value::Int(12))),
-            ),
-            (
-                "distance_from_home_km".into(),
-                Value::Union(1, Box::new(Value::Double(0.0))),
-            ),
-            (
-                "txn_count_1h".into(),
-                Value::Union(0, Box::new(Value::Null)),
-            ),
-            (
-                "card_present".into(),
-                Value::Union(1, Box::new(Value::Boolean(false))),
-            ),
-            (
-                "new_device".into(),
-                Value::Union(1, Box::new(Value::Boolean(true))),
-            ),
+            ("event_time".into(), Value::TimestampMillis(5 * MS_PER_HOUR + 59 * 60_000)),
+            ("account_age_days".into(), Value::Union(1, Box::new(Value::Int(12)))),
+            ("distance_from_home_km".into(), Value::Union(1, Box::new(Value::Double(0.0)))),
+            ("txn_count_1h".into(), Value::Union(0, Box::new(Value::Null))),
+            ("card_present".into(), Value::Union(1, Box::new(Value::Boolean(false)))),
+            ("new_device".into(), Value::Union(1, Box::new(Value::Boolean(true)))),
         ];
         for (name, v) in overrides {
-            let slot = fields
-                .iter_mut()
-                .find(|(n, _)| n == name)
-                .expect("known field");
+            let slot = fields.iter_mut().find(|(n, _)| n == name).expect("known field");
             slot.1 = v.clone();
         }
-        let bytes = GenericDatumWriter::builder(&schema)
-            .build()
-            .unwrap()
-            .write_value_to_vec(Value::Record(fields))
-            .unwrap();
+        let bytes =
+            GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(Value::Record(fields)).unwrap();
         GenericDatumReader::builder(&schema)
             .reader_schema(&schema)
             .build()
@@ -569,10 +470,7 @@ mod tests {
         Value::Union(1, Box::new(v))
     }
 
-    fn run(
-        fx: &FeatureExtractor,
-        record: &Value,
-    ) -> Result<(Vec<f32>, Vec<bool>, RowIdentity), Rejection> {
+    fn run(fx: &FeatureExtractor, record: &Value) -> Result<(Vec<f32>, Vec<bool>, RowIdentity), Rejection> {
         // Poison the buffers so a column the extractor forgets to write shows up.
         let mut out = vec![f32::NAN; fx.num_columns() + 2];
         let mut missing = vec![true; fx.num_columns() + 2];
@@ -583,11 +481,7 @@ mod tests {
     }
 
     fn col(fx: &FeatureExtractor, row: &[f32], name: &str) -> f32 {
-        row[fx
-            .column_names()
-            .iter()
-            .position(|c| c == name)
-            .unwrap_or_else(|| panic!("no column {name}"))]
+        row[fx.column_names().iter().position(|c| c == name).unwrap_or_else(|| panic!("no column {name}"))]
     }
 
     #[test]
@@ -638,15 +532,9 @@ mod tests {
     #[test]
     fn uuid_logical_type_decodes_as_uuid_and_a_string_event_id_also_works() {
         let record = txn(&[]);
-        let Value::Record(fields) = &record else {
-            panic!()
-        };
+        let Value::Record(fields) = &record else { panic!() };
         // apache-avro 0.22 decodes {"type":"string","logicalType":"uuid"} as Value::Uuid.
-        assert!(
-            matches!(fields[0], (ref n, Value::Uuid(_)) if n == "event_id"),
-            "{:?}",
-            fields[0]
-        );
+        assert!(matches!(fields[0], (ref n, Value::Uuid(_)) if n == "event_id"), "{:?}", fields[0]);
 
         let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
         let mut fields = fields.clone();
@@ -658,11 +546,7 @@ mod tests {
     #[test]
     fn nulls_take_defaults_and_set_missing_flags() {
         let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
-        let record = txn(&[
-            ("account_age_days", null()),
-            ("distance_from_home_km", null()),
-            ("new_device", null()),
-        ]);
+        let record = txn(&[("account_age_days", null()), ("distance_from_home_km", null()), ("new_device", null())]);
         let (row, missing, _) = run(&fx, &record).unwrap();
         let names = fx.column_names();
         let idx = |n: &str| names.iter().position(|c| c == n).unwrap();
@@ -670,22 +554,11 @@ mod tests {
         assert_eq!(col(&fx, &row, "account_age_days"), -1.0);
         assert_eq!(col(&fx, &row, "distance_from_home_km_log1p"), 7.0);
         assert_eq!(col(&fx, &row, "new_device"), 0.0);
-        for flag in [
-            "account_age_days_missing",
-            "distance_from_home_km_missing",
-            "new_device_missing",
-        ] {
+        for flag in ["account_age_days_missing", "distance_from_home_km_missing", "new_device_missing"] {
             assert_eq!(col(&fx, &row, flag), 1.0, "{flag}");
-            assert!(
-                !missing[idx(flag)],
-                "the flag column itself is never marked missing"
-            );
+            assert!(!missing[idx(flag)], "the flag column itself is never marked missing");
         }
-        for value_col in [
-            "account_age_days",
-            "distance_from_home_km_log1p",
-            "new_device",
-        ] {
+        for value_col in ["account_age_days", "distance_from_home_km_log1p", "new_device"] {
             assert!(missing[idx(value_col)], "{value_col}");
         }
         assert_eq!(missing.iter().filter(|m| **m).count(), 3);
@@ -701,8 +574,7 @@ mod tests {
         let (row, missing, _) = run(&fx, &txn(&[("card_id", null())])).unwrap();
         assert_eq!(row, [0.0, 0.0, 0.0, 1.0]);
         assert_eq!(missing, [true, true, true, false]);
-        let (row, missing, _) =
-            run(&fx, &txn(&[("card_id", some(Value::String("c2".into())))])).unwrap();
+        let (row, missing, _) = run(&fx, &txn(&[("card_id", some(Value::String("c2".into())))])).unwrap();
         assert_eq!(row, [0.0, 1.0, 0.0, 0.0]);
         assert_eq!(missing, [false; 4]);
     }
@@ -718,14 +590,9 @@ mod tests {
     #[test]
     fn one_hot_unknown_values_go_to_other_or_nowhere() {
         let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
-        let (row, _, _) = run(
-            &fx,
-            &txn(&[
-                ("channel", Value::Enum(4, "MOTO".into())),
-                ("country", Value::String("US".into())),
-            ]),
-        )
-        .unwrap();
+        let (row, _, _) =
+            run(&fx, &txn(&[("channel", Value::Enum(4, "MOTO".into())), ("country", Value::String("US".into()))]))
+                .unwrap();
         assert_eq!(col(&fx, &row, "channel=POS"), 0.0);
         assert_eq!(col(&fx, &row, "channel=ECOMMERCE"), 0.0);
         assert_eq!(col(&fx, &row, "channel=__other__"), 1.0);
@@ -749,13 +616,9 @@ mod tests {
             (-MS_PER_HOUR, 23.0),
             (-MS_PER_HOUR - 1, 22.0),
             (-24 * MS_PER_HOUR, 0.0),
-            (
-                i64::MIN,
-                (i64::MIN.div_euclid(MS_PER_HOUR).rem_euclid(24)) as f32,
-            ),
+            (i64::MIN, (i64::MIN.div_euclid(MS_PER_HOUR).rem_euclid(24)) as f32),
         ] {
-            let (row, _, id) =
-                run(&fx, &txn(&[("event_time", Value::TimestampMillis(t))])).unwrap();
+            let (row, _, id) = run(&fx, &txn(&[("event_time", Value::TimestampMillis(t))])).unwrap();
             assert_eq!(col(&fx, &row, "event_time_hour"), hour, "t = {t}");
             assert_eq!(id.event_time_ms, t);
         }
@@ -772,27 +635,11 @@ mod tests {
             (-1.0, "`amount_log1p`"),
         ] {
             let err = run(&fx, &txn(&[("amount", Value::Double(amount))])).unwrap_err();
-            assert_eq!(
-                err.reason,
-                DeadLetterReason::InvalidFeature,
-                "amount {amount}"
-            );
-            assert!(
-                err.detail.contains(column),
-                "amount {amount}: {}",
-                err.detail
-            );
+            assert_eq!(err.reason, DeadLetterReason::InvalidFeature, "amount {amount}");
+            assert!(err.detail.contains(column), "amount {amount}: {}", err.detail);
         }
-        let err = run(
-            &fx,
-            &txn(&[("distance_from_home_km", some(Value::Double(-3.0)))]),
-        )
-        .unwrap_err();
-        assert!(
-            err.detail.contains("distance_from_home_km_log1p") && err.detail.contains("-3"),
-            "{}",
-            err.detail
-        );
+        let err = run(&fx, &txn(&[("distance_from_home_km", some(Value::Double(-3.0)))])).unwrap_err();
+        assert!(err.detail.contains("distance_from_home_km_log1p") && err.detail.contains("-3"), "{}", err.detail);
     }
 
     #[test]
@@ -808,33 +655,18 @@ mod tests {
         let FeatureError::Incompatible { problems, .. } = &err;
         let all = problems.join("\n");
         assert_eq!(problems.len(), 5, "{all}");
-        assert!(
-            all.contains("`no_such_field` is not in the reader schema"),
-            "{all}"
-        );
-        assert!(
-            all.contains("`amount` is double") && all.contains("one_hot cannot take"),
-            "{all}"
-        );
+        assert!(all.contains("`no_such_field` is not in the reader schema"), "{all}");
+        assert!(all.contains("`amount` is double") && all.contains("one_hot cannot take"), "{all}");
         assert!(all.contains("CARRIER_PIGEON"), "{all}");
-        assert!(
-            all.contains("`country` is string") && all.contains("hour_of_day"),
-            "{all}"
-        );
+        assert!(all.contains("`country` is string") && all.contains("hour_of_day"), "{all}");
         assert!(all.contains("`currency`"), "{all}");
-        assert!(
-            err.to_string()
-                .contains("io.streamscore.payments.Transaction"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("io.streamscore.payments.Transaction"), "{err}");
     }
 
     #[test]
     fn missing_identity_fields_are_missing_feature() {
         let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
-        let Value::Record(fields) = txn(&[]) else {
-            panic!()
-        };
+        let Value::Record(fields) = txn(&[]) else { panic!() };
         for drop in [EVENT_ID, TRANSACTION_ID, EVENT_TIME] {
             let rec = Value::Record(fields.iter().filter(|(n, _)| n != drop).cloned().collect());
             let err = run(&fx, &rec).unwrap_err();
@@ -846,9 +678,7 @@ mod tests {
     #[test]
     fn fields_are_found_by_name_when_not_at_the_planned_index() {
         let fx = FeatureExtractor::new(&full_manifest(), &reader()).unwrap();
-        let Value::Record(mut fields) = txn(&[]) else {
-            panic!()
-        };
+        let Value::Record(mut fields) = txn(&[]) else { panic!() };
         let (expected, _, _) = run(&fx, &Value::Record(fields.clone())).unwrap();
         fields.reverse();
         let (row, _, id) = run(&fx, &Value::Record(fields)).unwrap();
@@ -892,27 +722,18 @@ mod tests {
             ("event_id".into(), Value::Uuid(EVENT_UUID.parse().unwrap())),
             ("card_present".into(), some(Value::Boolean(true))),
         ]);
-        let bytes = GenericDatumWriter::builder(&writer)
-            .build()
-            .unwrap()
-            .write_value_to_vec(written)
-            .unwrap();
+        let bytes = GenericDatumWriter::builder(&writer).build().unwrap().write_value_to_vec(written).unwrap();
         let decoded = GenericDatumReader::builder(&writer)
             .reader_schema(&reader)
             .build()
             .unwrap()
             .read_value(&mut &bytes[..])
             .unwrap();
-        let Value::Record(fields) = &decoded else {
-            panic!()
-        };
+        let Value::Record(fields) = &decoded else { panic!() };
         let Schema::Record(r) = &reader else { panic!() };
         let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
         let reader_names: Vec<&str> = r.fields.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(
-            names, reader_names,
-            "resolved record has reader order, extra field dropped"
-        );
+        assert_eq!(names, reader_names, "resolved record has reader order, extra field dropped");
 
         let fx = FeatureExtractor::new(&full_manifest(), &reader).unwrap();
         let (row, missing, id) = run(&fx, &decoded).unwrap();

@@ -112,7 +112,11 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
-                println!("configuration is valid: {} input topic(s), model {}", c.kafka.input_topics.len(), c.model.dir.display());
+                println!(
+                    "configuration is valid: {} input topic(s), model {}",
+                    c.kafka.input_topics.len(),
+                    c.model.dir.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -171,9 +175,20 @@ async fn produce(
 ) -> anyhow::Result<()> {
     if let Some(url) = registry_url {
         use streamscore::codec;
-        let settings = codec::RegistrySettings { url: url.clone(), username: None, password: None, bearer_token: None, timeout: Duration::from_secs(10) };
+        let settings = codec::RegistrySettings {
+            url: url.clone(),
+            username: None,
+            password: None,
+            bearer_token: None,
+            timeout: Duration::from_secs(10),
+        };
         let reader = codec::parse_schema(codec::TRANSACTION_SCHEMA)?;
-        let store = codec::SchemaStore::new(reader, &Default::default(), Some(settings), Some(tokio::runtime::Handle::current()))?;
+        let store = codec::SchemaStore::new(
+            reader,
+            &Default::default(),
+            Some(settings),
+            Some(tokio::runtime::Handle::current()),
+        )?;
         opts.schema_id = store
             .register(&format!("{topic}-value"), codec::TRANSACTION_SCHEMA)
             .await

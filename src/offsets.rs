@@ -63,7 +63,11 @@ impl OffsetTracker {
     pub fn register(&self, seq: u64, last_offsets: &[(TopicPartition, i64)]) {
         let mut g = self.lock();
         for (tp, last) in last_offsets {
-            g.partitions.entry(tp.clone()).or_default().pending.push_back(Pending { seq, next_offset: last + 1, done: false });
+            g.partitions.entry(tp.clone()).or_default().pending.push_back(Pending {
+                seq,
+                next_offset: last + 1,
+                done: false,
+            });
         }
         g.batches.insert(seq, last_offsets.iter().map(|(tp, _)| tp.clone()).collect());
     }

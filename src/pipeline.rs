@@ -32,7 +32,7 @@ use crate::offsets::OffsetTracker;
 use crate::outcome::DeadLetterReason;
 use crate::sink::{self, Ack, OutputProducer};
 use crate::telemetry::{self, names, Health, RunStats};
-use crate::{source, sink::now_ms};
+use crate::{sink::now_ms, source};
 
 /// Why the pipeline could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +150,9 @@ pub async fn run_with_stats(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Stops the HTTP server and the drift reporter on every way out of this function,
+    // including a start-up error after the server came up.
+    let stop_tasks = StopOnDrop(stop_tx);
     let http = match cfg.telemetry.http_bind {
         Some(addr) => {
             let listener = telemetry::bind_http(addr).await.map_err(|e| PipelineError::Http(e.to_string()))?;
@@ -180,7 +183,10 @@ pub async fn run_with_stats(
     shared.health.publish();
 
     let reader_text = std::fs::read_to_string(&cfg.schemas.reader_schema).map_err(|e| {
-        PipelineError::Schema(format!("cannot read reader schema {} (schemas.reader_schema): {e}", cfg.schemas.reader_schema.display()))
+        PipelineError::Schema(format!(
+            "cannot read reader schema {} (schemas.reader_schema): {e}",
+            cfg.schemas.reader_schema.display()
+        ))
     })?;
     let reader = codec::parse_schema(&reader_text).map_err(|e| PipelineError::Schema(e.to_string()))?;
     let features = FeatureExtractor::new(&model.manifest, &reader)
@@ -197,7 +203,8 @@ pub async fn run_with_stats(
             .map_err(|e| PipelineError::Schema(e.to_string()))?,
     );
     let decoder = Decoder::new(store.clone(), cfg.schemas.max_message_bytes);
-    let drift_schema = codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
+    let drift_schema =
+        codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
     let (scored_schema_id, drift_schema_id) = if cfg.schemas.registry.is_some() {
         let scored = store
             .register(&format!("{}-value", cfg.kafka.scored_topic), codec::SCORED_TRANSACTION_SCHEMA)
@@ -265,7 +272,7 @@ pub async fn run_with_stats(
             shared.fail(PipelineError::Internal(format!("the {name} thread panicked")));
         }
     }
-    let _ = stop_tx.send(true);
+    drop(stop_tasks);
     if let Some(r) = reporter {
         let _ = r.await;
     }
@@ -299,6 +306,15 @@ pub async fn run_with_stats(
         model_name: info.name.clone(),
         model_version: info.version.clone(),
     })
+}
+
+/// Signals the async tasks to stop when dropped.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 /// The inference stage: one dedicated thread that owns the ONNX Runtime session (never on the
@@ -402,9 +418,12 @@ impl DriftReporter {
             return;
         }
         let key = format!("{model}/{version}");
-        let record = rdkafka::producer::BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&self.topic, Arc::new(Ack::Monitoring))
-            .key(key.as_bytes())
-            .payload(&buf[..]);
+        let record = rdkafka::producer::BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(
+            &self.topic,
+            Arc::new(Ack::Monitoring),
+        )
+        .key(key.as_bytes())
+        .payload(&buf[..]);
         match sink::send(&self.producer, record) {
             Ok(()) => {
                 metrics::counter!(names::DRIFT_REPORTS, "model" => model, "version" => version).increment(1);

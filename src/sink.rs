@@ -218,7 +218,8 @@ fn produce_batch(parts: &SinkParts, batch: &mut Batch, buf: &mut Vec<u8>) -> Res
                         scored_at_ms: scored_at,
                     },
                 );
-                let mut record = BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.scored_topic, opaque).payload(&buf[..]);
+                let mut record = BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.scored_topic, opaque)
+                    .payload(&buf[..]);
                 if let Some(k) = key {
                     record = record.key(k);
                 }
@@ -239,7 +240,8 @@ fn produce_batch(parts: &SinkParts, batch: &mut Batch, buf: &mut Vec<u8>) -> Res
                     .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(partition.as_str()) })
                     .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(offset.as_str()) });
                 let mut record =
-                    BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.dead_letter_topic, opaque).headers(headers);
+                    BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.dead_letter_topic, opaque)
+                        .headers(headers);
                 if let Some(p) = payload.as_deref() {
                     record = record.payload(p);
                 }

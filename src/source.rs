@@ -150,7 +150,8 @@ impl ClientContext for SourceContext {
                 let lag = if high >= 0 && position >= 0 { (high - position).max(0) } else { field("consumer_lag") };
                 // "-1" is librdkafka's internal unassigned partition.
                 if lag >= 0 && partition != "-1" {
-                    metrics::gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.clone()).set(lag as f64);
+                    metrics::gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.clone())
+                        .set(lag as f64);
                 }
             }
         }
@@ -251,9 +252,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
         .create_with_context(context)
         .map_err(|e| PipelineError::Kafka(format!("cannot create the consumer (check kafka.* settings): {e}")))?;
     let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
+    consumer.subscribe(&topics).map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
     info!(topics = ?cfg.kafka.input_topics, group = %cfg.kafka.group_id, "consumer subscribed");
 
     let decoder = parts.decoder;
@@ -265,7 +264,13 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
         .map_err(|e| PipelineError::Internal(format!("cannot start the source thread: {e}")))
 }
 
-fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, features: &FeatureExtractor, shared: &Shared) {
+fn run(
+    consumer: BaseConsumer<SourceContext>,
+    cfg: &Config,
+    decoder: &Decoder,
+    features: &FeatureExtractor,
+    shared: &Shared,
+) {
     let policy = BatchPolicy::new(cfg.batch.max_batch_size, cfg.batch.max_batch_delay);
     let mut next_commit = Instant::now() + cfg.delivery.commit_interval;
     let mut last_poll_error: Option<Instant> = None;
@@ -284,14 +289,13 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, f
                 let mut b = ctx.builder();
                 accept(&mut b, &msg, cfg, decoder, features, shared);
             }
-            Some(Err(e)) => {
-                // Transient errors (broker down, rebalance in progress) are retried by librdkafka;
-                // log at most once per 10 s so an outage does not flood the log.
-                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    warn!(error = %e, "consumer error (librdkafka retries on its own)");
-                    last_poll_error = Some(Instant::now());
-                }
+            // Transient errors (broker down, rebalance in progress) are retried by librdkafka;
+            // log at most once per 10 s so an outage does not flood the log.
+            Some(Err(e)) if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) => {
+                warn!(error = %e, "consumer error (librdkafka retries on its own)");
+                last_poll_error = Some(Instant::now());
             }
+            Some(Err(_)) => {}
         }
         let mut b = ctx.builder();
         if policy.is_due(&b.batch, Instant::now()) && !b.seal(shared) {
@@ -321,7 +325,14 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, f
 }
 
 /// Decodes one message into the open batch (a scored row or a dead-letter entry).
-fn accept(b: &mut Builder, msg: &BorrowedMessage<'_>, cfg: &Config, decoder: &Decoder, features: &FeatureExtractor, shared: &Shared) {
+fn accept(
+    b: &mut Builder,
+    msg: &BorrowedMessage<'_>,
+    cfg: &Config,
+    decoder: &Decoder,
+    features: &FeatureExtractor,
+    shared: &Shared,
+) {
     let topic = b.topic(msg.topic());
     let (partition, offset) = (msg.partition(), msg.offset());
     b.note_offset(&topic, partition, offset);
@@ -333,7 +344,11 @@ fn accept(b: &mut Builder, msg: &BorrowedMessage<'_>, cfg: &Config, decoder: &De
         Some(bytes) if bytes.len() > cfg.schemas.max_message_bytes => EntryKind::Rejected {
             rejection: Rejection::new(
                 DeadLetterReason::Oversized,
-                format!("value of {} bytes exceeds schemas.max_message_bytes = {}", bytes.len(), cfg.schemas.max_message_bytes),
+                format!(
+                    "value of {} bytes exceeds schemas.max_message_bytes = {}",
+                    bytes.len(),
+                    cfg.schemas.max_message_bytes
+                ),
             ),
             payload: Some(bytes.to_vec()),
         },
@@ -369,7 +384,11 @@ fn decode_with_retry(decoder: &Decoder, bytes: &[u8], shared: &Shared) -> Result
     let mut attempt = 0;
     loop {
         match decoder.decode(bytes) {
-            Err(r) if r.reason == DeadLetterReason::RegistryUnavailable && attempt < REGISTRY_RETRIES && !shared.stopping() => {
+            Err(r)
+                if r.reason == DeadLetterReason::RegistryUnavailable
+                    && attempt < REGISTRY_RETRIES
+                    && !shared.stopping() =>
+            {
                 warn!(detail = %r.detail, retry_in = ?delay, "schema registry unavailable; retrying");
                 std::thread::sleep(delay);
                 delay *= 2;

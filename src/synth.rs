@@ -28,13 +28,7 @@ pub enum Channel {
 
 impl Channel {
     /// All channels in schema (index) order.
-    pub const ALL: [Channel; 5] = [
-        Channel::Pos,
-        Channel::Ecommerce,
-        Channel::Mobile,
-        Channel::Atm,
-        Channel::Moto,
-    ];
+    pub const ALL: [Channel; 5] = [Channel::Pos, Channel::Ecommerce, Channel::Mobile, Channel::Atm, Channel::Moto];
 
     /// The Avro enum symbol.
     pub fn as_str(self) -> &'static str {
@@ -83,31 +77,11 @@ const CHANNELS: [(Channel, f64); 5] = [
     (Channel::Atm, 0.07),
     (Channel::Moto, 0.03),
 ];
-const CURRENCIES: [(&str, f64); 5] = [
-    ("EUR", 0.50),
-    ("USD", 0.30),
-    ("GBP", 0.15),
-    ("CHF", 0.03),
-    ("JPY", 0.02),
-];
-const MERCHANT_CATEGORIES: [(&str, f64); 7] = [
-    ("5411", 0.30),
-    ("5812", 0.20),
-    ("4111", 0.17),
-    ("5999", 0.15),
-    ("5732", 0.10),
-    ("4829", 0.05),
-    ("7995", 0.03),
-];
-const COUNTRIES: [(&str, f64); 7] = [
-    ("DE", 0.60),
-    ("FR", 0.10),
-    ("US", 0.10),
-    ("NL", 0.08),
-    ("GB", 0.07),
-    ("BR", 0.03),
-    ("NG", 0.02),
-];
+const CURRENCIES: [(&str, f64); 5] = [("EUR", 0.50), ("USD", 0.30), ("GBP", 0.15), ("CHF", 0.03), ("JPY", 0.02)];
+const MERCHANT_CATEGORIES: [(&str, f64); 7] =
+    [("5411", 0.30), ("5812", 0.20), ("4111", 0.17), ("5999", 0.15), ("5732", 0.10), ("4829", 0.05), ("7995", 0.03)];
+const COUNTRIES: [(&str, f64); 7] =
+    [("DE", 0.60), ("FR", 0.10), ("US", 0.10), ("NL", 0.08), ("GB", 0.07), ("BR", 0.03), ("NG", 0.02)];
 
 /// Seeded source of synthetic transactions.
 #[derive(Debug, Clone)]
@@ -119,10 +93,7 @@ pub struct Generator {
 impl Generator {
     /// A generator whose event times fall in the 7 days before `now_ms`.
     pub fn new(seed: u64, now_ms: i64) -> Self {
-        Generator {
-            rng: SmallRng::seed_from_u64(seed),
-            now_ms,
-        }
+        Generator { rng: SmallRng::seed_from_u64(seed), now_ms }
     }
 
     /// Draws the next transaction from the documented generative process.
@@ -142,11 +113,7 @@ impl Generator {
         let distance_from_home_km = (!self.rng.random_bool(0.15)).then(|| self.lognormal(1.5, 1.2));
         let txn_count_1h = (!self.rng.random_bool(0.10)).then(|| self.poisson(1.0) as i32);
         let card_present = (!self.rng.random_bool(0.05)).then(|| {
-            let p = if matches!(channel, Channel::Pos | Channel::Atm) {
-                0.97
-            } else {
-                0.02
-            };
+            let p = if matches!(channel, Channel::Pos | Channel::Atm) { 0.97 } else { 0.02 };
             self.rng.random_bool(p)
         });
         let new_device = (!self.rng.random_bool(0.10)).then(|| self.rng.random_bool(0.08));
@@ -154,8 +121,7 @@ impl Generator {
         let event_id = self.uuid_v4();
         let transaction_id = format!("tx-{:016x}", self.rng.random::<u64>());
         let account_id = format!("acc-{}", self.rng.random_range(0..100_000u32));
-        let card_id = (!self.rng.random_bool(0.2))
-            .then(|| format!("card-{}", self.rng.random_range(0..200_000u32)));
+        let card_id = (!self.rng.random_bool(0.2)).then(|| format!("card-{}", self.rng.random_range(0..200_000u32)));
         let merchant_id = format!("m-{}", self.rng.random_range(0..10_000u32));
 
         Transaction {
@@ -394,19 +360,13 @@ mod tests {
     const NOW: i64 = 1_750_000_000_000;
 
     fn schema() -> Schema {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/schemas/transaction.avsc"
-        ))
-        .unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/transaction.avsc")).unwrap();
         Schema::parse_str(&text).unwrap()
     }
 
     fn decode(schema: &Schema, body: &[u8]) -> apache_avro::AvroResult<(Value, usize)> {
         let mut rest = body;
-        let v = GenericDatumReader::builder(schema)
-            .build()?
-            .read_value(&mut rest)?;
+        let v = GenericDatumReader::builder(schema).build()?.read_value(&mut rest)?;
         Ok((v, rest.len()))
     }
 
@@ -420,10 +380,7 @@ mod tests {
     fn expected(tx: &Transaction) -> Vec<(String, Value)> {
         let s = |v: &str| Value::String(v.to_owned());
         vec![
-            (
-                "event_id".into(),
-                Value::Uuid(Uuid::parse_str(&tx.event_id).unwrap()),
-            ),
+            ("event_id".into(), Value::Uuid(Uuid::parse_str(&tx.event_id).unwrap())),
             ("transaction_id".into(), s(&tx.transaction_id)),
             ("account_id".into(), s(&tx.account_id)),
             ("card_id".into(), opt(tx.card_id.as_deref().map(s))),
@@ -431,28 +388,13 @@ mod tests {
             ("amount".into(), Value::Double(tx.amount)),
             ("currency".into(), s(&tx.currency)),
             ("merchant_category".into(), s(&tx.merchant_category)),
-            (
-                "channel".into(),
-                Value::Enum(tx.channel.index(), tx.channel.as_str().into()),
-            ),
+            ("channel".into(), Value::Enum(tx.channel.index(), tx.channel.as_str().into())),
             ("country".into(), s(&tx.country)),
-            (
-                "event_time".into(),
-                Value::TimestampMillis(tx.event_time_ms),
-            ),
-            (
-                "account_age_days".into(),
-                opt(tx.account_age_days.map(Value::Int)),
-            ),
-            (
-                "distance_from_home_km".into(),
-                opt(tx.distance_from_home_km.map(Value::Double)),
-            ),
+            ("event_time".into(), Value::TimestampMillis(tx.event_time_ms)),
+            ("account_age_days".into(), opt(tx.account_age_days.map(Value::Int))),
+            ("distance_from_home_km".into(), opt(tx.distance_from_home_km.map(Value::Double))),
             ("txn_count_1h".into(), opt(tx.txn_count_1h.map(Value::Int))),
-            (
-                "card_present".into(),
-                opt(tx.card_present.map(Value::Boolean)),
-            ),
+            ("card_present".into(), opt(tx.card_present.map(Value::Boolean))),
             ("new_device".into(), opt(tx.new_device.map(Value::Boolean))),
         ]
     }
@@ -482,21 +424,14 @@ mod tests {
         tx.channel = Channel::Moto;
         out.clear();
         encode_transaction(&tx, &mut out);
-        assert_eq!(
-            decode(&schema, &out).unwrap().0,
-            Value::Record(expected(&tx))
-        );
+        assert_eq!(decode(&schema, &out).unwrap().0, Value::Record(expected(&tx)));
     }
 
     #[test]
     fn channel_symbols_match_schema_order() {
-        let Schema::Record(rec) = schema() else {
-            panic!("not a record")
-        };
+        let Schema::Record(rec) = schema() else { panic!("not a record") };
         let field = rec.fields.iter().find(|f| f.name == "channel").unwrap();
-        let Schema::Enum(e) = &field.schema else {
-            panic!("channel is not an enum")
-        };
+        let Schema::Enum(e) = &field.schema else { panic!("channel is not an enum") };
         let ours: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(e.symbols, ours);
         for (i, c) in Channel::ALL.iter().enumerate() {
@@ -509,12 +444,10 @@ mod tests {
         const N: usize = 20_000;
         let mut generator = Generator::new(42, NOW);
         let mut channels = [0usize; 5];
-        let (mut null_age, mut null_dist, mut null_cnt, mut null_card_present, mut null_dev) =
-            (0, 0, 0, 0, 0);
+        let (mut null_age, mut null_dist, mut null_cnt, mut null_card_present, mut null_dev) = (0, 0, 0, 0, 0);
         let (mut null_card, mut new_dev, mut frauds) = (0, 0, 0);
         let (mut de, mut eur, mut mcc_5411) = (0, 0, 0);
-        let (mut sum_ln_amount, mut sum_age, mut n_age, mut sum_cnt, mut n_cnt) =
-            (0.0, 0.0, 0, 0.0, 0);
+        let (mut sum_ln_amount, mut sum_age, mut n_age, mut sum_cnt, mut n_cnt) = (0.0, 0.0, 0, 0.0, 0);
         let (mut pos_atm, mut pos_atm_present) = (0, 0);
         let mut hours = [0usize; 24];
         for _ in 0..N {
@@ -522,9 +455,7 @@ mod tests {
             channels[tx.channel.index() as usize] += 1;
             assert!(tx.event_time_ms >= NOW - WEEK_MS && tx.event_time_ms < NOW);
             hours[tx.event_time_ms.div_euclid(3_600_000).rem_euclid(24) as usize] += 1;
-            assert!(
-                tx.amount >= 0.0 && (tx.amount * 100.0 - (tx.amount * 100.0).round()).abs() < 1e-6
-            );
+            assert!(tx.amount >= 0.0 && (tx.amount * 100.0 - (tx.amount * 100.0).round()).abs() < 1e-6);
             sum_ln_amount += tx.amount.max(0.01).ln();
             match tx.account_age_days {
                 None => null_age += 1,
@@ -576,26 +507,11 @@ mod tests {
         close("account_age_days null rate", share(null_age), 0.10, 0.012);
         close("distance null rate", share(null_dist), 0.15, 0.015);
         close("txn_count_1h null rate", share(null_cnt), 0.10, 0.012);
-        close(
-            "card_present null rate",
-            share(null_card_present),
-            0.05,
-            0.01,
-        );
+        close("card_present null rate", share(null_card_present), 0.05, 0.01);
         close("new_device null rate", share(null_dev), 0.10, 0.012);
         close("card_id null rate", share(null_card), 0.20, 0.015);
-        close(
-            "new_device true rate",
-            new_dev as f64 / (N - null_dev) as f64,
-            0.08,
-            0.012,
-        );
-        close(
-            "POS/ATM card present",
-            pos_atm_present as f64 / pos_atm as f64,
-            0.97,
-            0.01,
-        );
+        close("new_device true rate", new_dev as f64 / (N - null_dev) as f64, 0.08, 0.012);
+        close("POS/ATM card present", pos_atm_present as f64 / pos_atm as f64, 0.97, 0.01);
         close("DE share", share(de), 0.60, 0.015);
         close("EUR share", share(eur), 0.50, 0.015);
         close("MCC 5411 share", share(mcc_5411), 0.30, 0.015);
@@ -607,10 +523,7 @@ mod tests {
             close(&format!("hour {h} share"), share(c), 1.0 / 24.0, 0.01);
         }
         let fraud_rate = share(frauds);
-        assert!(
-            (0.005..=0.15).contains(&fraud_rate),
-            "fraud base rate {fraud_rate}"
-        );
+        assert!((0.005..=0.15).contains(&fraud_rate), "fraud base rate {fraud_rate}");
     }
 
     #[test]
@@ -649,11 +562,7 @@ mod tests {
         let mut c = Generator::new(100, NOW);
         let mut differs = false;
         for _ in 0..200 {
-            let (ta, tb, tc) = (
-                a.next_transaction(),
-                b.next_transaction(),
-                c.next_transaction(),
-            );
+            let (ta, tb, tc) = (a.next_transaction(), b.next_transaction(), c.next_transaction());
             assert_eq!(ta, tb);
             assert_eq!(a.is_fraud(&ta), b.is_fraud(&tb));
             differs |= ta != tc;
@@ -689,9 +598,7 @@ mod tests {
             assert_eq!(&nan[..5], &[0, 0, 0, 0, 3]);
             let (value, left) = decode(&schema, &nan[5..]).unwrap();
             assert_eq!(left, 0);
-            let Value::Record(fields) = value else {
-                panic!("not a record")
-            };
+            let Value::Record(fields) = value else { panic!("not a record") };
             let amount = fields.iter().find(|(n, _)| n == "amount").unwrap();
             assert!(matches!(amount.1, Value::Double(a) if a.is_nan()));
         }

@@ -66,14 +66,27 @@ fn describe() {
     describe_counter!(names::EVENTS_DEAD_LETTERED, "Inputs sent to the dead-letter topic, by reason.");
     describe_histogram!(names::BATCH_SIZE, "Inputs per micro-batch.");
     describe_histogram!(names::INFERENCE_SECONDS, Unit::Seconds, "ONNX Runtime time per batch.");
-    describe_histogram!(names::END_TO_END_SECONDS, Unit::Seconds, "Kafka timestamp of the input to its outcome acknowledged by the broker.");
+    describe_histogram!(
+        names::END_TO_END_SECONDS,
+        Unit::Seconds,
+        "Kafka timestamp of the input to its outcome acknowledged by the broker."
+    );
     describe_counter!(names::CACHE_HITS, "Rows served from the prediction cache.");
     describe_counter!(names::CACHE_MISSES, "Rows that needed inference.");
-    describe_gauge!(names::CONSUMER_LAG, "Messages behind the partition's high watermark (from librdkafka statistics).");
-    describe_gauge!(names::DRIFT_PSI, "Population stability index of the last drift window against the training reference.");
+    describe_gauge!(
+        names::CONSUMER_LAG,
+        "Messages behind the partition's high watermark (from librdkafka statistics)."
+    );
+    describe_gauge!(
+        names::DRIFT_PSI,
+        "Population stability index of the last drift window against the training reference."
+    );
     describe_counter!(names::DRIFT_REPORTS, "Drift reports published.");
     describe_counter!(names::COMMITS, "Offset commits, by result.");
-    describe_counter!(names::DELIVERY_FAILURES, "Outcomes the broker did not acknowledge (the service stops without committing past them).");
+    describe_counter!(
+        names::DELIVERY_FAILURES,
+        "Outcomes the broker did not acknowledge (the service stops without committing past them)."
+    );
     describe_counter!(names::REBALANCES, "Consumer group rebalances, by kind (assign/revoke).");
     describe_gauge!(names::MODEL_INFO, "1 for the model version being served.");
     describe_gauge!(names::READY, "1 when the model is loaded and the consumer has joined its group.");
@@ -105,7 +118,9 @@ pub struct Health {
 
 impl Health {
     pub fn ready(&self) -> bool {
-        self.model_loaded.load(Ordering::Acquire) && self.consumer_joined.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+        self.model_loaded.load(Ordering::Acquire)
+            && self.consumer_joined.load(Ordering::Acquire)
+            && !self.stopping.load(Ordering::Acquire)
     }
 
     pub fn publish(&self) {
@@ -244,9 +259,9 @@ pub async fn serve_http(
 
 /// Binds the HTTP listener (a bind error names the address and the config key).
 pub async fn bind_http(addr: SocketAddr) -> Result<tokio::net::TcpListener, std::io::Error> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} (telemetry.http_bind): {e}"))
-    })
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (telemetry.http_bind): {e}")))
 }
 
 #[cfg(test)]

@@ -21,9 +21,7 @@ fn read(rel: &str) -> String {
 // ------------------------------------------------------------------------------------------
 
 fn config() -> toml::Table {
-    read("config/streamscore.toml")
-        .parse::<toml::Table>()
-        .expect("config/streamscore.toml is valid TOML")
+    read("config/streamscore.toml").parse::<toml::Table>().expect("config/streamscore.toml is valid TOML")
 }
 
 fn config_str<'a>(cfg: &'a toml::Table, section: &str, key: &str) -> &'a str {
@@ -39,18 +37,9 @@ fn input_topics(cfg: &toml::Table) -> Vec<String> {
         .and_then(|k| k.get("input_topics"))
         .and_then(toml::Value::as_array)
         .expect("config/streamscore.toml has kafka.input_topics");
-    let topics: Vec<String> = topics
-        .iter()
-        .map(|t| {
-            t.as_str()
-                .expect("kafka.input_topics holds strings")
-                .to_string()
-        })
-        .collect();
-    assert!(
-        !topics.is_empty(),
-        "kafka.input_topics is empty in config/streamscore.toml"
-    );
+    let topics: Vec<String> =
+        topics.iter().map(|t| t.as_str().expect("kafka.input_topics holds strings").to_string()).collect();
+    assert!(!topics.is_empty(), "kafka.input_topics is empty in config/streamscore.toml");
     topics
 }
 
@@ -66,22 +55,16 @@ fn default_topics(cfg: &toml::Table) -> Vec<String> {
 /// The port of `telemetry.http_bind` in the shipped config.
 fn telemetry_port(cfg: &toml::Table) -> String {
     let bind = config_str(cfg, "telemetry", "http_bind");
-    let (_, port) = bind
-        .rsplit_once(':')
-        .unwrap_or_else(|| panic!("telemetry.http_bind {bind:?} has no port"));
+    let (_, port) = bind.rsplit_once(':').unwrap_or_else(|| panic!("telemetry.http_bind {bind:?} has no port"));
     port.to_string()
 }
 
 /// A duration as written in the config and compose files (`10s`, `500ms`, `1m`), in seconds.
 fn seconds(text: &str) -> f64 {
     let s = text.trim().trim_matches(|c| c == '"' || c == '\'');
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let number: f64 = number
-        .parse()
-        .unwrap_or_else(|_| panic!("cannot read the duration {text:?}"));
+    let number: f64 = number.parse().unwrap_or_else(|_| panic!("cannot read the duration {text:?}"));
     let scale = match unit {
         "ms" => 0.001,
         "" | "s" => 1.0,
@@ -99,12 +82,7 @@ fn onnxruntime_pin() -> String {
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter_map(|l| l.strip_prefix("onnxruntime=="))
-        .map(|v| {
-            v.split(|c: char| c.is_whitespace() || c == ';')
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
+        .map(|v| v.split(|c: char| c.is_whitespace() || c == ';').next().unwrap_or("").to_string())
         .collect();
     assert_eq!(
         pins.len(),
@@ -126,10 +104,7 @@ fn literal_versions(text: &str, needle: &str) -> Vec<String> {
     let mut rest = text;
     while let Some(i) = rest.find(needle) {
         rest = &rest[i + needle.len()..];
-        let version: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
+        let version: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
         let version = version.trim_end_matches('.');
         if !version.is_empty() {
             out.push(version.to_string());
@@ -197,21 +172,12 @@ fn parse_instructions(text: &str) -> Vec<Instruction> {
         entry.1.push_str(body);
         if !continues {
             if let Some((line, text)) = current.take() {
-                let (keyword, args) = text
-                    .split_once(char::is_whitespace)
-                    .unwrap_or((text.as_str(), ""));
-                out.push(Instruction {
-                    line,
-                    keyword: keyword.to_ascii_uppercase(),
-                    args: args.trim().to_string(),
-                });
+                let (keyword, args) = text.split_once(char::is_whitespace).unwrap_or((text.as_str(), ""));
+                out.push(Instruction { line, keyword: keyword.to_ascii_uppercase(), args: args.trim().to_string() });
             }
         }
     }
-    assert!(
-        current.is_none(),
-        "the Dockerfile ends inside a continued (\\) instruction"
-    );
+    assert!(current.is_none(), "the Dockerfile ends inside a continued (\\) instruction");
     out
 }
 
@@ -221,24 +187,13 @@ impl Dockerfile {
         let mut stages: Vec<Stage> = Vec::new();
         for ins in parse_instructions(&read("Dockerfile")) {
             if ins.keyword == "FROM" {
-                let words: Vec<&str> = ins
-                    .args
-                    .split_whitespace()
-                    .filter(|w| !w.starts_with("--"))
-                    .collect();
-                let base = words
-                    .first()
-                    .unwrap_or_else(|| panic!("Dockerfile:{}: FROM without an image", ins.line));
+                let words: Vec<&str> = ins.args.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+                let base = words.first().unwrap_or_else(|| panic!("Dockerfile:{}: FROM without an image", ins.line));
                 let name = match words.as_slice() {
                     [_, kw, name, ..] if kw.eq_ignore_ascii_case("as") => name.to_string(),
                     _ => String::new(),
                 };
-                stages.push(Stage {
-                    name,
-                    base: base.to_string(),
-                    line: ins.line,
-                    body: Vec::new(),
-                });
+                stages.push(Stage { name, base: base.to_string(), line: ins.line, body: Vec::new() });
             } else if let Some(stage) = stages.last_mut() {
                 stage.body.push(ins);
             } else {
@@ -267,11 +222,7 @@ impl Stage {
     }
 
     fn env(&self, var: &str) -> Option<String> {
-        self.all("ENV")
-            .flat_map(|i| env_pairs(&i.args))
-            .filter(|(k, _)| k == var)
-            .map(|(_, v)| v)
-            .last()
+        self.all("ENV").flat_map(|i| env_pairs(&i.args)).filter(|(k, _)| k == var).map(|(_, v)| v).last()
     }
 }
 
@@ -291,10 +242,7 @@ fn env_pairs(args: &str) -> Vec<(String, String)> {
     let unquote = |s: &str| s.trim().trim_matches('"').to_string();
     let first = args.split_whitespace().next().unwrap_or("");
     if first.contains('=') {
-        args.split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .map(|(k, v)| (k.to_string(), unquote(v)))
-            .collect()
+        args.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), unquote(v))).collect()
     } else {
         let (k, v) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
         vec![(k.to_string(), unquote(v))]
@@ -320,24 +268,9 @@ fn parse_copy(ins: &Instruction) -> Copy {
         rest = tail.trim_start();
     }
     let mut w = words(rest);
-    let dest = w.pop().unwrap_or_else(|| {
-        panic!(
-            "Dockerfile:{}: {} without a destination",
-            ins.line, ins.keyword
-        )
-    });
-    assert!(
-        !w.is_empty(),
-        "Dockerfile:{}: {} without a source",
-        ins.line,
-        ins.keyword
-    );
-    Copy {
-        line: ins.line,
-        from,
-        sources: w,
-        dest,
-    }
+    let dest = w.pop().unwrap_or_else(|| panic!("Dockerfile:{}: {} without a destination", ins.line, ins.keyword));
+    assert!(!w.is_empty(), "Dockerfile:{}: {} without a source", ins.line, ins.keyword);
+    Copy { line: ins.line, from, sources: w, dest }
 }
 
 /// Plain path patterns of `.dockerignore` (wildcard and `!` patterns are left out).
@@ -356,10 +289,7 @@ fn dockerfile_has_the_expected_stages() {
     let df = Dockerfile::load();
     let names: Vec<&str> = df.stages.iter().map(|s| s.name.as_str()).collect();
     for want in ["ort", "build", "train", "runtime"] {
-        assert!(
-            names.contains(&want),
-            "the Dockerfile has no `FROM ... AS {want}` stage (stages: {names:?})"
-        );
+        assert!(names.contains(&want), "the Dockerfile has no `FROM ... AS {want}` stage (stages: {names:?})");
     }
     assert_eq!(
         names.last(),
@@ -378,22 +308,15 @@ fn dockerfile_has_the_expected_stages() {
 
     let build = df.stage("build");
     assert!(
-        build
-            .all("RUN")
-            .any(|i| i.args.contains("cargo build --release --locked")),
+        build.all("RUN").any(|i| i.args.contains("cargo build --release --locked")),
         "the build stage does not run `cargo build --release --locked`"
     );
     let train = df.stage("train");
     assert!(
-        train
-            .all("RUN")
-            .any(|i| i.args.contains("requirements-train.txt")),
+        train.all("RUN").any(|i| i.args.contains("requirements-train.txt")),
         "the train stage does not install python/requirements-train.txt"
     );
-    let train_cmd = train
-        .last_of("CMD")
-        .map(|i| words(&i.args))
-        .unwrap_or_default();
+    let train_cmd = train.last_of("CMD").map(|i| words(&i.args)).unwrap_or_default();
     assert!(
         train_cmd.iter().any(|w| w == "models/train.py"),
         "the train stage's CMD does not run models/train.py: {train_cmd:?}"
@@ -406,9 +329,7 @@ fn runtime_stage_runs_streamscore_as_a_non_root_user() {
     let df = Dockerfile::load();
     let rt = df.stage("runtime");
 
-    let user = rt
-        .last_of("USER")
-        .expect("the runtime stage has no USER instruction, so it would run as root");
+    let user = rt.last_of("USER").expect("the runtime stage has no USER instruction, so it would run as root");
     let name = user.args.split(':').next().unwrap_or("").trim();
     assert!(
         !name.is_empty() && name != "root" && name != "0",
@@ -417,55 +338,29 @@ fn runtime_stage_runs_streamscore_as_a_non_root_user() {
         user.args
     );
 
-    let entrypoint = rt
-        .last_of("ENTRYPOINT")
-        .map(|i| words(&i.args))
-        .unwrap_or_default();
-    assert_eq!(
-        entrypoint,
-        vec!["streamscore".to_string()],
-        "the runtime ENTRYPOINT should be [\"streamscore\"]"
-    );
-    let cmd = rt
-        .last_of("CMD")
-        .map(|i| words(&i.args))
-        .unwrap_or_default();
-    assert_eq!(
-        cmd.first().map(String::as_str),
-        Some("run"),
-        "the runtime CMD should start with `run`: {cmd:?}"
-    );
+    let entrypoint = rt.last_of("ENTRYPOINT").map(|i| words(&i.args)).unwrap_or_default();
+    assert_eq!(entrypoint, vec!["streamscore".to_string()], "the runtime ENTRYPOINT should be [\"streamscore\"]");
+    let cmd = rt.last_of("CMD").map(|i| words(&i.args)).unwrap_or_default();
+    assert_eq!(cmd.first().map(String::as_str), Some("run"), "the runtime CMD should start with `run`: {cmd:?}");
 
     // The config file named by CMD is copied to exactly that path.
     if let Some(i) = cmd.iter().position(|w| w == "--config") {
         let path = cmd.get(i + 1).expect("CMD ends with --config");
-        let delivered = rt
-            .all("COPY")
-            .map(parse_copy)
-            .filter(|c| c.from.is_none())
-            .any(|c| {
-                &c.dest == path
-                    || (c.dest.ends_with('/')
-                        && c.sources.iter().any(|s| {
-                            let file = Path::new(s)
-                                .file_name()
-                                .and_then(|f| f.to_str())
-                                .unwrap_or("");
-                            format!("{}{file}", c.dest) == *path
-                        }))
-            });
-        assert!(
-            delivered,
-            "CMD reads --config {path}, but no COPY in the runtime stage puts a file there"
-        );
+        let delivered = rt.all("COPY").map(parse_copy).filter(|c| c.from.is_none()).any(|c| {
+            &c.dest == path
+                || (c.dest.ends_with('/')
+                    && c.sources.iter().any(|s| {
+                        let file = Path::new(s).file_name().and_then(|f| f.to_str()).unwrap_or("");
+                        format!("{}{file}", c.dest) == *path
+                    }))
+        });
+        assert!(delivered, "CMD reads --config {path}, but no COPY in the runtime stage puts a file there");
     }
 
     let port = telemetry_port(&cfg);
     let exposed: Vec<String> = rt.all("EXPOSE").flat_map(|i| words(&i.args)).collect();
     assert!(
-        exposed
-            .iter()
-            .any(|p| p.split('/').next() == Some(port.as_str())),
+        exposed.iter().any(|p| p.split('/').next() == Some(port.as_str())),
         "the runtime stage does not EXPOSE {port} (telemetry.http_bind): {exposed:?}"
     );
 }
@@ -476,20 +371,12 @@ fn every_copy_source_exists_and_is_in_the_build_context() {
     let ignored = dockerignore_paths();
     let mut checked = 0;
     for (index, stage) in df.stages.iter().enumerate() {
-        for ins in stage
-            .body
-            .iter()
-            .filter(|i| i.keyword == "COPY" || i.keyword == "ADD")
-        {
+        for ins in stage.body.iter().filter(|i| i.keyword == "COPY" || i.keyword == "ADD") {
             let copy = parse_copy(ins);
             if let Some(from) = &copy.from {
                 let is_stage = df.stages[..index].iter().any(|s| s.name == *from);
                 let is_image = from.contains(':') || from.contains('/');
-                assert!(
-                    is_stage || is_image,
-                    "Dockerfile:{}: --from={from} names no earlier stage",
-                    copy.line
-                );
+                assert!(is_stage || is_image, "Dockerfile:{}: --from={from} names no earlier stage", copy.line);
                 continue;
             }
             for source in &copy.sources {
@@ -526,10 +413,7 @@ fn every_copy_source_exists_and_is_in_the_build_context() {
 fn dockerignore_keeps_local_state_out_of_the_build_context() {
     let ignored = dockerignore_paths();
     for want in ["target", ".venv", ".git", "bench-results"] {
-        assert!(
-            ignored.iter().any(|p| p == want),
-            ".dockerignore does not exclude {want}: {ignored:?}"
-        );
+        assert!(ignored.iter().any(|p| p == want), ".dockerignore does not exclude {want}: {ignored:?}");
     }
 }
 
@@ -540,44 +424,28 @@ fn onnxruntime_library_matches_the_pinned_wheel() {
     let df = Dockerfile::load();
     let rt = df.stage("runtime");
 
-    let path = rt
-        .env("ORT_DYLIB_PATH")
-        .expect("the runtime stage does not set ORT_DYLIB_PATH");
+    let path = rt.env("ORT_DYLIB_PATH").expect("the runtime stage does not set ORT_DYLIB_PATH");
     let path = Path::new(&path);
-    assert!(
-        path.is_absolute(),
-        "ORT_DYLIB_PATH={} should be absolute",
-        path.display()
-    );
+    assert!(path.is_absolute(), "ORT_DYLIB_PATH={} should be absolute", path.display());
     assert_eq!(
         path.file_name().and_then(|f| f.to_str()),
         Some(library.as_str()),
         "ORT_DYLIB_PATH={} does not name the library of the pinned wheel (onnxruntime=={version})",
         path.display()
     );
-    let dir = path
-        .parent()
-        .and_then(Path::to_str)
-        .expect("ORT_DYLIB_PATH has a directory");
+    let dir = path.parent().and_then(Path::to_str).expect("ORT_DYLIB_PATH has a directory");
     assert!(
         rt.all("COPY").map(parse_copy).any(|c| c.from.as_deref() == Some("ort") && c.dest.trim_end_matches('/') == dir),
         "no `COPY --from=ort ... {dir}/` in the runtime stage fills the directory of ORT_DYLIB_PATH"
     );
     let ort = df.stage("ort");
     assert!(
-        ort.body
-            .iter()
-            .any(|i| i.args.contains("onnxruntime/capi/libonnxruntime.so.")),
+        ort.body.iter().any(|i| i.args.contains("onnxruntime/capi/libonnxruntime.so.")),
         "the ort stage does not copy onnxruntime/capi/libonnxruntime.so.* out of the wheel"
     );
 
     // An ORT_VERSION build argument, where it has a default, is the pin.
-    for ins in df
-        .global
-        .iter()
-        .chain(df.stages.iter().flat_map(|s| s.body.iter()))
-        .filter(|i| i.keyword == "ARG")
-    {
+    for ins in df.global.iter().chain(df.stages.iter().flat_map(|s| s.body.iter())).filter(|i| i.keyword == "ARG") {
         if let Some(("ORT_VERSION", value)) = ins.args.split_once('=') {
             assert_eq!(
                 value.trim_matches('"'),
@@ -594,10 +462,7 @@ fn onnxruntime_library_matches_the_pinned_wheel() {
         let mut found = literal_versions(&text, "libonnxruntime.so.");
         found.extend(literal_versions(&text, "onnxruntime=="));
         for v in found {
-            assert_eq!(
-                v, version,
-                "{file} mentions onnxruntime {v}, but python/requirements.txt pins {version}"
-            );
+            assert_eq!(v, version, "{file} mentions onnxruntime {v}, but python/requirements.txt pins {version}");
         }
     }
 }
@@ -635,14 +500,9 @@ fn strip_comment(line: &str) -> &str {
 impl Compose {
     fn load() -> Self {
         let raw = read("docker-compose.yml");
-        let lines: Vec<String> = raw
-            .lines()
-            .map(|l| strip_comment(l).trim_end().to_string())
-            .collect();
-        let start = lines
-            .iter()
-            .position(|l| l == "services:")
-            .expect("docker-compose.yml has no top-level `services:` key");
+        let lines: Vec<String> = raw.lines().map(|l| strip_comment(l).trim_end().to_string()).collect();
+        let start =
+            lines.iter().position(|l| l == "services:").expect("docker-compose.yml has no top-level `services:` key");
         let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut service_indent: Option<usize> = None;
         let mut current: Option<String> = None;
@@ -656,30 +516,19 @@ impl Compose {
             }
             let level = *service_indent.get_or_insert(indent);
             if indent == level {
-                let name = line
-                    .trim()
-                    .strip_suffix(':')
-                    .unwrap_or_else(|| panic!("docker-compose.yml: expected a service name under `services:`, found {line:?}"));
-                assert!(
-                    services.insert(name.to_string(), Vec::new()).is_none(),
-                    "service {name} is defined twice"
-                );
+                let name = line.trim().strip_suffix(':').unwrap_or_else(|| {
+                    panic!("docker-compose.yml: expected a service name under `services:`, found {line:?}")
+                });
+                assert!(services.insert(name.to_string(), Vec::new()).is_none(), "service {name} is defined twice");
                 current = Some(name.to_string());
             } else {
-                assert!(
-                    indent > level,
-                    "docker-compose.yml: unexpected indentation under `services:`: {line:?}"
-                );
+                assert!(indent > level, "docker-compose.yml: unexpected indentation under `services:`: {line:?}");
                 if let Some(body) = current.as_ref().and_then(|c| services.get_mut(c)) {
                     body.push(line.clone());
                 }
             }
         }
-        Compose {
-            raw,
-            lines,
-            services,
-        }
+        Compose { raw, lines, services }
     }
 
     fn service(&self, name: &str) -> &[String] {
@@ -696,20 +545,13 @@ fn service_words(lines: &[String]) -> Vec<String> {
     lines
         .iter()
         .flat_map(|l| l.split_whitespace())
-        .map(|w| {
-            w.trim_matches(|c| matches!(c, '"' | '\'' | ',' | '[' | ']'))
-                .to_string()
-        })
+        .map(|w| w.trim_matches(|c| matches!(c, '"' | '\'' | ',' | '[' | ']')).to_string())
         .filter(|w| !w.is_empty() && w != "-")
         .collect()
 }
 
 fn word_after(words: &[String], flag: &str) -> Option<String> {
-    words
-        .iter()
-        .position(|w| w == flag)
-        .and_then(|i| words.get(i + 1))
-        .cloned()
+    words.iter().position(|w| w == flag).and_then(|i| words.get(i + 1)).cloned()
 }
 
 /// The value of `key:` (or of an environment entry `KEY=value` / `KEY: value`) in a service.
@@ -718,11 +560,7 @@ fn value_of(lines: &[String], key: &str) -> Option<String> {
         let t = l.trim().trim_start_matches("- ").trim_start();
         let rest = t.strip_prefix(key)?;
         let rest = rest.strip_prefix(':').or_else(|| rest.strip_prefix('='))?;
-        Some(
-            rest.trim()
-                .trim_matches(|c| c == '"' || c == '\'')
-                .to_string(),
-        )
+        Some(rest.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
     })
 }
 
@@ -734,12 +572,9 @@ fn streamscore_vars(line: &str) -> Vec<String> {
     let mut from = 0;
     while let Some(i) = line[from..].find(PREFIX) {
         let start = from + i;
-        let at_boundary =
-            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        let len = line[start..]
-            .bytes()
-            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
-            .count();
+        let at_boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let len =
+            line[start..].bytes().take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_').count();
         if at_boundary && len > PREFIX.len() {
             out.push(line[start..start + len].to_string());
         }
@@ -749,38 +584,25 @@ fn streamscore_vars(line: &str) -> Vec<String> {
 }
 
 /// Tables whose keys are free-form (librdkafka properties, schema ids), as in src/config.rs.
-const PASSTHROUGH: [(&str, &str); 4] = [
-    ("kafka", "common"),
-    ("kafka", "consumer"),
-    ("kafka", "producer"),
-    ("schemas", "local"),
-];
+const PASSTHROUGH: [(&str, &str); 4] =
+    [("kafka", "common"), ("kafka", "consumer"), ("kafka", "producer"), ("schemas", "local")];
 
 /// Checks that an environment variable is one streamscore reads: a `STREAMSCORE_<SECTION>__<KEY>`
 /// override of a key in config/streamscore.toml, a pass-through property, or `STREAMSCORE_CONFIG`.
 fn check_env_var(cfg: &toml::Table, var: &str) -> Result<(), String> {
-    let rest = var
-        .strip_prefix("STREAMSCORE_")
-        .ok_or_else(|| format!("{var} is not a STREAMSCORE_ variable"))?;
+    let rest = var.strip_prefix("STREAMSCORE_").ok_or_else(|| format!("{var} is not a STREAMSCORE_ variable"))?;
     if !rest.contains("__") {
         return if var == "STREAMSCORE_CONFIG" {
             Ok(())
         } else {
-            Err(format!(
-                "{var} is neither STREAMSCORE_CONFIG nor an override STREAMSCORE_<SECTION>__<KEY>"
-            ))
+            Err(format!("{var} is neither STREAMSCORE_CONFIG nor an override STREAMSCORE_<SECTION>__<KEY>"))
         };
     }
     let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
     let section = cfg
         .get(&parts[0])
         .and_then(toml::Value::as_table)
-        .ok_or_else(|| {
-            format!(
-                "{var}: config/streamscore.toml has no section [{}]",
-                parts[0]
-            )
-        })?;
+        .ok_or_else(|| format!("{var}: config/streamscore.toml has no section [{}]", parts[0]))?;
     match parts.as_slice() {
         [s, key] => match section.get(key) {
             Some(toml::Value::Table(_)) => Err(format!("{var}: [{s}.{key}] is a table; set its entries instead")),
@@ -794,9 +616,9 @@ fn check_env_var(cfg: &toml::Table, var: &str) -> Result<(), String> {
                 Err(format!("{var}: config/streamscore.toml has no table [{s}.{table}]"))
             }
         }
-        _ => Err(format!(
-            "{var} must look like STREAMSCORE_<SECTION>__<KEY> (or STREAMSCORE_KAFKA__COMMON__<PROPERTY>)"
-        )),
+        _ => {
+            Err(format!("{var} must look like STREAMSCORE_<SECTION>__<KEY> (or STREAMSCORE_KAFKA__COMMON__<PROPERTY>)"))
+        }
     }
 }
 
@@ -808,10 +630,8 @@ fn created_topics(compose: &Compose) -> BTreeMap<String, Option<u32>> {
         let mut rest = line.as_str();
         while let Some(i) = rest.find(COMMAND) {
             rest = &rest[i + COMMAND.len()..];
-            let args: Vec<&str> = rest
-                .split_whitespace()
-                .take_while(|w| !matches!(*w, "||" | "&&" | ";" | "|"))
-                .collect();
+            let args: Vec<&str> =
+                rest.split_whitespace().take_while(|w| !matches!(*w, "||" | "&&" | ";" | "|")).collect();
             let mut partitions = None;
             let mut names = Vec::new();
             let mut it = args.iter();
@@ -846,9 +666,7 @@ fn compose_defines_the_services() {
 
     // Third-party images are pinned; our own are built from the Dockerfile.
     for (name, lines) in &compose.services {
-        let built = lines
-            .iter()
-            .any(|l| l.trim() == "build:" || l.trim().starts_with("build: "));
+        let built = lines.iter().any(|l| l.trim() == "build:" || l.trim().starts_with("build: "));
         if let (Some(image), false) = (value_of(lines, "image"), built) {
             check_pinned_image(&image, &format!("docker-compose.yml service {name}"));
         }
@@ -856,9 +674,7 @@ fn compose_defines_the_services() {
 
     let service = compose.service("streamscore");
     assert!(
-        service
-            .iter()
-            .any(|l| l.trim() == "build:" || l.trim().starts_with("build: ")),
+        service.iter().any(|l| l.trim() == "build:" || l.trim().starts_with("build: ")),
         "the streamscore service is not built from the Dockerfile"
     );
     assert!(
@@ -890,32 +706,16 @@ fn compose_defines_the_services() {
 
     // The producer runs only on demand and feeds an input topic through the same broker.
     let producer = compose.service("producer");
-    let profile = producer
-        .iter()
-        .position(|l| l.trim_start().starts_with("profiles:"))
-        .map(|i| {
-            let inline = producer[i].contains("load");
-            let next = producer
-                .get(i + 1)
-                .map(|l| l.trim().trim_start_matches("- ").trim_matches('"'))
-                == Some("load");
-            inline || next
-        });
-    assert_eq!(
-        profile,
-        Some(true),
-        "the producer service should be under `profiles: [\"load\"]`"
-    );
+    let profile = producer.iter().position(|l| l.trim_start().starts_with("profiles:")).map(|i| {
+        let inline = producer[i].contains("load");
+        let next = producer.get(i + 1).map(|l| l.trim().trim_start_matches("- ").trim_matches('"')) == Some("load");
+        inline || next
+    });
+    assert_eq!(profile, Some(true), "the producer service should be under `profiles: [\"load\"]`");
     let producer_words = service_words(producer);
-    assert!(
-        producer_words.iter().any(|w| w == "produce"),
-        "the producer service does not run `streamscore produce`"
-    );
+    assert!(producer_words.iter().any(|w| w == "produce"), "the producer service does not run `streamscore produce`");
     let topic = word_after(&producer_words, "--topic").expect("the producer has no --topic");
-    assert!(
-        input_topics(&cfg).contains(&topic),
-        "the producer writes to {topic}, which is not in kafka.input_topics"
-    );
+    assert!(input_topics(&cfg).contains(&topic), "the producer writes to {topic}, which is not in kafka.input_topics");
 
     let bootstrap = value_of(service, "STREAMSCORE_KAFKA__BOOTSTRAP_SERVERS")
         .expect("the streamscore service does not set STREAMSCORE_KAFKA__BOOTSTRAP_SERVERS");
@@ -960,20 +760,13 @@ fn compose_environment_names_real_config_keys() {
             seen.insert(var);
         }
     }
-    assert!(
-        problems.is_empty(),
-        "docker-compose.yml:\n  {}",
-        problems.join("\n  ")
-    );
+    assert!(problems.is_empty(), "docker-compose.yml:\n  {}", problems.join("\n  "));
     for want in [
         "STREAMSCORE_KAFKA__BOOTSTRAP_SERVERS",
         "STREAMSCORE_SCHEMAS__REGISTRY_URL",
         "STREAMSCORE_TELEMETRY__HTTP_BIND",
     ] {
-        assert!(
-            seen.contains(want),
-            "docker-compose.yml does not set {want} (found {seen:?})"
-        );
+        assert!(seen.contains(want), "docker-compose.yml does not set {want} (found {seen:?})");
     }
 }
 
@@ -983,24 +776,15 @@ fn compose_creates_the_configured_topics() {
     let compose = Compose::load();
     let created = created_topics(&compose);
     for topic in default_topics(&cfg) {
-        assert!(
-            created.contains_key(&topic),
-            "docker-compose.yml does not create {topic} (created: {created:?})"
-        );
+        assert!(created.contains_key(&topic), "docker-compose.yml does not create {topic} (created: {created:?})");
     }
     // `--scale streamscore=N` in the comments and docs only helps with N <= input partitions.
     for topic in input_topics(&cfg) {
-        let partitions =
-            created[&topic].unwrap_or_else(|| panic!("no -p partition count for {topic}"));
+        let partitions = created[&topic].unwrap_or_else(|| panic!("no -p partition count for {topic}"));
         for text in [compose.raw.clone(), read("docs/deployment.md")] {
             for n in literal_versions(&text, "--scale streamscore=") {
-                let n: u32 = n
-                    .parse()
-                    .unwrap_or_else(|_| panic!("cannot read --scale streamscore={n}"));
-                assert!(
-                    n <= partitions,
-                    "--scale streamscore={n} exceeds the {partitions} partitions of {topic}"
-                );
+                let n: u32 = n.parse().unwrap_or_else(|_| panic!("cannot read --scale streamscore={n}"));
+                assert!(n <= partitions, "--scale streamscore={n} exceeds the {partitions} partitions of {topic}");
             }
         }
     }
@@ -1015,10 +799,7 @@ fn deployment_guide_covers_topics_health_and_the_trial() {
     let cfg = config();
     let doc = read("docs/deployment.md");
     for topic in default_topics(&cfg) {
-        assert!(
-            doc.contains(&format!("`{topic}`")),
-            "docs/deployment.md does not describe the topic {topic}"
-        );
+        assert!(doc.contains(&format!("`{topic}`")), "docs/deployment.md does not describe the topic {topic}");
     }
     for needle in [
         "/healthz",
@@ -1031,9 +812,6 @@ fn deployment_guide_covers_topics_health_and_the_trial() {
         "streamscore.dlq.reason",
         "130",
     ] {
-        assert!(
-            doc.contains(needle),
-            "docs/deployment.md does not mention {needle}"
-        );
+        assert!(doc.contains(needle), "docs/deployment.md does not mention {needle}");
     }
 }

@@ -27,54 +27,26 @@ fn reader() -> Schema {
 fn txn_fields() -> Vec<(String, Value)> {
     vec![
         ("event_id".into(), Value::Uuid(EVENT_UUID.parse().unwrap())),
-        (
-            "transaction_id".into(),
-            Value::String("tx-0123456789abcdef".into()),
-        ),
+        ("transaction_id".into(), Value::String("tx-0123456789abcdef".into())),
         ("account_id".into(), Value::String("acc-1".into())),
-        (
-            "card_id".into(),
-            Value::Union(1, Box::new(Value::String("card-7".into()))),
-        ),
+        ("card_id".into(), Value::Union(1, Box::new(Value::String("card-7".into())))),
         ("merchant_id".into(), Value::String("m-1".into())),
         ("amount".into(), Value::Double(12.34)),
         ("currency".into(), Value::String("EUR".into())),
         ("merchant_category".into(), Value::String("5411".into())),
         ("channel".into(), Value::Enum(3, "ATM".into())),
         ("country".into(), Value::String("DE".into())),
-        (
-            "event_time".into(),
-            Value::TimestampMillis(1_700_000_000_000),
-        ),
-        (
-            "account_age_days".into(),
-            Value::Union(1, Box::new(Value::Int(400))),
-        ),
-        (
-            "distance_from_home_km".into(),
-            Value::Union(0, Box::new(Value::Null)),
-        ),
-        (
-            "txn_count_1h".into(),
-            Value::Union(1, Box::new(Value::Int(2))),
-        ),
-        (
-            "card_present".into(),
-            Value::Union(1, Box::new(Value::Boolean(true))),
-        ),
-        (
-            "new_device".into(),
-            Value::Union(1, Box::new(Value::Boolean(false))),
-        ),
+        ("event_time".into(), Value::TimestampMillis(1_700_000_000_000)),
+        ("account_age_days".into(), Value::Union(1, Box::new(Value::Int(400)))),
+        ("distance_from_home_km".into(), Value::Union(0, Box::new(Value::Null))),
+        ("txn_count_1h".into(), Value::Union(1, Box::new(Value::Int(2)))),
+        ("card_present".into(), Value::Union(1, Box::new(Value::Boolean(true)))),
+        ("new_device".into(), Value::Union(1, Box::new(Value::Boolean(false)))),
     ]
 }
 
 fn body(schema: &Schema, value: Value) -> Vec<u8> {
-    GenericDatumWriter::builder(schema)
-        .build()
-        .unwrap()
-        .write_value_to_vec(value)
-        .unwrap()
+    GenericDatumWriter::builder(schema).build().unwrap().write_value_to_vec(value).unwrap()
 }
 
 fn frame(id: u32, body: &[u8]) -> Vec<u8> {
@@ -99,10 +71,7 @@ fn local_schemas(dir: &Path, schemas: &[(u32, &str)]) -> BTreeMap<u32, PathBuf> 
 fn local_store(reader: Schema, schemas: &[(u32, &str)]) -> (Arc<SchemaStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let local = local_schemas(dir.path(), schemas);
-    (
-        Arc::new(SchemaStore::new(reader, &local, None, None).unwrap()),
-        dir,
-    )
+    (Arc::new(SchemaStore::new(reader, &local, None, None).unwrap()), dir)
 }
 
 fn decoder(schemas: &[(u32, &str)]) -> (Decoder, tempfile::TempDir) {
@@ -115,22 +84,13 @@ fn valid_payload() -> Vec<u8> {
 }
 
 fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
-    let Value::Record(fields) = v else {
-        panic!("not a record: {v:?}")
-    };
-    &fields
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no field {name}"))
-        .1
+    let Value::Record(fields) = v else { panic!("not a record: {v:?}") };
+    &fields.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no field {name}")).1
 }
 
 /// The reader schema with `amount` replaced by a string: not readable as a Transaction.
 fn amount_as_string_schema() -> String {
-    TRANSACTION_SCHEMA.replace(
-        r#"{"name": "amount", "type": "double""#,
-        r#"{"name": "amount", "type": "string""#,
-    )
+    TRANSACTION_SCHEMA.replace(r#"{"name": "amount", "type": "double""#, r#"{"name": "amount", "type": "string""#)
 }
 
 /// A writer schema: other field order, an extra field, and without the optional fields.
@@ -177,29 +137,18 @@ fn local_store_hit_is_cached_and_miss_is_unknown_schema() {
 
     let err = store.writer(9).unwrap_err();
     assert_eq!(err.reason, DeadLetterReason::UnknownSchema);
-    assert!(
-        err.detail.contains("schema id 9") && err.detail.contains("local"),
-        "{}",
-        err.detail
-    );
+    assert!(err.detail.contains("schema id 9") && err.detail.contains("local"), "{}", err.detail);
 }
 
 #[test]
 fn bad_local_schema_files_fail_at_construction() {
     let dir = tempfile::tempdir().unwrap();
     let missing = BTreeMap::from([(1, dir.path().join("nope.avsc"))]);
-    let err = SchemaStore::new(reader(), &missing, None, None)
-        .err()
-        .unwrap();
-    assert!(
-        matches!(err, CodecError::SchemaFile { .. }) && err.to_string().contains("nope.avsc"),
-        "{err}"
-    );
+    let err = SchemaStore::new(reader(), &missing, None, None).err().unwrap();
+    assert!(matches!(err, CodecError::SchemaFile { .. }) && err.to_string().contains("nope.avsc"), "{err}");
 
     let broken = local_schemas(dir.path(), &[(2, "{\"type\": \"recor\"}")]);
-    let err = SchemaStore::new(reader(), &broken, None, None)
-        .err()
-        .unwrap();
+    let err = SchemaStore::new(reader(), &broken, None, None).err().unwrap();
     assert!(err.to_string().contains("schema-2.avsc"), "{err}");
 }
 
@@ -214,26 +163,16 @@ fn valid_payload_decodes_to_the_reader_record() {
 fn extra_writer_field_is_dropped_and_absent_fields_take_reader_defaults() {
     let (dec, _dir) = decoder(&[(5, EVOLVED_WRITER)]);
     let writer = Schema::parse_str(EVOLVED_WRITER).unwrap();
-    let v = dec
-        .decode(&frame(5, &body(&writer, evolved_value((3, "ATM")))))
-        .unwrap();
+    let v = dec.decode(&frame(5, &body(&writer, evolved_value((3, "ATM"))))).unwrap();
     let Value::Record(fields) = &v else { panic!() };
-    let Schema::Record(r) = reader() else {
-        panic!()
-    };
+    let Schema::Record(r) = reader() else { panic!() };
     let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
     let reader_names: Vec<&str> = r.fields.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, reader_names);
     assert_eq!(field(&v, "amount"), &Value::Double(5.0));
     assert_eq!(field(&v, "channel"), &Value::Enum(3, "ATM".into()));
-    assert_eq!(
-        field(&v, "account_age_days"),
-        &Value::Union(0, Box::new(Value::Null))
-    );
-    assert_eq!(
-        field(&v, "card_id"),
-        &Value::Union(0, Box::new(Value::Null))
-    );
+    assert_eq!(field(&v, "account_age_days"), &Value::Union(0, Box::new(Value::Null)));
+    assert_eq!(field(&v, "card_id"), &Value::Union(0, Box::new(Value::Null)));
 }
 
 #[test]
@@ -246,58 +185,31 @@ fn reader_field_with_a_non_null_default_gets_it() {
     let writer = Schema::parse_str(writer_json).unwrap();
     let (store, _dir) = local_store(reader, &[(3, writer_json)]);
     let dec = Decoder::new(store, 1024);
-    let v = dec
-        .decode(&frame(
-            3,
-            &body(&writer, Value::Record(vec![("a".into(), Value::Long(-7))])),
-        ))
-        .unwrap();
-    assert_eq!(
-        v,
-        Value::Record(vec![
-            ("a".into(), Value::Long(-7)),
-            ("b".into(), Value::Int(42))
-        ])
-    );
+    let v = dec.decode(&frame(3, &body(&writer, Value::Record(vec![("a".into(), Value::Long(-7))])))).unwrap();
+    assert_eq!(v, Value::Record(vec![("a".into(), Value::Long(-7)), ("b".into(), Value::Int(42))]));
 }
 
 #[test]
 fn enum_symbol_unknown_to_the_reader_takes_the_enum_default() {
     let (dec, _dir) = decoder(&[(5, EVOLVED_WRITER)]);
     let writer = Schema::parse_str(EVOLVED_WRITER).unwrap();
-    let v = dec
-        .decode(&frame(5, &body(&writer, evolved_value((5, "CRYPTO")))))
-        .unwrap();
+    let v = dec.decode(&frame(5, &body(&writer, evolved_value((5, "CRYPTO"))))).unwrap();
     assert_eq!(field(&v, "channel"), &Value::Enum(0, "POS".into()));
 }
 
 #[test]
 fn value_that_does_not_resolve_is_schema_mismatch() {
     // Partially compatible: the writer's union may hold a string the reader's int field can't take.
-    let reader =
-        Schema::parse_str(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#)
-            .unwrap();
-    let writer_json =
-        r#"{"type":"record","name":"R","fields":[{"name":"a","type":["int","string"]}]}"#;
+    let reader = Schema::parse_str(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#).unwrap();
+    let writer_json = r#"{"type":"record","name":"R","fields":[{"name":"a","type":["int","string"]}]}"#;
     let writer = Schema::parse_str(writer_json).unwrap();
     let (store, _dir) = local_store(reader, &[(4, writer_json)]);
     let dec = Decoder::new(store, 1024);
     let ok = Value::Record(vec![("a".into(), Value::Union(0, Box::new(Value::Int(1))))]);
-    assert_eq!(
-        dec.decode(&frame(4, &body(&writer, ok))).unwrap(),
-        Value::Record(vec![("a".into(), Value::Int(1))])
-    );
-    let bad = Value::Record(vec![(
-        "a".into(),
-        Value::Union(1, Box::new(Value::String("x".into()))),
-    )]);
+    assert_eq!(dec.decode(&frame(4, &body(&writer, ok))).unwrap(), Value::Record(vec![("a".into(), Value::Int(1))]));
+    let bad = Value::Record(vec![("a".into(), Value::Union(1, Box::new(Value::String("x".into()))))]);
     let err = dec.decode(&frame(4, &body(&writer, bad))).unwrap_err();
-    assert_eq!(
-        err.reason,
-        DeadLetterReason::SchemaMismatch,
-        "{}",
-        err.detail
-    );
+    assert_eq!(err.reason, DeadLetterReason::SchemaMismatch, "{}", err.detail);
 }
 
 #[test]
@@ -306,11 +218,7 @@ fn incompatible_writer_is_schema_mismatch_and_cached() {
     let (store, _dir) = local_store(reader(), &[(7, &incompatible)]);
     let err = store.writer(7).unwrap_err();
     assert_eq!(err.reason, DeadLetterReason::SchemaMismatch);
-    assert!(
-        err.detail.contains("schema id 7") && err.detail.contains("Transaction"),
-        "{}",
-        err.detail
-    );
+    assert!(err.detail.contains("schema id 7") && err.detail.contains("Transaction"), "{}", err.detail);
     assert_eq!(store.writer(7).unwrap_err(), err);
 
     let dec = Decoder::new(store, DEFAULT_MAX_MESSAGE_BYTES);
@@ -321,22 +229,10 @@ fn incompatible_writer_is_schema_mismatch_and_cached() {
 #[test]
 fn frame_errors_come_before_the_schema_lookup() {
     let (dec, _dir) = decoder(&[(1, TRANSACTION_SCHEMA)]);
-    assert_eq!(
-        dec.decode(&[]).unwrap_err().reason,
-        DeadLetterReason::Truncated
-    );
-    assert_eq!(
-        dec.decode(&[0, 0, 0]).unwrap_err().reason,
-        DeadLetterReason::Truncated
-    );
-    assert_eq!(
-        dec.decode(&[0x7b, 0, 0, 0, 1, 2]).unwrap_err().reason,
-        DeadLetterReason::BadMagic
-    );
-    assert_eq!(
-        dec.decode(&[0, 0, 0, 0, 2, 2]).unwrap_err().reason,
-        DeadLetterReason::UnknownSchema
-    );
+    assert_eq!(dec.decode(&[]).unwrap_err().reason, DeadLetterReason::Truncated);
+    assert_eq!(dec.decode(&[0, 0, 0]).unwrap_err().reason, DeadLetterReason::Truncated);
+    assert_eq!(dec.decode(&[0x7b, 0, 0, 0, 1, 2]).unwrap_err().reason, DeadLetterReason::BadMagic);
+    assert_eq!(dec.decode(&[0, 0, 0, 0, 2, 2]).unwrap_err().reason, DeadLetterReason::UnknownSchema);
 }
 
 #[test]
@@ -354,12 +250,7 @@ fn garbage_trailing_and_truncated_bodies_are_undecodable() {
     let valid = valid_payload();
     for cut in HEADER_LEN..valid.len() {
         let err = dec.decode(&valid[..cut]).unwrap_err();
-        assert_eq!(
-            err.reason,
-            DeadLetterReason::Undecodable,
-            "cut at {cut}: {}",
-            err.detail
-        );
+        assert_eq!(err.reason, DeadLetterReason::Undecodable, "cut at {cut}: {}", err.detail);
     }
 }
 
@@ -367,21 +258,13 @@ fn garbage_trailing_and_truncated_bodies_are_undecodable() {
 fn string_cut_at_the_end_is_undecodable_not_null() {
     // apache-avro reads a string cut short by the end of input as null; a nullable reader field
     // would accept that silently.
-    let reader = Schema::parse_str(
-        r#"{"type":"record","name":"R","fields":[{"name":"s","type":["null","string"]}]}"#,
-    )
-    .unwrap();
+    let reader =
+        Schema::parse_str(r#"{"type":"record","name":"R","fields":[{"name":"s","type":["null","string"]}]}"#).unwrap();
     let writer_json = r#"{"type":"record","name":"R","fields":[{"name":"s","type":"string"}]}"#;
     let writer = Schema::parse_str(writer_json).unwrap();
     let (store, _dir) = local_store(reader, &[(8, writer_json)]);
     let dec = Decoder::new(store, 1024);
-    let full = frame(
-        8,
-        &body(
-            &writer,
-            Value::Record(vec![("s".into(), Value::String("hello".into()))]),
-        ),
-    );
+    let full = frame(8, &body(&writer, Value::Record(vec![("s".into(), Value::String("hello".into()))])));
     assert!(dec.decode(&full).is_ok());
     let err = dec.decode(&full[..full.len() - 2]).unwrap_err();
     assert_eq!(err.reason, DeadLetterReason::Undecodable, "{}", err.detail);
@@ -400,9 +283,7 @@ fn oversized_messages_are_refused_unread() {
 /// One decoder shared by the property tests (building a store per case would dominate their time).
 fn shared_decoder() -> &'static Decoder {
     static DECODER: std::sync::OnceLock<(Decoder, tempfile::TempDir)> = std::sync::OnceLock::new();
-    &DECODER
-        .get_or_init(|| decoder(&[(1, TRANSACTION_SCHEMA), (5, EVOLVED_WRITER)]))
-        .0
+    &DECODER.get_or_init(|| decoder(&[(1, TRANSACTION_SCHEMA), (5, EVOLVED_WRITER)])).0
 }
 
 proptest! {
@@ -436,31 +317,17 @@ proptest! {
 fn read_scored(bytes: &[u8]) -> (u32, Value) {
     let schema = parse_schema(SCORED_TRANSACTION_SCHEMA).unwrap();
     let (id, mut body) = split_frame(bytes).unwrap();
-    let v = GenericDatumReader::builder(&schema)
-        .build()
-        .unwrap()
-        .read_value(&mut body)
-        .unwrap();
-    assert!(
-        body.is_empty(),
-        "encoder wrote {} bytes too many",
-        body.len()
-    );
+    let v = GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut body).unwrap();
+    assert!(body.is_empty(), "encoder wrote {} bytes too many", body.len());
     (id, v)
 }
 
 fn expected_scored(r: &ScoredRecord) -> Vec<(String, Value)> {
     vec![
         ("event_id".into(), Value::Uuid(r.event_id.parse().unwrap())),
-        (
-            "transaction_id".into(),
-            Value::String(r.transaction_id.into()),
-        ),
+        ("transaction_id".into(), Value::String(r.transaction_id.into())),
         ("model_name".into(), Value::String(r.model_name.into())),
-        (
-            "model_version".into(),
-            Value::String(r.model_version.into()),
-        ),
+        ("model_version".into(), Value::String(r.model_version.into())),
         ("score".into(), Value::Float(r.score)),
         ("label".into(), Value::Boolean(r.label)),
         ("threshold".into(), Value::Float(r.threshold)),
@@ -532,14 +399,8 @@ fn varints_match_the_avro_spec() {
         (1, &[0x02]),
         (-64, &[0x7f]),
         (64, &[0x80, 0x01]),
-        (
-            i64::MAX,
-            &[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
-        ),
-        (
-            i64::MIN,
-            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
-        ),
+        (i64::MAX, &[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+        (i64::MIN, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
     ] {
         let mut out = vec![];
         put_long(&mut out, n);
@@ -589,10 +450,7 @@ fn drift_value() -> Value {
             ("min".into(), Value::Double(0.0)),
             ("max".into(), Value::Double(1.0)),
             ("bin_edges".into(), Value::Array(vec![Value::Double(0.5)])),
-            (
-                "bin_counts".into(),
-                Value::Array(vec![Value::Long(4), Value::Long(6)]),
-            ),
+            ("bin_counts".into(), Value::Array(vec![Value::Long(4), Value::Long(6)])),
             ("psi".into(), Value::Double(0.01)),
         ])
     };
@@ -615,11 +473,7 @@ fn encode_value_round_trips_a_drift_report_and_leaves_out_untouched_on_error() {
     encode_value(&mut out, 3, &schema, drift_value()).unwrap();
     let (id, mut body) = split_frame(&out).unwrap();
     assert_eq!(id, 3);
-    let v = GenericDatumReader::builder(&schema)
-        .build()
-        .unwrap()
-        .read_value(&mut body)
-        .unwrap();
+    let v = GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut body).unwrap();
     assert_eq!(v, drift_value());
 
     let mut out = b"keep".to_vec();
@@ -665,9 +519,7 @@ fn fake_registry(schemas: Vec<(u32, String)>, silent: bool) -> FakeRegistry {
             }
             let mut body = vec![0; content_length];
             let _ = reader.read_exact(&mut body);
-            log.lock()
-                .unwrap()
-                .push(format!("{head}{}", String::from_utf8_lossy(&body)));
+            log.lock().unwrap().push(format!("{head}{}", String::from_utf8_lossy(&body)));
             if silent {
                 std::thread::sleep(Duration::from_secs(5));
                 continue;
@@ -675,26 +527,17 @@ fn fake_registry(schemas: Vec<(u32, String)>, silent: bool) -> FakeRegistry {
             let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
             let (status, json) = if fail.load(Ordering::SeqCst) > 0 {
                 fail.fetch_sub(1, Ordering::SeqCst);
-                (
-                    "503 Service Unavailable",
-                    r#"{"error_code":50301,"message":"down"}"#.to_string(),
-                )
+                ("503 Service Unavailable", r#"{"error_code":50301,"message":"down"}"#.to_string())
             } else if let Some(id) = path.strip_prefix("/schemas/ids/") {
                 let id: u32 = id.split('?').next().unwrap().parse().unwrap();
                 match schemas.iter().find(|(i, _)| *i == id) {
                     Some((_, s)) => ("200 OK", serde_json::json!({ "schema": s }).to_string()),
-                    None => (
-                        "404 Not Found",
-                        r#"{"error_code":40403,"message":"Schema not found"}"#.to_string(),
-                    ),
+                    None => ("404 Not Found", r#"{"error_code":40403,"message":"Schema not found"}"#.to_string()),
                 }
             } else if path.starts_with("/subjects/") && path.ends_with("/versions") {
                 ("200 OK", r#"{"id":77}"#.to_string())
             } else {
-                (
-                    "404 Not Found",
-                    r#"{"error_code":404,"message":"no route"}"#.to_string(),
-                )
+                ("404 Not Found", r#"{"error_code":404,"message":"no route"}"#.to_string())
             };
             let _ = write!(
                 conn,
@@ -703,26 +546,14 @@ fn fake_registry(schemas: Vec<(u32, String)>, silent: bool) -> FakeRegistry {
             );
         }
     });
-    FakeRegistry {
-        url,
-        requests,
-        fail_next,
-    }
+    FakeRegistry { url, requests, fail_next }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
 }
 
-fn registry_store(
-    url: &str,
-    rt: &tokio::runtime::Runtime,
-    local: &BTreeMap<u32, PathBuf>,
-) -> SchemaStore {
+fn registry_store(url: &str, rt: &tokio::runtime::Runtime, local: &BTreeMap<u32, PathBuf>) -> SchemaStore {
     let settings = RegistrySettings {
         url: url.to_string(),
         username: Some("key".into()),
@@ -735,13 +566,7 @@ fn registry_store(
 
 #[test]
 fn registry_schema_is_fetched_once_and_cached() {
-    let reg = fake_registry(
-        vec![
-            (11, TRANSACTION_SCHEMA.to_string()),
-            (12, amount_as_string_schema()),
-        ],
-        false,
-    );
+    let reg = fake_registry(vec![(11, TRANSACTION_SCHEMA.to_string()), (12, amount_as_string_schema())], false);
     let rt = runtime();
     let store = Arc::new(registry_store(&reg.url, &rt, &BTreeMap::new()));
 
@@ -750,20 +575,11 @@ fn registry_schema_is_fetched_once_and_cached() {
     assert_eq!(reg.requests.lock().unwrap().len(), 1);
     let request = reg.requests.lock().unwrap()[0].clone();
     assert!(request.starts_with("GET /schemas/ids/11"), "{request}");
-    assert!(
-        request
-            .to_ascii_lowercase()
-            .contains("authorization: basic"),
-        "{request}"
-    );
+    assert!(request.to_ascii_lowercase().contains("authorization: basic"), "{request}");
 
     let again = store.writer(11).unwrap();
     assert!(Arc::ptr_eq(&w, &again));
-    assert_eq!(
-        reg.requests.lock().unwrap().len(),
-        1,
-        "second lookup makes no request"
-    );
+    assert_eq!(reg.requests.lock().unwrap().len(), 1, "second lookup makes no request");
 
     // Decoding through the registry path works end to end.
     let dec = Decoder::new(store.clone(), DEFAULT_MAX_MESSAGE_BYTES);
@@ -771,29 +587,14 @@ fn registry_schema_is_fetched_once_and_cached() {
     assert_eq!(dec.decode(&payload).unwrap(), Value::Record(txn_fields()));
 
     // Mismatch is cached too.
-    assert_eq!(
-        store.writer(12).unwrap_err().reason,
-        DeadLetterReason::SchemaMismatch
-    );
-    assert_eq!(
-        store.writer(12).unwrap_err().reason,
-        DeadLetterReason::SchemaMismatch
-    );
+    assert_eq!(store.writer(12).unwrap_err().reason, DeadLetterReason::SchemaMismatch);
+    assert_eq!(store.writer(12).unwrap_err().reason, DeadLetterReason::SchemaMismatch);
     assert_eq!(reg.requests.lock().unwrap().len(), 2);
 
     // Unknown id: the registry's 404.
     let err = store.writer(13).unwrap_err();
-    assert_eq!(
-        err.reason,
-        DeadLetterReason::UnknownSchema,
-        "{}",
-        err.detail
-    );
-    assert!(
-        err.detail.contains("13") && err.detail.contains(&reg.url),
-        "{}",
-        err.detail
-    );
+    assert_eq!(err.reason, DeadLetterReason::UnknownSchema, "{}", err.detail);
+    assert!(err.detail.contains("13") && err.detail.contains(&reg.url), "{}", err.detail);
 }
 
 #[test]
@@ -803,10 +604,7 @@ fn local_schemas_are_used_before_the_registry() {
     let dir = tempfile::tempdir().unwrap();
     let local = local_schemas(dir.path(), &[(1, TRANSACTION_SCHEMA)]);
     let store = registry_store(&reg.url, &rt, &local);
-    assert!(matches!(
-        store.writer(1).unwrap().source,
-        SchemaSource::Local(_)
-    ));
+    assert!(matches!(store.writer(1).unwrap().source, SchemaSource::Local(_)));
     assert!(reg.requests.lock().unwrap().is_empty());
 }
 
@@ -817,12 +615,7 @@ fn registry_outage_is_registry_unavailable_and_not_cached() {
     let rt = runtime();
     let store = registry_store(&reg.url, &rt, &BTreeMap::new());
     let err = store.writer(11).unwrap_err();
-    assert_eq!(
-        err.reason,
-        DeadLetterReason::RegistryUnavailable,
-        "{}",
-        err.detail
-    );
+    assert_eq!(err.reason, DeadLetterReason::RegistryUnavailable, "{}", err.detail);
     assert!(store.writer(11).is_ok(), "a later lookup retries");
     assert_eq!(reg.requests.lock().unwrap().len(), 2);
 }
@@ -831,35 +624,18 @@ fn registry_outage_is_registry_unavailable_and_not_cached() {
 fn registry_that_is_down_or_silent_is_registry_unavailable() {
     let rt = runtime();
     // Nothing listens on a port we just released.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let store = registry_store(&format!("http://127.0.0.1:{port}"), &rt, &BTreeMap::new());
     let err = store.writer(1).unwrap_err();
-    assert_eq!(
-        err.reason,
-        DeadLetterReason::RegistryUnavailable,
-        "{}",
-        err.detail
-    );
+    assert_eq!(err.reason, DeadLetterReason::RegistryUnavailable, "{}", err.detail);
     assert!(err.detail.contains(&port.to_string()), "{}", err.detail);
 
     let silent = fake_registry(vec![], true);
     let store = registry_store(&silent.url, &rt, &BTreeMap::new());
     let started = std::time::Instant::now();
     let err = store.writer(1).unwrap_err();
-    assert_eq!(
-        err.reason,
-        DeadLetterReason::RegistryUnavailable,
-        "{}",
-        err.detail
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "bounded by the timeout"
-    );
+    assert_eq!(err.reason, DeadLetterReason::RegistryUnavailable, "{}", err.detail);
+    assert!(started.elapsed() < Duration::from_secs(3), "bounded by the timeout");
 }
 
 #[test]
@@ -867,21 +643,14 @@ fn register_posts_the_schema_and_returns_its_id() {
     let reg = fake_registry(vec![], false);
     let rt = runtime();
     let store = registry_store(&reg.url, &rt, &BTreeMap::new());
-    let id = rt
-        .block_on(store.register("payments.scored-value", SCORED_TRANSACTION_SCHEMA))
-        .unwrap();
+    let id = rt.block_on(store.register("payments.scored-value", SCORED_TRANSACTION_SCHEMA)).unwrap();
     assert_eq!(id, 77);
     let request = reg.requests.lock().unwrap()[0].clone();
-    assert!(
-        request.starts_with("POST /subjects/payments.scored-value/versions"),
-        "{request}"
-    );
+    assert!(request.starts_with("POST /subjects/payments.scored-value/versions"), "{request}");
     assert!(request.contains("ScoredTransaction"), "{request}");
 
     let (local_only, _dir) = local_store(reader(), &[]);
-    let err = rt
-        .block_on(local_only.register("s", SCORED_TRANSACTION_SCHEMA))
-        .unwrap_err();
+    let err = rt.block_on(local_only.register("s", SCORED_TRANSACTION_SCHEMA)).unwrap_err();
     assert!(matches!(err, CodecError::NoRegistry { .. }), "{err}");
     let err = rt.block_on(store.register("s", "{not json")).unwrap_err();
     assert!(matches!(err, CodecError::SchemaParse { .. }), "{err}");
@@ -896,12 +665,7 @@ fn registry_without_a_runtime_handle_is_a_configuration_error() {
         bearer_token: Some("t".into()),
         timeout: Duration::from_secs(1),
     };
-    let err = SchemaStore::new(reader(), &BTreeMap::new(), Some(settings.clone()), None)
-        .err()
-        .unwrap();
+    let err = SchemaStore::new(reader(), &BTreeMap::new(), Some(settings.clone()), None).err().unwrap();
     assert!(err.to_string().contains("runtime handle"), "{err}");
-    assert!(
-        !format!("{settings:?}").contains("\"t\""),
-        "token is redacted"
-    );
+    assert!(!format!("{settings:?}").contains("\"t\""), "token is redacted");
 }

@@ -20,10 +20,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder over `store`; payloads larger than `max_message_bytes` are rejected unread.
     pub fn new(store: Arc<SchemaStore>, max_message_bytes: usize) -> Self {
-        Self {
-            store,
-            max_message_bytes,
-        }
+        Self { store, max_message_bytes }
     }
 
     /// The schema store.
@@ -40,11 +37,7 @@ impl Decoder {
         if payload.len() > self.max_message_bytes {
             return Err(Rejection::new(
                 DeadLetterReason::Undecodable,
-                format!(
-                    "message is {} bytes, above max_message_bytes = {}",
-                    payload.len(),
-                    self.max_message_bytes
-                ),
+                format!("message is {} bytes, above max_message_bytes = {}", payload.len(), self.max_message_bytes),
             ));
         }
         let (id, body) = split_frame(payload)?;
@@ -52,17 +45,11 @@ impl Decoder {
 
         // Decode and resolve separately, so a body that does not decode (Undecodable) is told
         // apart from a decoded value the reader schema cannot take (SchemaMismatch).
-        let mut input = Exact {
-            rest: body,
-            short: false,
-        };
+        let mut input = Exact { rest: body, short: false };
         let written = writer.read(&mut input).map_err(|e| {
             Rejection::new(
                 DeadLetterReason::Undecodable,
-                format!(
-                    "body of {} bytes does not decode with writer schema id {id}: {e}",
-                    body.len()
-                ),
+                format!("body of {} bytes does not decode with writer schema id {id}: {e}", body.len()),
             )
         })?;
         // apache-avro turns a string cut short by the end of input into a null instead of an
@@ -70,10 +57,7 @@ impl Decoder {
         if input.short {
             return Err(Rejection::new(
                 DeadLetterReason::Undecodable,
-                format!(
-                    "body of {} bytes ends inside the record (writer schema id {id})",
-                    body.len()
-                ),
+                format!("body of {} bytes ends inside the record (writer schema id {id})", body.len()),
             ));
         }
         if !input.rest.is_empty() {
@@ -86,14 +70,12 @@ impl Decoder {
                 ),
             ));
         }
-        written
-            .resolve_with_names(self.store.reader(), self.store.reader_names().get_names())
-            .map_err(|e| {
-                Rejection::new(
-                    DeadLetterReason::SchemaMismatch,
-                    format!("value written with schema id {id} does not resolve to the reader schema: {e}"),
-                )
-            })
+        written.resolve_with_names(self.store.reader(), self.store.reader_names().get_names()).map_err(|e| {
+            Rejection::new(
+                DeadLetterReason::SchemaMismatch,
+                format!("value written with schema id {id} does not resolve to the reader schema: {e}"),
+            )
+        })
     }
 }
 

@@ -48,23 +48,13 @@ pub fn encode_scored(out: &mut Vec<u8>, schema_id: u32, rec: &ScoredRecord) {
 
 /// Appends the Confluent header and `value` encoded with `schema` (validated first).
 /// On error `out` is left as it was.
-pub fn encode_value(
-    out: &mut Vec<u8>,
-    schema_id: u32,
-    schema: &Schema,
-    value: Value,
-) -> Result<(), CodecError> {
+pub fn encode_value(out: &mut Vec<u8>, schema_id: u32, schema: &Schema, value: Value) -> Result<(), CodecError> {
     let start = out.len();
     write_frame_header(out, schema_id);
-    let result = GenericDatumWriter::builder(schema)
-        .build()
-        .and_then(|w| w.write_value(out, value));
+    let result = GenericDatumWriter::builder(schema).build().and_then(|w| w.write_value(out, value));
     if let Err(source) = result {
         out.truncate(start);
-        return Err(CodecError::Encode {
-            what: schema_name(schema),
-            source,
-        });
+        return Err(CodecError::Encode { what: schema_name(schema), source });
     }
     Ok(())
 }

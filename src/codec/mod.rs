@@ -15,8 +15,7 @@ mod wire;
 
 pub use decode::{Decoder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use encode::{
-    encode_scored, encode_value, put_bool, put_f32, put_f64, put_int, put_long, put_str,
-    put_union_index, ScoredRecord,
+    encode_scored, encode_value, put_bool, put_f32, put_f64, put_int, put_long, put_str, put_union_index, ScoredRecord,
 };
 
 pub use store::{RegistrySettings, SchemaSource, SchemaStore, WriterSchema};
@@ -59,19 +58,13 @@ pub enum CodecError {
 
 /// Parses an Avro schema from its JSON text.
 pub fn parse_schema(json: &str) -> Result<Schema, CodecError> {
-    Schema::parse_str(json).map_err(|source| CodecError::SchemaParse {
-        what: schema_label(json),
-        source,
-    })
+    Schema::parse_str(json).map_err(|source| CodecError::SchemaParse { what: schema_label(json), source })
 }
 
 /// A short label for a schema in messages: its full name when the JSON says one.
 fn schema_label(json: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(json) {
-        Ok(v) => match (
-            v.get("namespace").and_then(|n| n.as_str()),
-            v.get("name").and_then(|n| n.as_str()),
-        ) {
+        Ok(v) => match (v.get("namespace").and_then(|n| n.as_str()), v.get("name").and_then(|n| n.as_str())) {
             (Some(ns), Some(n)) => format!("{ns}.{n}"),
             (None, Some(n)) => n.to_string(),
             _ => "(unnamed)".to_string(),
@@ -86,19 +79,16 @@ mod tests {
 
     #[test]
     fn bundled_schemas_parse() {
-        for s in [
-            TRANSACTION_SCHEMA,
-            SCORED_TRANSACTION_SCHEMA,
-            DRIFT_REPORT_SCHEMA,
-        ] {
+        for s in [TRANSACTION_SCHEMA, SCORED_TRANSACTION_SCHEMA, DRIFT_REPORT_SCHEMA] {
             parse_schema(s).unwrap();
         }
     }
 
     #[test]
     fn parse_error_names_the_schema() {
-        let err = parse_schema(r#"{"type":"record","name":"X","namespace":"a.b","fields":[{"name":"f","type":"nope"}]}"#)
-            .unwrap_err();
+        let err =
+            parse_schema(r#"{"type":"record","name":"X","namespace":"a.b","fields":[{"name":"f","type":"nope"}]}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("a.b.X"), "{err}");
     }
 }

@@ -12,9 +12,7 @@ use apache_avro::schema::ResolvedSchema;
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use schema_registry_converter::async_impl::schema_registry::{
-    get_schema_by_id, post_schema, SrSettings,
-};
+use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, post_schema, SrSettings};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{RawError, SchemaType, SuppliedSchema};
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -44,10 +42,7 @@ impl fmt::Debug for RegistrySettings {
             .field("url", &self.url)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field(
-                "bearer_token",
-                &self.bearer_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -141,17 +136,12 @@ impl SchemaStore {
         handle: Option<Handle>,
     ) -> Result<Self, CodecError> {
         let reader = leak(reader);
-        let reader_names =
-            ResolvedSchema::try_from(reader).map_err(|source| CodecError::SchemaParse {
-                what: "reader schema".into(),
-                source,
-            })?;
+        let reader_names = ResolvedSchema::try_from(reader)
+            .map_err(|source| CodecError::SchemaParse { what: "reader schema".into(), source })?;
         let mut loaded = BTreeMap::new();
         for (&id, path) in local {
-            let text = std::fs::read_to_string(path).map_err(|source| CodecError::SchemaFile {
-                path: path.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| CodecError::SchemaFile { path: path.clone(), source })?;
             let schema = Schema::parse_str(&text).map_err(|source| CodecError::SchemaParse {
                 what: format!("{} (local schema id {id})", path.display()),
                 source,
@@ -163,7 +153,8 @@ impl SchemaStore {
             Some(cfg) => {
                 let handle = handle.ok_or_else(|| CodecError::Registry {
                     url: cfg.url.clone(),
-                    detail: "a schema registry is configured but no tokio runtime handle was given to the schema store".into(),
+                    detail: "a schema registry is configured but no tokio runtime handle was given to the schema store"
+                        .into(),
                 })?;
                 let mut b = SrSettings::new_builder(cfg.url.trim_end_matches('/').to_string());
                 b.set_timeout(cfg.timeout);
@@ -176,21 +167,10 @@ impl SchemaStore {
                     url: cfg.url.clone(),
                     detail: format!("cannot build the registry client: {e}"),
                 })?;
-                Some(Registry {
-                    settings,
-                    url: cfg.url,
-                    timeout: cfg.timeout,
-                    handle,
-                })
+                Some(Registry { settings, url: cfg.url, timeout: cfg.timeout, handle })
             }
         };
-        Ok(Self {
-            reader,
-            reader_names,
-            local: loaded,
-            registry,
-            cache: RwLock::new(HashMap::new()),
-        })
+        Ok(Self { reader, reader_names, local: loaded, registry, cache: RwLock::new(HashMap::new()) })
     }
 
     /// The reader schema.
@@ -208,21 +188,12 @@ impl SchemaStore {
     /// given at construction (bounded by the registry timeout). Call it from a plain thread; from
     /// inside a multi-threaded runtime it moves to `block_in_place`.
     pub fn writer(&self, id: u32) -> Result<Arc<WriterSchema>, Rejection> {
-        if let Some(entry) = self
-            .cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
+        if let Some(entry) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
             return entry.clone();
         }
         let (entry, cache) = self.load(id);
         if cache {
-            self.cache
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(id)
-                .or_insert_with(|| entry.clone());
+            self.cache.write().unwrap_or_else(|e| e.into_inner()).entry(id).or_insert_with(|| entry.clone());
         }
         entry
     }
@@ -230,10 +201,7 @@ impl SchemaStore {
     /// Looks `id` up (local first, then the registry); the flag says whether the result is final.
     fn load(&self, id: u32) -> (Entry, bool) {
         if let Some((path, schema)) = self.local.get(&id) {
-            return (
-                self.check(id, SchemaSource::Local(path.clone()), schema.clone()),
-                true,
-            );
+            return (self.check(id, SchemaSource::Local(path.clone()), schema.clone()), true);
         }
         let Some(reg) = &self.registry else {
             return (
@@ -248,10 +216,7 @@ impl SchemaStore {
             );
         };
         match reg.fetch(id) {
-            Ok(schema) => (
-                self.check(id, SchemaSource::Registry(reg.url.clone()), schema),
-                true,
-            ),
+            Ok(schema) => (self.check(id, SchemaSource::Registry(reg.url.clone()), schema), true),
             // A mismatch-type failure (unparseable or unsupported schema) is final too.
             Err(r) if r.reason == DeadLetterReason::SchemaMismatch => (Err(r), true),
             // Unknown ids are not cached: producers may register the id right after we asked.
@@ -264,10 +229,7 @@ impl SchemaStore {
         let compatibility = SchemaCompatibility::can_read(&schema, self.reader).map_err(|e| {
             Rejection::new(
                 DeadLetterReason::SchemaMismatch,
-                format!(
-                    "writer schema id {id} ({source}) cannot be read as {}: {e}",
-                    self.reader_name()
-                ),
+                format!("writer schema id {id} ({source}) cannot be read as {}: {e}", self.reader_name()),
             )
         })?;
         let schema = leak(schema);
@@ -277,13 +239,7 @@ impl SchemaStore {
                 format!("writer schema id {id} ({source}) has unresolvable names: {e}"),
             )
         })?;
-        Ok(Arc::new(WriterSchema {
-            id,
-            source,
-            compatibility,
-            schema,
-            datum,
-        }))
+        Ok(Arc::new(WriterSchema { id, source, compatibility, schema, datum }))
     }
 
     fn reader_name(&self) -> String {
@@ -298,9 +254,7 @@ impl SchemaStore {
     pub async fn register(&self, subject: &str, schema_json: &str) -> Result<u32, CodecError> {
         parse_schema(schema_json)?;
         let Some(reg) = &self.registry else {
-            return Err(CodecError::NoRegistry {
-                subject: subject.to_string(),
-            });
+            return Err(CodecError::NoRegistry { subject: subject.to_string() });
         };
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema_json.to_string());
         let call = post_schema(&reg.settings, subject.to_string(), supplied);
@@ -308,17 +262,11 @@ impl SchemaStore {
             Ok(Ok(registered)) => Ok(registered.id),
             Ok(Err(e)) => Err(CodecError::Registry {
                 url: reg.url.clone(),
-                detail: format!(
-                    "registering subject {subject:?} failed: {}",
-                    sr_error_text(&e)
-                ),
+                detail: format!("registering subject {subject:?} failed: {}", sr_error_text(&e)),
             }),
             Err(_) => Err(CodecError::Registry {
                 url: reg.url.clone(),
-                detail: format!(
-                    "registering subject {subject:?} timed out after {:?}",
-                    reg.timeout
-                ),
+                detail: format!("registering subject {subject:?} timed out after {:?}", reg.timeout),
             }),
         }
     }
@@ -333,9 +281,7 @@ impl Registry {
     /// Fetches and parses schema `id`. Errors: UnknownSchema (the registry says 404),
     /// SchemaMismatch (not a usable Avro schema), RegistryUnavailable (anything else).
     fn fetch(&self, id: u32) -> Result<Schema, Rejection> {
-        let call = async {
-            tokio::time::timeout(self.timeout, get_schema_by_id(id, &self.settings)).await
-        };
+        let call = async { tokio::time::timeout(self.timeout, get_schema_by_id(id, &self.settings)).await };
         let in_runtime = Handle::try_current().map(|h| h.runtime_flavor());
         let result = match in_runtime {
             Err(_) => self.handle.block_on(call),
@@ -357,7 +303,10 @@ impl Registry {
             Ok(Err(e)) if is_not_found(&e) => {
                 return Err(Rejection::new(
                     DeadLetterReason::UnknownSchema,
-                    format!("schema id {id} is not among the local schemas and schema registry {} does not know it", self.url),
+                    format!(
+                        "schema id {id} is not among the local schemas and schema registry {} does not know it",
+                        self.url
+                    ),
                 ))
             }
             Ok(Err(e)) => {
@@ -371,10 +320,7 @@ impl Registry {
         if registered.schema_type != SchemaType::Avro {
             return Err(Rejection::new(
                 DeadLetterReason::SchemaMismatch,
-                format!(
-                    "schema id {id} in {} is a {:?} schema, not Avro",
-                    self.url, registered.schema_type
-                ),
+                format!("schema id {id} in {} is a {:?} schema, not Avro", self.url, registered.schema_type),
             ));
         }
         if !registered.references.is_empty() {
@@ -386,10 +332,7 @@ impl Registry {
         Schema::parse_str(&registered.schema).map_err(|e| {
             Rejection::new(
                 DeadLetterReason::SchemaMismatch,
-                format!(
-                    "schema id {id} from {} does not parse as Avro: {e}",
-                    self.url
-                ),
+                format!("schema id {id} from {} does not parse as Avro: {e}", self.url),
             )
         })
     }

@@ -12,19 +12,13 @@ pub fn split_frame(payload: &[u8]) -> Result<(u32, &[u8]), Rejection> {
     if payload.len() < HEADER_LEN {
         return Err(Rejection::new(
             DeadLetterReason::Truncated,
-            format!(
-                "payload is {} bytes, shorter than the {HEADER_LEN}-byte Confluent header",
-                payload.len()
-            ),
+            format!("payload is {} bytes, shorter than the {HEADER_LEN}-byte Confluent header", payload.len()),
         ));
     }
     if payload[0] != MAGIC {
         return Err(Rejection::new(
             DeadLetterReason::BadMagic,
-            format!(
-                "first byte is 0x{:02x}, not the Confluent magic byte 0x00",
-                payload[0]
-            ),
+            format!("first byte is 0x{:02x}, not the Confluent magic byte 0x00", payload[0]),
         ));
     }
     let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);

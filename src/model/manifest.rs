@@ -226,30 +226,20 @@ pub enum ManifestError {
         source: std::io::Error,
     },
     #[error("model file {path} has sha256 {actual} but the manifest says {expected}; the model file or the manifest is stale: re-export them together")]
-    Checksum {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Checksum { path: PathBuf, expected: String, actual: String },
 }
 
 impl Manifest {
     /// Reads `dir/manifest.json`, parses it strictly and validates it.
     pub fn from_dir(dir: &Path) -> Result<Manifest, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let manifest = Self::from_json(&text).map_err(|source| ManifestError::Parse {
-            path: path.clone(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path: path.clone(), source })?;
+        let manifest = Self::from_json(&text).map_err(|source| ManifestError::Parse { path: path.clone(), source })?;
         manifest.validate().map_err(|e| match e {
-            ManifestError::Invalid { problems, .. } => ManifestError::Invalid {
-                manifest: path.display().to_string(),
-                problems,
-            },
+            ManifestError::Invalid { problems, .. } => {
+                ManifestError::Invalid { manifest: path.display().to_string(), problems }
+            }
             other => other,
         })?;
         Ok(manifest)
@@ -283,20 +273,11 @@ impl Manifest {
             }
         }
         let model_file = Path::new(&self.model_file);
-        if model_file
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            p.push(format!(
-                "model_file {:?} must be a relative path inside the model directory",
-                self.model_file
-            ));
+        if model_file.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            p.push(format!("model_file {:?} must be a relative path inside the model directory", self.model_file));
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            p.push(format!(
-                "sha256 {:?} is not 64 hex characters (use `sha256sum {}`)",
-                self.sha256, self.model_file
-            ));
+            p.push(format!("sha256 {:?} is not 64 hex characters (use `sha256sum {}`)", self.sha256, self.model_file));
         }
         if !(self.threshold.is_finite() && (0.0..=1.0).contains(&self.threshold)) {
             p.push(format!("threshold {} is not in [0, 1]", self.threshold));
@@ -325,16 +306,10 @@ impl Manifest {
                 }
             } else {
                 if !f.categories.is_empty() {
-                    p.push(format!(
-                        "{at}: categories is only allowed with one_hot, not {}",
-                        f.transform
-                    ));
+                    p.push(format!("{at}: categories is only allowed with one_hot, not {}", f.transform));
                 }
                 if f.other {
-                    p.push(format!(
-                        "{at}: other is only allowed with one_hot, not {}",
-                        f.transform
-                    ));
+                    p.push(format!("{at}: other is only allowed with one_hot, not {}", f.transform));
                 }
             }
         }
@@ -349,15 +324,15 @@ impl Manifest {
         if derived != self.columns {
             for i in 0..derived.len().max(self.columns.len()) {
                 match (self.columns.get(i), derived.get(i)) {
-                    (Some(have), Some(want)) if have != want => p.push(format!(
-                        "columns[{i}] is {have:?} but features derive {want:?} at that position"
-                    )),
-                    (Some(have), None) => p.push(format!(
-                        "columns[{i}] is {have:?} but features derive no column at that position"
-                    )),
-                    (None, Some(want)) => p.push(format!(
-                        "columns has no entry {i} but features derive {want:?} there"
-                    )),
+                    (Some(have), Some(want)) if have != want => {
+                        p.push(format!("columns[{i}] is {have:?} but features derive {want:?} at that position"))
+                    }
+                    (Some(have), None) => {
+                        p.push(format!("columns[{i}] is {have:?} but features derive no column at that position"))
+                    }
+                    (None, Some(want)) => {
+                        p.push(format!("columns has no entry {i} but features derive {want:?} there"))
+                    }
                     _ => {}
                 }
             }
@@ -372,10 +347,7 @@ impl Manifest {
         }
         for (i, (h, c)) in self.reference.columns.iter().zip(&self.columns).enumerate() {
             if &h.name != c {
-                p.push(format!(
-                    "reference.columns[{i}] is named {:?} but columns[{i}] is {c:?}",
-                    h.name
-                ));
+                p.push(format!("reference.columns[{i}] is named {:?} but columns[{i}] is {c:?}", h.name));
             }
         }
         for (i, h) in self.reference.columns.iter().enumerate() {
@@ -386,10 +358,7 @@ impl Manifest {
         if p.is_empty() {
             Ok(())
         } else {
-            Err(ManifestError::Invalid {
-                manifest: format!("{}/{}", self.name, self.version),
-                problems: p,
-            })
+            Err(ManifestError::Invalid { manifest: format!("{}/{}", self.name, self.version), problems: p })
         }
     }
 
@@ -415,18 +384,11 @@ impl Manifest {
     /// Hashes the model file and compares it with `sha256`.
     pub fn verify_checksum(&self, dir: &Path) -> Result<(), ManifestError> {
         let path = self.model_path(dir);
-        let actual = sha256_file(&path).map_err(|source| ManifestError::ModelFile {
-            path: path.clone(),
-            source,
-        })?;
+        let actual = sha256_file(&path).map_err(|source| ManifestError::ModelFile { path: path.clone(), source })?;
         if actual.eq_ignore_ascii_case(&self.sha256) {
             Ok(())
         } else {
-            Err(ManifestError::Checksum {
-                path,
-                expected: self.sha256.clone(),
-                actual,
-            })
+            Err(ManifestError::Checksum { path, expected: self.sha256.clone(), actual })
         }
     }
 }
@@ -436,19 +398,10 @@ fn check_histogram(at: &str, h: &Histogram, p: &mut Vec<String>) {
         p.push(format!("{at}: edge {bad} is not finite"));
     }
     if let Some(i) = h.edges.windows(2).position(|w| w[0] >= w[1]) {
-        p.push(format!(
-            "{at}: edges are not strictly increasing ({} then {})",
-            h.edges[i],
-            h.edges[i + 1]
-        ));
+        p.push(format!("{at}: edges are not strictly increasing ({} then {})", h.edges[i], h.edges[i + 1]));
     }
     if h.counts.len() != h.edges.len() + 1 {
-        p.push(format!(
-            "{at}: {} edges need {} counts, found {}",
-            h.edges.len(),
-            h.edges.len() + 1,
-            h.counts.len()
-        ));
+        p.push(format!("{at}: {} edges need {} counts, found {}", h.edges.len(), h.edges.len() + 1, h.counts.len()));
     }
 }
 
@@ -464,11 +417,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -550,19 +499,7 @@ mod tests {
             {"source": "e", "transform": "hour_of_day", "missing_flag": true}
         ]);
         let m = parse(v);
-        assert_eq!(
-            m.derived_columns(),
-            [
-                "a",
-                "a_missing",
-                "b_log1p",
-                "c",
-                "d=x",
-                "d=y",
-                "e_hour",
-                "e_missing"
-            ]
-        );
+        assert_eq!(m.derived_columns(), ["a", "a_missing", "b_log1p", "c", "d=x", "d=y", "e_hour", "e_missing"]);
     }
 
     #[test]
@@ -593,29 +530,14 @@ mod tests {
         let all = p.join("\n");
         assert!(all.contains("threshold 1.5"), "{all}");
         assert!(all.contains("sha256"), "{all}");
-        assert!(
-            all.contains("one_hot needs a non-empty categories"),
-            "{all}"
-        );
-        assert!(
-            all.contains("columns[0] is \"amount\" but features derive \"amount_log1p\""),
-            "{all}"
-        );
-        assert!(
-            all.contains("reference.columns[4] is named \"nope\""),
-            "{all}"
-        );
+        assert!(all.contains("one_hot needs a non-empty categories"), "{all}");
+        assert!(all.contains("columns[0] is \"amount\" but features derive \"amount_log1p\""), "{all}");
+        assert!(all.contains("reference.columns[4] is named \"nope\""), "{all}");
         assert!(all.contains("not strictly increasing"), "{all}");
-        assert!(
-            all.contains("reference.score: 2 edges need 3 counts, found 2"),
-            "{all}"
-        );
+        assert!(all.contains("reference.score: 2 edges need 3 counts, found 2"), "{all}");
         // Error message names the manifest and every problem.
         let msg = m.validate().unwrap_err().to_string();
-        assert!(
-            msg.contains("tiny/3") && msg.contains("threshold 1.5"),
-            "{msg}"
-        );
+        assert!(msg.contains("tiny/3") && msg.contains("threshold 1.5"), "{msg}");
     }
 
     #[test]
@@ -623,25 +545,13 @@ mod tests {
         let mut v = small_manifest_json();
         v["columns"].as_array_mut().unwrap().push(json!("surplus"));
         let p = problems(&parse(v));
-        assert!(
-            p.iter()
-                .any(|s| s.contains("columns[6] is \"surplus\" but features derive no column")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|s| s.contains("columns[6] is \"surplus\" but features derive no column")), "{p:?}");
 
         let mut v = small_manifest_json();
         v["columns"].as_array_mut().unwrap().pop();
         let p = problems(&parse(v));
-        assert!(
-            p.iter()
-                .any(|s| s.contains("features derive \"new_device_missing\" there")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|s| s.contains("reference.columns has 6 histograms but there are 5 columns")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|s| s.contains("features derive \"new_device_missing\" there")), "{p:?}");
+        assert!(p.iter().any(|s| s.contains("reference.columns has 6 histograms but there are 5 columns")), "{p:?}");
     }
 
     #[test]
@@ -653,24 +563,10 @@ mod tests {
         m.features[0].default = f32::INFINITY;
         m.reference.columns[0].edges = vec![0.0, f64::INFINITY];
         let p = problems(&m);
-        assert!(
-            p.iter()
-                .any(|s| s.contains("other is only allowed with one_hot")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|s| s.contains("categories is only allowed with one_hot")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter().any(|s| s.contains("edge inf is not finite")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter().any(|s| s.contains("default inf is not finite")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|s| s.contains("other is only allowed with one_hot")), "{p:?}");
+        assert!(p.iter().any(|s| s.contains("categories is only allowed with one_hot")), "{p:?}");
+        assert!(p.iter().any(|s| s.contains("edge inf is not finite")), "{p:?}");
+        assert!(p.iter().any(|s| s.contains("default inf is not finite")), "{p:?}");
     }
 
     #[test]
@@ -685,11 +581,7 @@ mod tests {
 
     #[test]
     fn histogram_bins_follow_the_doc() {
-        let h = Histogram {
-            name: "x".into(),
-            edges: vec![0.0, 1.0],
-            counts: vec![0; 3],
-        };
+        let h = Histogram { name: "x".into(), edges: vec![0.0, 1.0], counts: vec![0; 3] };
         assert_eq!(h.bin(-0.5), 0);
         assert_eq!(h.bin(0.0), 1);
         assert_eq!(h.bin(0.99), 1);
@@ -714,16 +606,10 @@ mod tests {
         let err = m.verify_checksum(dir.path()).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ManifestError::Checksum { .. }));
-        assert!(
-            msg.contains(hello_sha) && msg.contains("model.onnx"),
-            "{msg}"
-        );
+        assert!(msg.contains(hello_sha) && msg.contains("model.onnx"), "{msg}");
 
         std::fs::remove_file(dir.path().join("model.onnx")).unwrap();
-        assert!(matches!(
-            m.verify_checksum(dir.path()),
-            Err(ManifestError::ModelFile { .. })
-        ));
+        assert!(matches!(m.verify_checksum(dir.path()), Err(ManifestError::ModelFile { .. })));
     }
 
     #[test]
@@ -742,10 +628,7 @@ mod tests {
         v["threshold"] = json!(-1.0);
         std::fs::write(dir.path().join(MANIFEST_FILE), v.to_string()).unwrap();
         let err = Manifest::from_dir(dir.path()).unwrap_err();
-        assert!(
-            err.to_string().contains("manifest.json") && err.to_string().contains("threshold"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("manifest.json") && err.to_string().contains("threshold"), "{err}");
     }
 
     #[test]

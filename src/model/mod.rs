@@ -47,7 +47,11 @@ pub fn init_onnxruntime(configured: Option<&Path>) -> Result<&'static ort::envir
         Some(p) => p.to_path_buf(),
         None => match std::env::var_os("ORT_DYLIB_PATH") {
             Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => return Err(ModelError::RuntimeMissing("neither model.onnxruntime_library nor ORT_DYLIB_PATH is set".into())),
+            _ => {
+                return Err(ModelError::RuntimeMissing(
+                    "neither model.onnxruntime_library nor ORT_DYLIB_PATH is set".into(),
+                ))
+            }
         },
     };
     if !path.is_file() {
@@ -117,29 +121,32 @@ impl Model {
 
         let f = manifest.num_columns();
         let mismatch = |detail: String| ModelError::Mismatch { path: path.clone(), detail };
-        let input = session
-            .inputs()
-            .iter()
-            .find(|i| i.name() == manifest.input.name)
-            .ok_or_else(|| mismatch(format!("no input named `{}` (inputs: {})", manifest.input.name, names(session.inputs()))))?;
+        let input = session.inputs().iter().find(|i| i.name() == manifest.input.name).ok_or_else(|| {
+            mismatch(format!("no input named `{}` (inputs: {})", manifest.input.name, names(session.inputs())))
+        })?;
         if session.inputs().len() != 1 {
             return Err(mismatch(format!("expected exactly one input, found {}", names(session.inputs()))));
         }
-        check_float_tensor(input.dtype(), Some(f as i64)).map_err(|d| mismatch(format!("input `{}`: {d}", input.name())))?;
-        let output = session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == manifest.output.name)
-            .ok_or_else(|| mismatch(format!("no output named `{}` (outputs: {})", manifest.output.name, names(session.outputs()))))?;
-        let shape = check_float_tensor(output.dtype(), None).map_err(|d| mismatch(format!("output `{}`: {d}", output.name())))?;
+        check_float_tensor(input.dtype(), Some(f as i64))
+            .map_err(|d| mismatch(format!("input `{}`: {d}", input.name())))?;
+        let output = session.outputs().iter().find(|o| o.name() == manifest.output.name).ok_or_else(|| {
+            mismatch(format!("no output named `{}` (outputs: {})", manifest.output.name, names(session.outputs())))
+        })?;
+        let shape = check_float_tensor(output.dtype(), None)
+            .map_err(|d| mismatch(format!("output `{}`: {d}", output.name())))?;
         let output_width = match shape.as_slice() {
             [_] => 1,
             [_, w] if *w > 0 => *w as usize,
             [_, _] => 0, // dynamic width: checked on the first run
-            other => return Err(mismatch(format!("output `{}` has shape {other:?}; expected [N] or [N, C]", output.name()))),
+            other => {
+                return Err(mismatch(format!("output `{}` has shape {other:?}; expected [N] or [N, C]", output.name())))
+            }
         };
         if output_width > 0 && manifest.output.column >= output_width {
-            return Err(mismatch(format!("output column {} but the output has {output_width} columns", manifest.output.column)));
+            return Err(mismatch(format!(
+                "output column {} but the output has {output_width} columns",
+                manifest.output.column
+            )));
         }
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -170,23 +177,33 @@ impl Model {
         let err = |e: ort::Error| ModelError::Inference { rows: n, detail: e.to_string() };
         let input = TensorRef::from_array_view(([n, f], &rows[..n * f])).map_err(err)?;
         let outputs = self.session.run(ort::inputs![self.manifest.input.name.as_str() => input]).map_err(err)?;
-        let value = outputs
-            .get(&self.manifest.output.name)
-            .ok_or_else(|| ModelError::Inference { rows: n, detail: format!("output `{}` missing", self.manifest.output.name) })?;
+        let value = outputs.get(&self.manifest.output.name).ok_or_else(|| ModelError::Inference {
+            rows: n,
+            detail: format!("output `{}` missing", self.manifest.output.name),
+        })?;
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(err)?;
         let width = match &shape[..] {
             [m] if *m as usize == n => 1,
             [m, w] if *m as usize == n => *w as usize,
             other => {
-                return Err(ModelError::Inference { rows: n, detail: format!("unexpected output shape {other:?} for {n} rows") });
+                return Err(ModelError::Inference {
+                    rows: n,
+                    detail: format!("unexpected output shape {other:?} for {n} rows"),
+                });
             }
         };
         if self.output_width > 0 && width != self.output_width {
-            return Err(ModelError::Inference { rows: n, detail: format!("output has {width} columns, the model declared {}", self.output_width) });
+            return Err(ModelError::Inference {
+                rows: n,
+                detail: format!("output has {width} columns, the model declared {}", self.output_width),
+            });
         }
         let col = if width == 1 { 0 } else { self.output_column };
         if col >= width {
-            return Err(ModelError::Inference { rows: n, detail: format!("output has {width} columns, manifest reads column {col}") });
+            return Err(ModelError::Inference {
+                rows: n,
+                detail: format!("output has {width} columns, manifest reads column {col}"),
+            });
         }
         out.extend((0..n).map(|i| data[i * width + col]));
         Ok(())
@@ -208,7 +225,9 @@ fn check_float_tensor(dtype: &ort::value::ValueType, cols: Option<i64>) -> Resul
             if let Some(c) = cols {
                 match dims.as_slice() {
                     [_, w] if *w == c || *w < 0 => {}
-                    other => return Err(format!("shape {other:?}, expected [N, {c}] (N dynamic, {c} = manifest columns)")),
+                    other => {
+                        return Err(format!("shape {other:?}, expected [N, {c}] (N dynamic, {c} = manifest columns)"))
+                    }
                 }
             }
             Ok(dims)
@@ -247,7 +266,10 @@ impl Scorer {
         let n = batch.rows;
         let f = batch.width();
         if f != info.num_columns {
-            return Err(ModelError::Inference { rows: n, detail: format!("batch rows have {f} features, model expects {}", info.num_columns) });
+            return Err(ModelError::Inference {
+                rows: n,
+                detail: format!("batch rows have {f} features, model expects {}", info.num_columns),
+            });
         }
         batch.model = Some(info.clone());
         batch.scores.clear();
@@ -313,7 +335,9 @@ mod tests {
                         .ok()?
                         .flatten()
                         .map(|f| f.path())
-                        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+                        .find(|p| {
+                            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
+                        })
                 })
             })
             .unwrap_or_else(|| panic!("no libonnxruntime.so.* under {}: run `make test`", lib.display()))
@@ -372,7 +396,8 @@ mod tests {
     fn scorer_serves_repeats_from_the_cache_and_marks_them() {
         let model = Model::load(&model_config()).expect("model");
         let f = model.info.num_columns;
-        let mut scorer = Scorer::new(model, PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60)));
+        let mut scorer =
+            Scorer::new(model, PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60)));
         let mut batch = Batch::new(f, 4);
         for r in 0..3 {
             let (_, row, _) = batch.push_row();

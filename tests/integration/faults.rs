@@ -25,7 +25,12 @@ fn outcome_ids(messages: &[OwnedMessage]) -> HashMap<String, usize> {
 }
 
 /// Reads the scored topic until it holds an outcome for every id in `want`, or the timeout.
-async fn wait_for_all(bootstrap: &str, topic: &str, want: &HashSet<String>, timeout: Duration) -> HashMap<String, usize> {
+async fn wait_for_all(
+    bootstrap: &str,
+    topic: &str,
+    want: &HashSet<String>,
+    timeout: Duration,
+) -> HashMap<String, usize> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let all = common::consume_until_quiet(bootstrap, topic, Duration::from_secs(2), Duration::from_secs(60)).await;
@@ -82,7 +87,12 @@ async fn killed_mid_stream_and_restarted_every_input_has_an_outcome() {
     let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(180)).await;
     let _ = last.stop().await;
     let missing: Vec<&String> = want.iter().filter(|id| !ids.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} of {n} inputs have no outcome after two kill -9s, e.g. {:?}", missing.len(), &missing[..missing.len().min(3)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {n} inputs have no outcome after two kill -9s, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
     let duplicates: usize = ids.values().map(|c| c - 1).sum();
     eprintln!("{n} inputs, {} distinct outcomes, {duplicates} duplicates from replays after kill -9", ids.len());
     assert!(ids.keys().all(|id| want.contains(id)), "outcomes only for inputs");

@@ -25,10 +25,8 @@ async fn broker_round_trips_keys_headers_and_partitions() {
         .map(|i| {
             let key = format!("key-{i}").into_bytes();
             let value = format!("value-{i}").into_bytes();
-            let headers = vec![
-                ("seq".to_owned(), i.to_string().into_bytes()),
-                ("bin".to_owned(), vec![0, 255, i as u8]),
-            ];
+            let headers =
+                vec![("seq".to_owned(), i.to_string().into_bytes()), ("bin".to_owned(), vec![0, 255, i as u8])];
             let partition = (i % 4 == 0).then_some(i % 3);
             (Some(key), value, headers, partition)
         })
@@ -46,28 +44,15 @@ async fn broker_round_trips_keys_headers_and_partitions() {
     }
     assert_eq!(messages.len(), 100, "consumed {} of 100", messages.len());
 
-    let by_key: HashMap<Vec<u8>, _> = messages
-        .iter()
-        .map(|m| (m.key().expect("key").to_vec(), m))
-        .collect();
+    let by_key: HashMap<Vec<u8>, _> = messages.iter().map(|m| (m.key().expect("key").to_vec(), m)).collect();
     assert_eq!(by_key.len(), 100, "duplicate keys read back");
     for (i, ((key, value, headers, partition), (placed_partition, placed_offset))) in
         records.iter().zip(&placed).enumerate()
     {
-        let message = by_key
-            .get(key.as_ref().unwrap())
-            .unwrap_or_else(|| panic!("record {i} missing"));
-        assert_eq!(
-            message.payload(),
-            Some(value.as_slice()),
-            "record {i} value"
-        );
+        let message = by_key.get(key.as_ref().unwrap()).unwrap_or_else(|| panic!("record {i} missing"));
+        assert_eq!(message.payload(), Some(value.as_slice()), "record {i} value");
         assert_eq!(&common::headers_of(message), headers, "record {i} headers");
-        assert_eq!(
-            message.partition(),
-            *placed_partition,
-            "record {i} partition"
-        );
+        assert_eq!(message.partition(), *placed_partition, "record {i} partition");
         assert_eq!(message.offset(), *placed_offset, "record {i} offset");
         if let Some(p) = partition {
             assert_eq!(message.partition(), *p, "record {i} pinned partition");
@@ -77,13 +62,8 @@ async fn broker_round_trips_keys_headers_and_partitions() {
     assert_eq!(used.len(), 3, "records should land on all 3 partitions");
 
     let quiet = Instant::now();
-    let again = common::consume_until_quiet(
-        &bootstrap,
-        &topic,
-        Duration::from_millis(1500),
-        Duration::from_secs(20),
-    )
-    .await;
+    let again =
+        common::consume_until_quiet(&bootstrap, &topic, Duration::from_millis(1500), Duration::from_secs(20)).await;
     eprintln!("consume_until_quiet returned after {:?}", quiet.elapsed());
     assert_eq!(again.len(), 100, "nothing more than the 100 records");
 }
@@ -95,26 +75,17 @@ async fn consumer_config_joins_a_group_on_tansu() {
     let bootstrap = Broker::shared().bootstrap();
     let topic = common::random_topic("smoke-group");
     common::create_topic(&bootstrap, &topic, 2).await;
-    common::produce_values(
-        &bootstrap,
-        &topic,
-        vec![(None, b"hello".to_vec(), vec![], Some(1))],
-    )
-    .await;
+    common::produce_values(&bootstrap, &topic, vec![(None, b"hello".to_vec(), vec![], Some(1))]).await;
 
-    let consumer: StreamConsumer = common::consumer_config(&bootstrap, &common::random_topic("g"))
-        .create()
-        .expect("consumer");
+    let consumer: StreamConsumer =
+        common::consumer_config(&bootstrap, &common::random_topic("g")).create().expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let joined = Instant::now();
     let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
         .await
         .expect("no message within 20 s of subscribing")
         .expect("consumer error");
-    eprintln!(
-        "group joined and first record read after {:?}",
-        joined.elapsed()
-    );
+    eprintln!("group joined and first record read after {:?}", joined.elapsed());
     assert_eq!(message.payload(), Some(&b"hello"[..]));
 }
 
@@ -127,50 +98,28 @@ fn registry_mock_answers_the_confluent_endpoints() {
 
     // Registration over HTTP, with Confluent's request body.
     let body = serde_json::json!({ "schema": schema }).to_string();
-    let response = common::http(
-        "POST",
-        &format!("{url}/subjects/tx-value/versions"),
-        Some(&body),
-    );
+    let response = common::http("POST", &format!("{url}/subjects/tx-value/versions"), Some(&body));
     assert_eq!(response.status, 200, "{}", response.body);
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/vnd.schemaregistry.v1+json")
-    );
+    assert_eq!(response.header("content-type"), Some("application/vnd.schemaregistry.v1+json"));
     let id = response.json()["id"].as_u64().expect("id") as u32;
 
     // Same text, same subject: same id, no new version. In-process register agrees.
     let typed = serde_json::json!({ "schema": schema, "schemaType": "AVRO" }).to_string();
-    let again = common::http(
-        "POST",
-        &format!("{url}/subjects/tx-value/versions"),
-        Some(&typed),
-    );
+    let again = common::http("POST", &format!("{url}/subjects/tx-value/versions"), Some(&typed));
     assert_eq!(again.json()["id"].as_u64(), Some(u64::from(id)));
     assert_eq!(registry.register("tx-value", schema), id);
     let other_id = registry.register("tx-value", other);
     assert_ne!(other_id, id);
-    assert_eq!(
-        registry.register_calls(),
-        2,
-        "in-process registration is not counted"
-    );
+    assert_eq!(registry.register_calls(), 2, "in-process registration is not counted");
 
     // By id.
     let by_id = common::http("GET", &format!("{url}/schemas/ids/{id}?deleted=true"), None);
     assert_eq!(by_id.status, 200);
-    assert_eq!(
-        by_id.header("content-type"),
-        Some("application/vnd.schemaregistry.v1+json")
-    );
+    assert_eq!(by_id.header("content-type"), Some("application/vnd.schemaregistry.v1+json"));
     assert_eq!(by_id.json(), serde_json::json!({ "schema": schema }));
 
     // Latest version of the subject is the second schema.
-    let latest = common::http(
-        "GET",
-        &format!("{url}/subjects/tx-value/versions/latest"),
-        None,
-    );
+    let latest = common::http("GET", &format!("{url}/subjects/tx-value/versions/latest"), None);
     assert_eq!(latest.status, 200);
     assert_eq!(
         latest.json(),
@@ -182,18 +131,11 @@ fn registry_mock_answers_the_confluent_endpoints() {
     // Unknown things: Confluent error bodies.
     let missing = common::http("GET", &format!("{url}/schemas/ids/999"), None);
     assert_eq!(missing.status, 404);
-    assert_eq!(
-        missing.json(),
-        serde_json::json!({"error_code": 40403, "message": "Schema not found"})
-    );
+    assert_eq!(missing.json(), serde_json::json!({"error_code": 40403, "message": "Schema not found"}));
     let no_subject = common::http("GET", &format!("{url}/subjects/nope/versions/latest"), None);
     assert_eq!(no_subject.status, 404);
     assert_eq!(no_subject.json()["error_code"], 40401);
-    let bad = common::http(
-        "POST",
-        &format!("{url}/subjects/x/versions"),
-        Some("{\"schema\": \"{not json\"}"),
-    );
+    let bad = common::http("POST", &format!("{url}/subjects/x/versions"), Some("{\"schema\": \"{not json\"}"));
     assert_eq!(bad.status, 422);
     assert_eq!(bad.json()["error_code"], 42201);
 
@@ -205,10 +147,7 @@ fn registry_mock_answers_the_confluent_endpoints() {
     assert_eq!(down.status, 500);
     assert_eq!(down.json()["error_code"], 50001);
     registry.set_available(true);
-    assert_eq!(
-        common::http("GET", &format!("{url}/schemas/ids/{id}"), None).status,
-        200
-    );
+    assert_eq!(common::http("GET", &format!("{url}/schemas/ids/{id}"), None).status, 200);
     assert_eq!(registry.get_by_id_calls(), 4);
 }
 
@@ -220,30 +159,15 @@ async fn paused_broker_answers_again_after_resume() {
     let bootstrap = broker.bootstrap();
     let topic = common::random_topic("smoke-pause");
     common::create_topic(&bootstrap, &topic, 1).await;
-    common::produce_values(
-        &bootstrap,
-        &topic,
-        vec![(None, b"before".to_vec(), vec![], None)],
-    )
-    .await;
+    common::produce_values(&bootstrap, &topic, vec![(None, b"before".to_vec(), vec![], None)]).await;
 
     broker.pause();
     let pending = tokio::spawn({
         let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
-        async move {
-            common::produce_values(
-                &bootstrap,
-                &topic,
-                vec![(None, b"during".to_vec(), vec![], None)],
-            )
-            .await
-        }
+        async move { common::produce_values(&bootstrap, &topic, vec![(None, b"during".to_vec(), vec![], None)]).await }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        !pending.is_finished(),
-        "a produce completed against a paused broker"
-    );
+    assert!(!pending.is_finished(), "a produce completed against a paused broker");
 
     broker.resume();
     let resumed = Instant::now();
@@ -251,16 +175,8 @@ async fn paused_broker_answers_again_after_resume() {
         .await
         .expect("produce did not complete within 20 s of resume")
         .expect("produce task panicked");
-    eprintln!(
-        "in-flight produce completed {:?} after resume",
-        resumed.elapsed()
-    );
-    common::produce_values(
-        &bootstrap,
-        &topic,
-        vec![(None, b"after".to_vec(), vec![], None)],
-    )
-    .await;
+    eprintln!("in-flight produce completed {:?} after resume", resumed.elapsed());
+    common::produce_values(&bootstrap, &topic, vec![(None, b"after".to_vec(), vec![], None)]).await;
 
     let messages = common::consume_n(&bootstrap, &topic, 3, Duration::from_secs(20)).await;
     let payloads: Vec<&[u8]> = messages.iter().filter_map(|m| m.payload()).collect();
@@ -270,8 +186,5 @@ async fn paused_broker_answers_again_after_resume() {
     let stopping = Instant::now();
     drop(broker);
     eprintln!("dedicated broker stopped after {:?}", stopping.elapsed());
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "tansu pid {pid} still exists after drop"
-    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "tansu pid {pid} still exists after drop");
 }

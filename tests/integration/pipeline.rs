@@ -26,7 +26,14 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
     let inputs = service::synthetic(n, 7, 1);
     let placed = common::produce_values(&bootstrap, &topics.input, inputs.records.clone()).await;
 
-    let cfg = service::config(&service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, None, ""));
+    let cfg = service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &common::random_topic("g"),
+        Schemas::Local,
+        None,
+        "",
+    ));
     let running = InProcess::start(cfg);
     assert!(running.wait_outcomes(n as u64, TIMEOUT).await, "only {} outcomes of {n}", running.outcomes());
     let summary = running.stop().await;
@@ -36,7 +43,8 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
 
     let messages = common::consume_n(&bootstrap, &topics.scored, n, TIMEOUT).await;
     assert_eq!(messages.len(), n);
-    let extra = common::consume_until_quiet(&bootstrap, &topics.dlq, Duration::from_secs(1), Duration::from_secs(5)).await;
+    let extra =
+        common::consume_until_quiet(&bootstrap, &topics.dlq, Duration::from_secs(1), Duration::from_secs(5)).await;
     assert!(extra.is_empty(), "no dead letters expected, got {}", extra.len());
 
     // Independent reference: the Python scorer on the very bytes we produced.
@@ -71,7 +79,8 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
     let schema = service::scored_schema();
     let offsets: HashMap<String, (i32, i64)> =
         inputs.transactions.iter().zip(&placed).map(|(tx, p)| (tx.event_id.clone(), *p)).collect();
-    let keys: HashMap<String, &str> = inputs.transactions.iter().map(|tx| (tx.event_id.clone(), tx.account_id.as_str())).collect();
+    let keys: HashMap<String, &str> =
+        inputs.transactions.iter().map(|tx| (tx.event_id.clone(), tx.account_id.as_str())).collect();
     let mut seen = HashSet::new();
     let mut max_diff = 0f64;
     let mut flagged = 0;
@@ -94,7 +103,11 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
         let (partition, offset) = offsets[&id];
         assert_eq!((s.long("source_partition") as i32, s.long("source_offset")), (partition, offset), "source of {id}");
         assert_eq!(s.key.as_deref(), Some(keys[&id].as_bytes()), "key of {id}");
-        assert!(header(&s.headers, "trace-id").is_some_and(|v| v.starts_with("trace-")), "headers of {id}: {:?}", s.headers);
+        assert!(
+            header(&s.headers, "trace-id").is_some_and(|v| v.starts_with("trace-")),
+            "headers of {id}: {:?}",
+            s.headers
+        );
         assert!(s.long("scored_at") >= s.long("event_time"));
         // Outcomes of one input partition landing in one output partition appear in input order.
         let k = (partition, s.partition);
@@ -144,7 +157,14 @@ async fn malformed_inputs_are_dead_lettered_and_valid_ones_still_score() {
     let placed = common::produce_values(&bootstrap, &topics.input, records.clone()).await;
     let total = records.len();
 
-    let cfg = service::config(&service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, None, ""));
+    let cfg = service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &common::random_topic("g"),
+        Schemas::Local,
+        None,
+        "",
+    ));
     let running = InProcess::start(cfg);
     assert!(running.wait_outcomes(total as u64, TIMEOUT).await, "only {} outcomes of {total}", running.outcomes());
     // Repeats after the first pass: same features as the first 50 valid ones, so cache hits.
@@ -171,7 +191,12 @@ async fn malformed_inputs_are_dead_lettered_and_valid_ones_still_score() {
         let (i, original) = by_key[&key];
         let headers = common::headers_of(m);
         let want = expected[&key];
-        assert_eq!(header(&headers, "streamscore.dlq.reason"), Some(want), "reason for {:?}: {headers:?}", String::from_utf8_lossy(&key));
+        assert_eq!(
+            header(&headers, "streamscore.dlq.reason"),
+            Some(want),
+            "reason for {:?}: {headers:?}",
+            String::from_utf8_lossy(&key)
+        );
         assert!(header(&headers, "streamscore.dlq.detail").is_some_and(|d| !d.is_empty()));
         assert_eq!(header(&headers, "streamscore.dlq.source.topic"), Some(topics.input.as_str()));
         assert_eq!(header(&headers, "streamscore.dlq.source.partition"), Some(placed[i].0.to_string().as_str()));
@@ -239,7 +264,11 @@ async fn registry_schemas_resolve_to_the_reader_and_are_cached() {
     assert_eq!(messages.len(), n);
     let schema = service::scored_schema();
     for m in &messages {
-        assert_eq!(service::decode_framed(m, &schema).schema_id, scored_id, "scored records framed with the registered id");
+        assert_eq!(
+            service::decode_framed(m, &schema).schema_id,
+            scored_id,
+            "scored records framed with the registered id"
+        );
     }
 }
 
@@ -268,7 +297,11 @@ async fn drift_reports_metrics_and_health_endpoints() {
     };
     assert!(running.wait_outcomes(n as u64, TIMEOUT).await, "only {} outcomes", running.outcomes());
     assert_eq!(get("/healthz").await.expect("healthz").status, 200);
-    assert_eq!(get("/readyz").await.expect("readyz").status, 200, "ready once the model is loaded and the group joined");
+    assert_eq!(
+        get("/readyz").await.expect("readyz").status,
+        200,
+        "ready once the model is loaded and the group joined"
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await; // at least one drift window
     let metrics = get("/metrics").await.expect("metrics").body;
     for name in [
@@ -287,7 +320,9 @@ async fn drift_reports_metrics_and_health_endpoints() {
     let summary = running.stop().await;
     assert_eq!(summary.scored, n as u64);
 
-    let reports = common::consume_until_quiet(&bootstrap, &topics.monitoring, Duration::from_secs(2), Duration::from_secs(20)).await;
+    let reports =
+        common::consume_until_quiet(&bootstrap, &topics.monitoring, Duration::from_secs(2), Duration::from_secs(20))
+            .await;
     assert!(!reports.is_empty(), "no drift report");
     let schema = codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).expect("drift schema");
     let mut rows = 0;
@@ -319,7 +354,14 @@ async fn sigterm_drains_commits_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = service::free_port();
     let mut bin = Binary::start(
-        &service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), "[delivery]\ncommit_interval = \"60s\"\n"),
+        &service::config_toml(
+            &bootstrap,
+            &topics,
+            &group,
+            Schemas::Local,
+            Some(port),
+            "[delivery]\ncommit_interval = \"60s\"\n",
+        ),
         port,
         dir.path(),
         "first",
@@ -344,7 +386,8 @@ async fn sigterm_drains_commits_and_exits_zero() {
     tokio::time::sleep(Duration::from_secs(8)).await; // join the group, fetch from committed offsets
     let summary = second.stop().await;
     assert_eq!(summary.consumed, 0, "offsets were committed on SIGTERM, nothing to redo");
-    let scored = common::consume_until_quiet(&bootstrap, &topics.scored, Duration::from_secs(2), Duration::from_secs(30)).await;
+    let scored =
+        common::consume_until_quiet(&bootstrap, &topics.scored, Duration::from_secs(2), Duration::from_secs(30)).await;
     assert_eq!(scored.len(), n);
 }
 
@@ -353,12 +396,7 @@ async fn sigterm_drains_commits_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_is_not_ready_and_does_not_crash() {
     let dead = format!("127.0.0.1:{}", service::free_port());
-    let topics = Topics {
-        input: "in".into(),
-        scored: "scored".into(),
-        dlq: "dlq".into(),
-        monitoring: "mon".into(),
-    };
+    let topics = Topics { input: "in".into(), scored: "scored".into(), dlq: "dlq".into(), monitoring: "mon".into() };
     let port = service::free_port();
     let cfg = service::config(&service::config_toml(&dead, &topics, "g", Schemas::Local, Some(port), ""));
     let running = InProcess::start(cfg);
@@ -367,7 +405,9 @@ async fn unreachable_broker_is_not_ready_and_does_not_crash() {
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let url = format!("{base}/healthz");
-        if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || std::panic::catch_unwind(|| common::http("GET", &url, None))).await {
+        if let Ok(Ok(r)) =
+            tokio::task::spawn_blocking(move || std::panic::catch_unwind(|| common::http("GET", &url, None))).await
+        {
             health = Some(r.status);
             break;
         }
@@ -387,12 +427,15 @@ async fn produce_command_publishes_synthetic_transactions() {
     let bootstrap = Broker::shared().bootstrap();
     let topic = common::random_topic("produce");
     common::create_topic(&bootstrap, &topic, 2).await;
-    let args = ["produce", "--bootstrap-servers", &bootstrap, "--topic", &topic, "--count", "500", "--malformed-every", "50"]
-        .map(str::to_string);
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new(env!("CARGO_BIN_EXE_streamscore")).args(args).output())
-        .await
-        .expect("join")
-        .expect("run streamscore produce");
+    let args =
+        ["produce", "--bootstrap-servers", &bootstrap, "--topic", &topic, "--count", "500", "--malformed-every", "50"]
+            .map(str::to_string);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_streamscore")).args(args).output()
+    })
+    .await
+    .expect("join")
+    .expect("run streamscore produce");
     assert!(out.status.success(), "produce failed: {}", String::from_utf8_lossy(&out.stderr));
     let messages = common::consume_n(&bootstrap, &topic, 500, TIMEOUT).await;
     assert_eq!(messages.len(), 500);
@@ -437,4 +480,35 @@ async fn demo_runs_end_to_end_on_the_mock_cluster() {
     assert!(summary.cache_hits > 0, "the demo's repeats hit the cache");
     assert!(!summary.dead_lettered.is_empty(), "the demo's malformed events are dead-lettered");
     assert!(!summary.top_drift.is_empty(), "the summary lists drift");
+}
+
+/// A model directory that does not exist stops start-up with a message naming it; an invalid
+/// config file makes the binary exit 2 listing every bad key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_errors_fail_at_start_with_clear_messages() {
+    let topics = Topics { input: "in".into(), scored: "s".into(), dlq: "d".into(), monitoring: "m".into() };
+    let dead = format!("127.0.0.1:{}", service::free_port());
+    let toml = service::config_toml(&dead, &topics, "g", Schemas::Local, None, "")
+        .replace("models/fraud_mlp/1", "models/no_such_model/1");
+    let err = streamscore::pipeline::run(service::config(&toml), std::future::pending())
+        .await
+        .expect_err("a missing model must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("no_such_model") && msg.contains("manifest.json"), "{msg}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[batch]\nmax_batch_size = 0\nmax_batch_delay = \"soon\"\n[kafka]\nbootstrap = \"x\"\n")
+        .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .arg("run")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("run binary");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["kafka.bootstrap", "batch.max_batch_size", "batch.max_batch_delay"] {
+        assert!(stderr.contains(key), "stderr names {key}: {stderr}");
+    }
 }

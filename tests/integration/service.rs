@@ -30,14 +30,15 @@ pub fn ort_library() -> PathBuf {
         return PathBuf::from(p);
     }
     let lib = root().join(".venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
-        dirs.flatten().find_map(|d| {
-            let capi = d.path().join("site-packages/onnxruntime/capi");
-            std::fs::read_dir(capi).ok()?.flatten().map(|f| f.path()).find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
+    let found =
+        std::fs::read_dir(&lib).ok().and_then(|dirs| {
+            dirs.flatten().find_map(|d| {
+                let capi = d.path().join("site-packages/onnxruntime/capi");
+                std::fs::read_dir(capi).ok()?.flatten().map(|f| f.path()).find(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
+                })
             })
-        })
-    });
+        });
     found.unwrap_or_else(|| panic!("libonnxruntime.so.* not found under {}: run `make test`", lib.display()))
 }
 
@@ -76,7 +77,14 @@ pub enum Schemas<'a> {
 
 /// A complete config file for a test instance; `extra` adds whole sections (not kafka, model,
 /// schemas or telemetry, which are written here).
-pub fn config_toml(bootstrap: &str, topics: &Topics, group: &str, schemas: Schemas<'_>, http_port: Option<u16>, extra: &str) -> String {
+pub fn config_toml(
+    bootstrap: &str,
+    topics: &Topics,
+    group: &str,
+    schemas: Schemas<'_>,
+    http_port: Option<u16>,
+    extra: &str,
+) -> String {
     let root = root();
     let schema_section = match schemas {
         Schemas::Local => format!("[schemas.local]\n\"1\" = \"{}\"\n", root.join("schemas/transaction.avsc").display()),
@@ -205,7 +213,8 @@ impl Binary {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status =
+            Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
         assert!(status.success(), "kill -{sig} failed");
     }
 

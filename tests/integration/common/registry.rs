@@ -38,15 +38,10 @@ struct Store {
 
 impl Store {
     fn register(&mut self, subject: &str, schema: &str, schema_type: &str) -> u32 {
-        let id = match self
-            .schemas
-            .iter()
-            .position(|(s, t)| s == schema && t == schema_type)
-        {
+        let id = match self.schemas.iter().position(|(s, t)| s == schema && t == schema_type) {
             Some(i) => i as u32 + 1,
             None => {
-                self.schemas
-                    .push((schema.to_owned(), schema_type.to_owned()));
+                self.schemas.push((schema.to_owned(), schema_type.to_owned()));
                 self.schemas.len() as u32
             }
         };
@@ -89,9 +84,7 @@ impl Registry {
     /// Starts the server on a free loopback port.
     pub fn start() -> Registry {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind registry");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
+        listener.set_nonblocking(true).expect("nonblocking listener");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let shared = Arc::new(Shared::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -104,13 +97,10 @@ impl Registry {
         std::thread::Builder::new()
             .name("mock-registry".into())
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("registry runtime");
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("registry runtime");
                 runtime.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                     // Dropping the runtime on stop cancels open connections too;
                     // a graceful shutdown would wait for idle keep-alives.
                     tokio::select! {
@@ -122,11 +112,7 @@ impl Registry {
                 });
             })
             .expect("spawn registry thread");
-        Registry {
-            url,
-            shared,
-            stop: Some(stop),
-        }
+        Registry { url, shared, stop: Some(stop) }
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
@@ -137,11 +123,7 @@ impl Registry {
     /// Registers `schema_json` under `subject` directly (no HTTP, not
     /// counted) and returns its id; the same text always gets the same id.
     pub fn register(&self, subject: &str, schema_json: &str) -> u32 {
-        self.shared
-            .store
-            .lock()
-            .unwrap()
-            .register(subject, schema_json, "AVRO")
+        self.shared.store.lock().unwrap().register(subject, schema_json, "AVRO")
     }
 
     /// Requests to `GET /schemas/ids/{id}` so far, found or not.
@@ -180,12 +162,7 @@ impl Drop for Registry {
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
 }
 
 fn error(status: StatusCode, code: u32, message: &str) -> Response {
@@ -193,13 +170,10 @@ fn error(status: StatusCode, code: u32, message: &str) -> Response {
 }
 
 fn down(shared: &Shared) -> Option<Response> {
-    shared.unavailable.load(Ordering::SeqCst).then(|| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            50001,
-            "Error in the backend data store",
-        )
-    })
+    shared
+        .unavailable
+        .load(Ordering::SeqCst)
+        .then(|| error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend data store"))
 }
 
 async fn get_by_id(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
@@ -208,38 +182,22 @@ async fn get_by_id(State(shared): State<Arc<Shared>>, Path(id): Path<String>) ->
         return r;
     }
     let store = shared.store.lock().unwrap();
-    let found = id
-        .parse::<usize>()
-        .ok()
-        .and_then(|id| id.checked_sub(1))
-        .and_then(|i| store.schemas.get(i));
+    let found = id.parse::<usize>().ok().and_then(|id| id.checked_sub(1)).and_then(|i| store.schemas.get(i));
     match found {
-        Some((schema, schema_type)) if schema_type == "AVRO" => {
-            reply(StatusCode::OK, json!({"schema": schema}))
-        }
-        Some((schema, schema_type)) => reply(
-            StatusCode::OK,
-            json!({"schema": schema, "schemaType": schema_type}),
-        ),
+        Some((schema, schema_type)) if schema_type == "AVRO" => reply(StatusCode::OK, json!({"schema": schema})),
+        Some((schema, schema_type)) => reply(StatusCode::OK, json!({"schema": schema, "schemaType": schema_type})),
         None => error(StatusCode::NOT_FOUND, 40403, "Schema not found"),
     }
 }
 
-async fn get_version(
-    State(shared): State<Arc<Shared>>,
-    Path((subject, version)): Path<(String, String)>,
-) -> Response {
+async fn get_version(State(shared): State<Arc<Shared>>, Path((subject, version)): Path<(String, String)>) -> Response {
     shared.get_version.fetch_add(1, Ordering::SeqCst);
     if let Some(r) = down(&shared) {
         return r;
     }
     let store = shared.store.lock().unwrap();
     let Some(versions) = store.subjects.get(&subject) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            40401,
-            &format!("Subject '{subject}' not found."),
-        );
+        return error(StatusCode::NOT_FOUND, 40401, &format!("Subject '{subject}' not found."));
     };
     let version = match version.as_str() {
         "latest" | "-1" => versions.len(),
@@ -264,40 +222,24 @@ fn schema_request(body: &[u8]) -> Result<(String, String), String> {
 }
 
 fn invalid_schema(why: &str) -> Response {
-    error(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        42201,
-        &format!("Invalid schema: {why}"),
-    )
+    error(StatusCode::UNPROCESSABLE_ENTITY, 42201, &format!("Invalid schema: {why}"))
 }
 
-async fn register(
-    State(shared): State<Arc<Shared>>,
-    Path(subject): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn register(State(shared): State<Arc<Shared>>, Path(subject): Path<String>, body: Bytes) -> Response {
     shared.register.fetch_add(1, Ordering::SeqCst);
     if let Some(r) = down(&shared) {
         return r;
     }
     match schema_request(&body) {
         Ok((schema, schema_type)) => {
-            let id = shared
-                .store
-                .lock()
-                .unwrap()
-                .register(&subject, &schema, &schema_type);
+            let id = shared.store.lock().unwrap().register(&subject, &schema, &schema_type);
             reply(StatusCode::OK, json!({"id": id}))
         }
         Err(why) => invalid_schema(&why),
     }
 }
 
-async fn lookup(
-    State(shared): State<Arc<Shared>>,
-    Path(subject): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn lookup(State(shared): State<Arc<Shared>>, Path(subject): Path<String>, body: Bytes) -> Response {
     shared.lookup.fetch_add(1, Ordering::SeqCst);
     if let Some(r) = down(&shared) {
         return r;
@@ -308,11 +250,7 @@ async fn lookup(
     };
     let store = shared.store.lock().unwrap();
     let Some(versions) = store.subjects.get(&subject) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            40401,
-            &format!("Subject '{subject}' not found."),
-        );
+        return error(StatusCode::NOT_FOUND, 40401, &format!("Subject '{subject}' not found."));
     };
     let hit = versions.iter().position(|&id| {
         let (s, t) = &store.schemas[id as usize - 1];
@@ -337,16 +275,12 @@ impl HttpResponse {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     /// The body parsed as JSON (panics if it is not).
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("response body is not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -354,18 +288,13 @@ impl HttpResponse {
 /// (one request per connection; `Connection: close`). Blocking: from async
 /// code, wrap it in `tokio::task::spawn_blocking`.
 pub fn http(method: &str, url: &str, body: Option<&str>) -> HttpResponse {
-    let rest = url
-        .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("not an http:// URL: {url}"));
+    let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("not an http:// URL: {url}"));
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let mut stream =
-        TcpStream::connect(authority).unwrap_or_else(|e| panic!("connect {authority}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut stream = TcpStream::connect(authority).unwrap_or_else(|e| panic!("connect {authority}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
     let body = body.unwrap_or("");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
@@ -392,25 +321,18 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> HttpResponse {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let mut payload = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     if chunked {
         payload = dechunk(&payload);
     }
-    HttpResponse {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&payload).into_owned(),
-    }
+    HttpResponse { status, headers, body: String::from_utf8_lossy(&payload).into_owned() }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size_field = String::from_utf8_lossy(&data[..eol]);
-        let size = usize::from_str_radix(size_field.split(';').next().unwrap_or("").trim(), 16)
-            .unwrap_or(0);
+        let size = usize::from_str_radix(size_field.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
         if size == 0 || data.len() < eol + 2 + size {
             break;
         }
