@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
@@ -397,9 +397,4 @@ fn decode_with_retry(decoder: &Decoder, bytes: &[u8], shared: &Shared) -> Result
             other => return other,
         }
     }
-}
-
-/// Headers of a message, for tests and debugging.
-pub fn header_value<'a>(headers: &'a rdkafka::message::OwnedHeaders, name: &str) -> Option<&'a [u8]> {
-    headers.iter().find(|h| h.key == name).and_then(|h| h.value)
 }
