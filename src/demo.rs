@@ -270,6 +270,12 @@ pub async fn run(
     )?;
     writeln!(
         out,
+        "micro-batches        {}   (mean {:.0} inputs each)",
+        summary.batches,
+        summary.consumed as f64 / summary.batches.max(1) as f64
+    )?;
+    writeln!(
+        out,
         "throughput           {:.0} events/s (from pipeline start, group join included)",
         summary.consumed as f64 / scoring_time.as_secs_f64()
     )?;

@@ -112,6 +112,8 @@ pub struct RunSummary {
     pub dead_lettered: Vec<(DeadLetterReason, u64)>,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Micro-batches scored.
+    pub batches: u64,
     pub elapsed: Duration,
     pub latency_p50: Option<f64>,
     pub latency_p99: Option<f64>,
@@ -299,6 +301,7 @@ pub async fn run_with_stats(
         dead_lettered: stats.dead_lettered_by_reason(),
         cache_hits: stats.cache_hits.load(Ordering::Relaxed),
         cache_misses: stats.cache_misses.load(Ordering::Relaxed),
+        batches: stats.batches.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         latency_p50: stats.latency.quantile(0.5),
         latency_p99: stats.latency.quantile(0.99),
