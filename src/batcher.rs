@@ -24,6 +24,9 @@ pub struct Entry {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
+    /// Ownership epoch of the partition when the input was consumed; the sink drops outcomes
+    /// of partitions revoked (or re-assigned) since.
+    pub epoch: u64,
     pub key: Option<Vec<u8>>,
     pub headers: Option<OwnedHeaders>,
     /// Kafka message timestamp (ms since the epoch), the start of end-to-end latency.
@@ -177,6 +180,7 @@ mod tests {
             topic: Arc::from("t"),
             partition: 0,
             offset,
+            epoch: 1,
             key: None,
             headers: None,
             timestamp_ms: None,

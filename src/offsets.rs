@@ -35,6 +35,10 @@ struct PartitionState {
 #[derive(Debug, Default)]
 struct Inner {
     partitions: BTreeMap<TopicPartition, PartitionState>,
+    /// Partitions this instance owns, with the epoch of the current ownership: bumped on every
+    /// assignment, so work consumed under an earlier ownership can be recognised and dropped.
+    owned: BTreeMap<TopicPartition, u64>,
+    next_epoch: u64,
     /// Batches still in flight: seq → partitions it touches.
     batches: BTreeMap<u64, Vec<TopicPartition>>,
     failed: bool,
@@ -166,12 +170,33 @@ impl OffsetTracker {
         }
     }
 
-    /// Forgets `partitions` (after a revoke): their pending batches no longer block anything
-    /// and late acknowledgements for them are ignored.
+    /// Records newly assigned partitions; returns each one's ownership epoch.
+    pub fn assign(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, u64)> {
+        let mut g = self.lock();
+        partitions
+            .iter()
+            .map(|tp| {
+                g.next_epoch += 1;
+                let epoch = g.next_epoch;
+                g.owned.insert(tp.clone(), epoch);
+                (tp.clone(), epoch)
+            })
+            .collect()
+    }
+
+    /// The current ownership epoch of each of `partitions` (None: not owned), under one lock.
+    pub fn epochs(&self, partitions: &[TopicPartition]) -> Vec<Option<u64>> {
+        let g = self.lock();
+        partitions.iter().map(|tp| g.owned.get(tp).copied()).collect()
+    }
+
+    /// Forgets `partitions` (after a revoke): they are no longer owned, their pending batches no
+    /// longer block anything and late acknowledgements for them are ignored.
     pub fn forget(&self, partitions: &[TopicPartition]) {
         let mut g = self.lock();
         for tp in partitions {
             g.partitions.remove(tp);
+            g.owned.remove(tp);
         }
         for tps in g.batches.values_mut() {
             tps.retain(|tp| !partitions.contains(tp));
@@ -245,6 +270,18 @@ mod tests {
         assert!(t.wait_drained(Some(&[tp(0)]), Duration::from_secs(5)));
         assert_eq!(t.in_flight(Some(&[tp(1)])), 1, "partition 1 still in flight");
         h.join().expect("ack thread");
+    }
+
+    #[test]
+    fn ownership_epochs_change_with_every_assignment() {
+        let t = OffsetTracker::new();
+        assert_eq!(t.epochs(&[tp(0)]), vec![None]);
+        let first = t.assign(&[tp(0), tp(1)]);
+        assert_eq!(t.epochs(&[tp(0), tp(1)]), first.iter().map(|(_, e)| Some(*e)).collect::<Vec<_>>());
+        t.forget(&[tp(0)]);
+        assert_eq!(t.epochs(&[tp(0)]), vec![None], "revoked: not owned");
+        let again = t.assign(&[tp(0)]);
+        assert_ne!(Some(again[0].1), Some(first[0].1), "a re-assignment is a new ownership");
     }
 
     #[test]

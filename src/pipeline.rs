@@ -337,7 +337,11 @@ fn spawn_inference(
                 metrics::histogram!(names::INFERENCE_SECONDS, "model" => info.name.clone(), "version" => info.version.clone());
             let hits = metrics::counter!(names::CACHE_HITS, "model" => info.name.clone(), "version" => info.version.clone());
             let misses = metrics::counter!(names::CACHE_MISSES, "model" => info.name.clone(), "version" => info.version.clone());
+            let injected_delay = injected_inference_delay();
             for mut batch in input.iter() {
+                if let Some(d) = injected_delay {
+                    std::thread::sleep(d);
+                }
                 let span = info_span!("batch", seq = batch.seq, inputs = batch.len(), rows = batch.rows);
                 let _enter = span.enter();
                 match scorer.score(&mut batch) {
@@ -370,6 +374,14 @@ fn spawn_inference(
             info!("inference stopped");
         })
         .map_err(|e| PipelineError::Internal(format!("cannot start the inference thread: {e}")))
+}
+
+/// Fault injection for tests and benchmarks: `STREAMSCORE_INJECT_INFERENCE_DELAY_MS` makes every
+/// batch's inference that much slower (a deliberately slow model). Never set in production.
+fn injected_inference_delay() -> Option<Duration> {
+    let ms: u64 = std::env::var("STREAMSCORE_INJECT_INFERENCE_DELAY_MS").ok()?.parse().ok()?;
+    warn!(ms, "fault injection: every batch's inference is delayed (STREAMSCORE_INJECT_INFERENCE_DELAY_MS)");
+    Some(Duration::from_millis(ms))
 }
 
 /// Publishes one drift report per window to the monitoring topic and the PSI gauges.

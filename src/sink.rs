@@ -173,23 +173,46 @@ fn run(parts: SinkParts) {
 fn produce_batch(parts: &SinkParts, batch: &mut Batch, buf: &mut Vec<u8>) -> Result<(), PipelineError> {
     let cfg = &parts.config;
     let model = batch.model.clone();
+    let stale = stale_partitions(batch, &parts.shared);
+    let is_stale = |e: &crate::batcher::Entry| stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic);
     let mut ack = BatchAck {
         seq: batch.seq,
-        remaining: AtomicUsize::new(batch.entries.len()),
+        remaining: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
         scored: 0,
         dead_lettered: [0; DeadLetterReason::ALL.len()],
-        timestamps: batch.entries.iter().filter_map(|e| e.timestamp_ms).collect(),
+        timestamps: Vec::with_capacity(batch.entries.len()),
     };
+    let mut dropped = 0u64;
     for e in &batch.entries {
+        if is_stale(e) {
+            dropped += 1;
+            continue;
+        }
         match &e.kind {
             EntryKind::Row { .. } => ack.scored += 1,
             EntryKind::Rejected { rejection, .. } => ack.dead_lettered[RunStats::reason_index(rejection.reason)] += 1,
         }
+        ack.timestamps.extend(e.timestamp_ms);
+    }
+    let to_send = batch.entries.len() - dropped as usize;
+    ack.remaining = AtomicUsize::new(to_send);
+    if dropped > 0 {
+        metrics::counter!(names::REVOKED_DROPPED).increment(dropped);
+        warn!(dropped, batch = batch.seq, "outcomes of revoked partitions dropped; their new owner re-processes the inputs");
+    }
+    if to_send == 0 {
+        // Nothing of this batch is ours any more (its partitions were forgotten; the ack is a no-op for them).
+        parts.shared.tracker.ack(batch.seq);
+        batch.entries.clear();
+        return Ok(());
     }
     let ack = Arc::new(Ack::Batch(ack));
     let scored_at = now_ms();
     for entry in batch.entries.drain(..) {
+        if is_stale(&entry) {
+            continue;
+        }
         let opaque = ack.clone();
         let key = entry.key.as_deref();
         match entry.kind {
@@ -253,6 +276,20 @@ fn produce_batch(parts: &SinkParts, batch: &mut Batch, buf: &mut Vec<u8>) -> Res
         }
     }
     Ok(())
+}
+
+/// Partitions (with the epoch the batch saw) that this instance no longer owns under that epoch:
+/// revoked after a drain that timed out, or revoked and assigned again. One lock per batch.
+fn stale_partitions(batch: &Batch, shared: &Shared) -> Vec<(Arc<str>, i32, u64)> {
+    let mut seen: Vec<(Arc<str>, i32, u64)> = Vec::new();
+    for e in &batch.entries {
+        if !seen.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic) {
+            seen.push((e.topic.clone(), e.partition, e.epoch));
+        }
+    }
+    let tps: Vec<_> = seen.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+    let current = shared.tracker.epochs(&tps);
+    seen.into_iter().zip(current).filter(|((_, _, ep), cur)| *cur != Some(*ep)).map(|(s, _)| s).collect()
 }
 
 /// Enqueues one record, waiting while librdkafka's queue is full (backpressure from the broker).

@@ -6,8 +6,10 @@
 //! feature buffer; a message that cannot be scored becomes a dead-letter entry in the same batch,
 //! so every input has exactly one outcome and a partition's outcomes keep their input order.
 //!
-//! Backpressure: the channel to inference is bounded; when it is full, `send` blocks this thread,
-//! which stops fetching (librdkafka's prefetch queue is bounded too).
+//! Backpressure: the channel to inference is bounded. When it is full, the sealed batch waits
+//! here and every assigned partition is *paused* (Kafka's per-partition pause): the thread keeps
+//! polling, so heartbeats, rebalances and `max.poll.interval.ms` stay healthy, but no new input
+//! arrives until inference has room again; then the partitions are resumed.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -32,6 +34,8 @@ use crate::telemetry::names;
 
 /// How long one poll may block when no batch is open (bounds the reaction time to a stop).
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long the loop waits for room in the inference queue before serving the group protocol again.
+const BACKPRESSURE_WAIT: Duration = Duration::from_millis(20);
 /// Retries of a schema lookup while the registry is unreachable, before dead-lettering.
 const REGISTRY_RETRIES: u32 = 3;
 
@@ -46,6 +50,9 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Incremental rebalancing: a member joining or leaving moves only the partitions that
+        // change owner; the others keep flowing (each revoked one is drained, see pre_rebalance).
+        .set("partition.assignment.strategy", "cooperative-sticky")
         // The default (1000 ms) idles fetching for a second whenever the prefetch queue fills.
         .set("fetch.queue.backoff.ms", "10")
         .set("statistics.interval.ms", "5000");
@@ -70,6 +77,13 @@ pub struct SourceParts {
 /// threads; it exists because the callback only gets `&self`).
 struct Builder {
     batch: Batch,
+    /// A sealed batch that did not fit into the full inference queue: consumption stays paused
+    /// until it is handed over. At most one, so memory stays bounded.
+    pending: Option<Batch>,
+    /// Whether this thread paused the assignment for backpressure.
+    paused: bool,
+    /// The assignment changed while paused: the new partitions must be paused too.
+    repause: bool,
     next_seq: u64,
     to_inference: Option<Sender<Batch>>,
     recycled: Receiver<Batch>,
@@ -77,7 +91,21 @@ struct Builder {
     capacity: usize,
     /// Highest offset per partition in the open batch (few partitions per batch: a Vec beats a map).
     last_offsets: Vec<(TopicPartition, i64)>,
+    /// Ownership epoch of each assigned partition (see `OffsetTracker::assign`), kept here so
+    /// that tagging an input costs no lock.
+    epochs: Vec<(TopicPartition, u64)>,
     topics: HashMap<String, Arc<str>>,
+}
+
+/// What happened to a sealed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handoff {
+    /// Inference took it (or there was nothing to hand over).
+    Done,
+    /// The queue is full; the batch waits in `pending`.
+    Full,
+    /// Inference is gone: the pipeline is stopping.
+    Closed,
 }
 
 impl Builder {
@@ -97,13 +125,45 @@ impl Builder {
         }
     }
 
-    /// Registers the open batch with the tracker and hands it to inference (blocking while the
-    /// queue is full). Returns false when inference is gone (the pipeline is stopping).
-    fn seal(&mut self, shared: &Shared) -> bool {
-        if self.batch.is_empty() {
-            return true;
+    fn epoch(&self, topic: &Arc<str>, partition: i32, shared: &Shared) -> u64 {
+        match self.epochs.iter().find(|((t, p), _)| *p == partition && t == topic) {
+            Some((_, e)) => *e,
+            // Not seen in an assignment callback (should not happen): ask the tracker; an
+            // unowned partition gets epoch 0, which the sink treats as stale.
+            None => shared.tracker.epochs(&[(topic.clone(), partition)])[0].unwrap_or(0),
         }
-        let Some(tx) = self.to_inference.as_ref() else { return false };
+    }
+
+    /// Hands the waiting batch to inference, waiting at most `timeout` for room.
+    fn push_pending(&mut self, timeout: Duration) -> Handoff {
+        let Some(batch) = self.pending.take() else { return Handoff::Done };
+        let Some(tx) = self.to_inference.as_ref() else {
+            self.pending = Some(batch);
+            return Handoff::Closed;
+        };
+        match tx.send_timeout(batch, timeout) {
+            Ok(()) => Handoff::Done,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(batch)) => {
+                self.pending = Some(batch);
+                Handoff::Full
+            }
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(batch)) => {
+                self.pending = Some(batch);
+                Handoff::Closed
+            }
+        }
+    }
+
+    /// Seals the open batch (registering it with the offset tracker) and hands it, after any
+    /// batch already waiting, to inference; waits at most `timeout` for room.
+    fn seal(&mut self, shared: &Shared, timeout: Duration) -> Handoff {
+        match self.push_pending(timeout) {
+            Handoff::Done => {}
+            other => return other,
+        }
+        if self.batch.is_empty() {
+            return Handoff::Done;
+        }
         let fresh = self.recycled.try_recv().unwrap_or_else(|_| Batch::new(self.width, self.capacity));
         let mut batch = std::mem::replace(&mut self.batch, fresh);
         self.next_seq += 1;
@@ -113,7 +173,28 @@ impl Builder {
         shared.stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
         metrics::counter!(names::EVENTS_CONSUMED).increment(batch.len() as u64);
         metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
-        tx.send(batch).is_ok()
+        self.pending = Some(batch);
+        self.push_pending(timeout)
+    }
+
+    /// Pauses (or resumes) every assigned partition.
+    fn set_paused(&mut self, consumer: &BaseConsumer<SourceContext>, paused: bool) {
+        // The list from assignment() is dropped right here: a live one at consumer drop can hang librdkafka.
+        let result = consumer.assignment().and_then(|tpl| if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) });
+        match result {
+            Ok(()) => {
+                if paused && !self.paused {
+                    metrics::counter!(names::BACKPRESSURE_PAUSES).increment(1);
+                    debug!("inference queue full: partitions paused");
+                } else if !paused && self.paused {
+                    debug!("inference queue has room: partitions resumed");
+                }
+                self.paused = paused;
+                self.repause = false;
+                metrics::gauge!(names::PAUSED).set(if paused { 1.0 } else { 0.0 });
+            }
+            Err(e) => warn!(error = %e, paused, "cannot pause/resume partitions"),
+        }
     }
 }
 
@@ -164,26 +245,38 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 metrics::counter!(names::REBALANCES, "kind" => "assign").increment(1);
                 info!(partitions = %describe(tpl), "partitions assigned");
+                let assigned = partitions_of(tpl);
+                let epochs = self.shared.tracker.assign(&assigned);
+                let mut b = self.builder();
+                for (tp, epoch) in epochs {
+                    b.epochs.retain(|(t, _)| *t != tp);
+                    b.epochs.push((tp, epoch));
+                }
+                // New partitions of a paused consumer start fetching: pause them too.
+                b.repause = b.paused;
+                drop(b);
                 self.shared.health.consumer_joined.store(true, Ordering::Release);
                 self.shared.health.publish();
             }
             Rebalance::Revoke(tpl) => {
                 metrics::counter!(names::REBALANCES, "kind" => "revoke").increment(1);
-                let revoked: Vec<TopicPartition> =
-                    tpl.elements().iter().map(|e| (Arc::<str>::from(e.topic()), e.partition())).collect();
+                let revoked = partitions_of(tpl);
                 info!(partitions = %describe(tpl), "partitions revoked; draining in-flight outcomes");
                 // Finish what was consumed from these partitions before they go to another member.
-                self.builder().seal(&self.shared);
-                let drained = self.shared.tracker.wait_drained(Some(&revoked), self.drain_timeout);
+                let handoff = self.builder().seal(&self.shared, self.drain_timeout);
+                let drained = handoff == Handoff::Done && self.shared.tracker.wait_drained(Some(&revoked), self.drain_timeout);
                 if !drained {
                     warn!(
                         in_flight = self.shared.tracker.in_flight(Some(&revoked)),
                         timeout = ?self.drain_timeout,
-                        "drain timed out on revoke; the new owner will re-process uncommitted inputs (at-least-once)"
+                        "drain incomplete on revoke; outcomes not yet produced for these partitions are dropped \
+                         and their inputs re-processed by the new owner (at-least-once)"
                     );
                 }
                 commit(consumer, &self.shared.tracker, Some(&revoked));
+                // From here on the sink drops unproduced outcomes of these partitions.
                 self.shared.tracker.forget(&revoked);
+                self.builder().epochs.retain(|(tp, _)| !revoked.contains(tp));
             }
             Rebalance::Error(e) => error!(error = %e, "rebalance error"),
         }
@@ -195,6 +288,10 @@ impl ConsumerContext for SourceContext {
             debug!(error = %e, "commit callback reported an error");
         }
     }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| (Arc::<str>::from(e.topic()), e.partition())).collect()
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {
@@ -237,12 +334,16 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
     let context = SourceContext {
         builder: Mutex::new(Builder {
             batch: Batch::new(width, capacity),
+            pending: None,
+            paused: false,
+            repause: false,
             next_seq: 0,
             to_inference: Some(parts.to_inference),
             recycled: parts.recycled,
             width,
             capacity,
             last_offsets: Vec::new(),
+            epochs: Vec::new(),
             topics: HashMap::new(),
         }),
         shared: parts.shared.clone(),
@@ -282,10 +383,32 @@ fn run(
             commit(&consumer, &shared.tracker, None);
             next_commit = now + cfg.delivery.commit_interval;
         }
-        let budget = policy.wait_budget(&ctx.builder().batch, now, IDLE_POLL);
+        // Backpressure: while a sealed batch waits for room, keep the assignment paused and poll
+        // only to serve the group protocol.
+        let waiting = {
+            let mut b = ctx.builder();
+            match b.push_pending(BACKPRESSURE_WAIT) {
+                Handoff::Closed => break,
+                Handoff::Full => {
+                    if !b.paused || b.repause {
+                        b.set_paused(&consumer, true);
+                    }
+                    true
+                }
+                Handoff::Done => {
+                    if b.paused {
+                        b.set_paused(&consumer, false);
+                    }
+                    false
+                }
+            }
+        };
+        let budget = if waiting { Duration::ZERO } else { policy.wait_budget(&ctx.builder().batch, now, IDLE_POLL) };
         match consumer.poll(budget) {
             None => {}
             Some(Ok(msg)) => {
+                // Possible while paused (already fetched, or a partition assigned meanwhile):
+                // it joins the open batch, which waits for the pending one.
                 let mut b = ctx.builder();
                 accept(&mut b, &msg, cfg, decoder, features, shared);
             }
@@ -298,16 +421,23 @@ fn run(
             Some(Err(_)) => {}
         }
         let mut b = ctx.builder();
-        if policy.is_due(&b.batch, Instant::now()) && !b.seal(shared) {
-            break;
+        if b.pending.is_none() && policy.is_due(&b.batch, Instant::now()) {
+            match b.seal(shared, Duration::ZERO) {
+                Handoff::Closed => break,
+                Handoff::Full => b.set_paused(&consumer, true),
+                Handoff::Done => {}
+            }
         }
     }
 
     // Stop intake, finish in-flight work, commit, release.
     {
         let mut b = ctx.builder();
-        b.seal(shared);
+        if b.seal(shared, cfg.delivery.drain_timeout) != Handoff::Done {
+            warn!("inference did not take the last batch in time; its inputs will be consumed again after restart");
+        }
         b.to_inference = None; // inference and sink finish as their input channels close
+        b.pending = None;
     }
     let drained = shared.tracker.wait_drained(None, cfg.delivery.drain_timeout);
     if !drained {
@@ -336,6 +466,7 @@ fn accept(
     let topic = b.topic(msg.topic());
     let (partition, offset) = (msg.partition(), msg.offset());
     b.note_offset(&topic, partition, offset);
+    let epoch = b.epoch(&topic, partition, shared);
     let kind = match msg.payload() {
         None => EntryKind::Rejected {
             rejection: Rejection::new(DeadLetterReason::Truncated, "message has no value (null payload)"),
@@ -370,6 +501,7 @@ fn accept(
         topic,
         partition,
         offset,
+        epoch,
         key: msg.key().map(<[u8]>::to_vec),
         headers: msg.headers().map(|h| h.detach()),
         timestamp_ms: msg.timestamp().to_millis(),

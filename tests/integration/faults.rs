@@ -146,3 +146,38 @@ async fn two_instances_split_partitions_and_one_takes_over() {
     );
     eprintln!("a consumed {}, b consumed {}", a_summary.consumed, b_summary.consumed);
 }
+
+/// A model slower than the input: consumption pauses (and resumes) instead of queueing without
+/// bound, the instance stays in its group, and every input is scored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_model_pauses_consumption_and_loses_nothing() {
+    let n = 2000 * scale();
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 2).await;
+    let inputs = service::synthetic(n, 77, 1);
+    let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
+    common::produce_values(&bootstrap, &topics.input, inputs.records).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = service::free_port();
+    let extra = "[batch]\nmax_batch_size = 32\nqueue_depth = 1\n";
+    let bin = Binary::start_with_env(
+        &service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, Some(port), extra),
+        port,
+        dir.path(),
+        "slow",
+        &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "20")],
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < n as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "slow run did not finish:\n{}", bin.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pauses = bin.metric("streamscore_backpressure_pauses_total").unwrap_or(0.0);
+    let rebalances = bin.metric("streamscore_rebalances_total").unwrap_or(0.0);
+    drop(bin);
+    assert!(pauses >= 1.0, "consumption paused at least once (pauses = {pauses})");
+    assert!(rebalances <= 1.0, "no eviction from the group while paused (rebalances = {rebalances})");
+    let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(60)).await;
+    assert_eq!(want.iter().filter(|id| !ids.contains_key(*id)).count(), 0, "every input scored");
+    assert_eq!(ids.values().filter(|c| **c > 1).count(), 0, "no duplicates without a crash");
+}

@@ -196,6 +196,10 @@ pub struct Binary {
 
 impl Binary {
     pub fn start(config_toml: &str, http_port: u16, dir: &Path, name: &str) -> Binary {
+        Self::start_with_env(config_toml, http_port, dir, name, &[])
+    }
+
+    pub fn start_with_env(config_toml: &str, http_port: u16, dir: &Path, name: &str, env: &[(&str, &str)]) -> Binary {
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config_toml).expect("write config");
         let log = dir.join(format!("{name}.log"));
@@ -207,6 +211,7 @@ impl Binary {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)
+            .envs(env.iter().copied())
             .spawn()
             .expect("start streamscore");
         Binary { child, http_port, log }
