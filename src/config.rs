@@ -215,7 +215,7 @@ impl Default for RawCache {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawDelivery {
-    /// `at_least_once` (the only mode implemented so far; `exactly_once` is refused at start).
+    /// `at_least_once` (default) or `exactly_once` (transactions; downstream reads `read_committed`).
     pub mode: String,
     /// How often acknowledged offsets are committed.
     pub commit_interval: String,
@@ -223,6 +223,12 @@ pub struct RawDelivery {
     pub drain_timeout: String,
     /// How long the producer retries one record before it counts as failed (`message.timeout.ms`).
     pub produce_timeout: String,
+    /// exactly_once: the producer's `transactional.id`; empty = `streamscore-<group_id>-<instance_id>`.
+    /// Must be stable across restarts of one instance (that is what fences its zombie) and
+    /// unique among running instances.
+    pub transactional_id: String,
+    /// exactly_once: `transaction.timeout.ms`; the broker aborts a transaction left open longer.
+    pub transaction_timeout: String,
 }
 
 impl Default for RawDelivery {
@@ -232,6 +238,8 @@ impl Default for RawDelivery {
             commit_interval: "1s".into(),
             drain_timeout: "10s".into(),
             produce_timeout: "30s".into(),
+            transactional_id: String::new(),
+            transaction_timeout: "60s".into(),
         }
     }
 }
@@ -283,6 +291,8 @@ impl Default for RawTelemetry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryMode {
     AtLeastOnce,
+    /// Outputs and input offsets committed in one Kafka transaction per batch.
+    ExactlyOnce,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +374,9 @@ pub struct DeliveryConfig {
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     pub produce_timeout: Duration,
+    /// Resolved `transactional.id` (exactly_once only).
+    pub transactional_id: String,
+    pub transaction_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -700,17 +713,11 @@ impl RawConfig {
         let d = self.delivery;
         let mode = match d.mode.as_str() {
             "at_least_once" => DeliveryMode::AtLeastOnce,
-            "exactly_once" => {
-                p.push(ConfigProblem {
-                    key: "delivery.mode".into(),
-                    message: "`exactly_once` is not available in this version; use `at_least_once`".into(),
-                });
-                DeliveryMode::AtLeastOnce
-            }
+            "exactly_once" => DeliveryMode::ExactlyOnce,
             other => {
                 p.push(ConfigProblem {
                     key: "delivery.mode".into(),
-                    message: format!("`{other}` is not a mode; use `at_least_once`"),
+                    message: format!("`{other}` is not a mode; use `at_least_once` or `exactly_once`"),
                 });
                 DeliveryMode::AtLeastOnce
             }
@@ -723,6 +730,21 @@ impl RawConfig {
                 key: "delivery.commit_interval".into(),
                 message: "must be greater than zero".into(),
             });
+        }
+        let transaction_timeout = duration("delivery.transaction_timeout", &d.transaction_timeout, p);
+        if mode == DeliveryMode::ExactlyOnce && transaction_timeout < produce_timeout {
+            p.push(ConfigProblem {
+                key: "delivery.transaction_timeout".into(),
+                message: "must be at least delivery.produce_timeout (librdkafka requires transaction.timeout.ms >= message.timeout.ms)".into(),
+            });
+        }
+        for reserved in ["transactional.id", "enable.idempotence", "isolation.level"] {
+            if k.producer.contains_key(reserved) || k.common.contains_key(reserved) || k.consumer.contains_key(reserved) {
+                p.push(ConfigProblem {
+                    key: format!("kafka.producer.\"{reserved}\""),
+                    message: "is set by streamscore from delivery.mode; use delivery.transactional_id for the id".into(),
+                });
+            }
         }
         if produce_timeout < Duration::from_secs(1) {
             p.push(ConfigProblem { key: "delivery.produce_timeout".into(), message: "must be at least 1s".into() });
@@ -767,6 +789,11 @@ impl RawConfig {
             });
         }
         let instance_id = if t.instance_id.is_empty() { default_instance_id() } else { t.instance_id };
+        let transactional_id = if d.transactional_id.is_empty() {
+            format!("streamscore-{}-{}", k.group_id, instance_id)
+        } else {
+            d.transactional_id.clone()
+        };
 
         if !p.is_empty() {
             return None;
@@ -801,7 +828,7 @@ impl RawConfig {
             },
             batch: BatchConfig { max_batch_size: b.max_batch_size, max_batch_delay, queue_depth: b.queue_depth },
             cache: CacheConfig { enabled: c.enabled, max_entries: c.max_entries, ttl },
-            delivery: DeliveryConfig { mode, commit_interval, drain_timeout, produce_timeout },
+            delivery: DeliveryConfig { mode, commit_interval, drain_timeout, produce_timeout, transactional_id, transaction_timeout },
             drift: DriftConfig { enabled: dr.enabled, interval: drift_interval },
             telemetry: TelemetryConfig { http_bind, log_format, log_level: t.log_level, instance_id },
         })
@@ -952,6 +979,17 @@ mod tests {
         assert!(keys.contains(&"kafka.input_topics"), "{p:?}");
         assert!(keys.contains(&"kafka.consumer.\"enable.auto.offset.store\""), "{p:?}");
         assert!(keys.contains(&"delivery.mode"), "{p:?}");
+    }
+
+    #[test]
+    fn exactly_once_resolves_a_stable_transactional_id() {
+        let c = load("[delivery]\nmode = \"exactly_once\"\n[telemetry]\ninstance_id = \"pod-3\"\n", &[]).expect("valid");
+        assert_eq!(c.delivery.mode, DeliveryMode::ExactlyOnce);
+        assert_eq!(c.delivery.transactional_id, "streamscore-streamscore-pod-3");
+        let p = problems(load("[delivery]\nmode = \"exactly_once\"\ntransaction_timeout = \"1s\"\n[kafka.producer]\n\"transactional.id\" = \"x\"\n", &[]));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"delivery.transaction_timeout"), "{p:?}");
+        assert!(keys.contains(&"kafka.producer.\"transactional.id\""), "{p:?}");
     }
 
     #[test]

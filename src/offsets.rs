@@ -190,6 +190,33 @@ impl OffsetTracker {
         partitions.iter().map(|tp| g.owned.get(tp).copied()).collect()
     }
 
+    /// Every owned partition with its epoch.
+    pub fn owned(&self) -> Vec<(TopicPartition, u64)> {
+        self.lock().owned.iter().map(|(tp, e)| (tp.clone(), *e)).collect()
+    }
+
+    /// Starts every owned partition afresh (after an aborted transaction, before the consumer is
+    /// rewound to the committed offsets): in-flight batches are forgotten and every partition
+    /// gets a new epoch, so work consumed before the rewind is recognised as stale.
+    pub fn rebase_owned(&self) -> Vec<(TopicPartition, u64)> {
+        let mut g = self.lock();
+        let owned: Vec<TopicPartition> = g.owned.keys().cloned().collect();
+        for tp in &owned {
+            g.partitions.remove(tp);
+        }
+        g.batches.clear();
+        let mut out = Vec::with_capacity(owned.len());
+        for tp in owned {
+            g.next_epoch += 1;
+            let epoch = g.next_epoch;
+            g.owned.insert(tp.clone(), epoch);
+            out.push((tp, epoch));
+        }
+        drop(g);
+        self.changed.notify_all();
+        out
+    }
+
     /// Forgets `partitions` (after a revoke): they are no longer owned, their pending batches no
     /// longer block anything and late acknowledgements for them are ignored.
     pub fn forget(&self, partitions: &[TopicPartition]) {
@@ -282,6 +309,21 @@ mod tests {
         assert_eq!(t.epochs(&[tp(0)]), vec![None], "revoked: not owned");
         let again = t.assign(&[tp(0)]);
         assert_ne!(Some(again[0].1), Some(first[0].1), "a re-assignment is a new ownership");
+    }
+
+    #[test]
+    fn rebase_forgets_in_flight_work_and_renews_every_epoch() {
+        let t = OffsetTracker::new();
+        let before = t.assign(&[tp(0), tp(1)]);
+        t.register(1, &[(tp(0), 9)]);
+        let after = t.rebase_owned();
+        assert_eq!(t.in_flight(None), 0);
+        assert_eq!(after.len(), 2);
+        for ((_, old), (_, new)) in before.iter().zip(&after) {
+            assert_ne!(old, new);
+        }
+        t.ack(1);
+        assert!(t.committable().is_empty(), "an acknowledgement from before the rebase moves nothing");
     }
 
     #[test]

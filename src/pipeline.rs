@@ -24,7 +24,7 @@ use tracing::{error, info, info_span, warn};
 use crate::batcher::Batch;
 use crate::cache::PredictionCache;
 use crate::codec::{self, Decoder, SchemaStore};
-use crate::config::{Config, KafkaConfig};
+use crate::config::{Config, DeliveryMode, KafkaConfig};
 use crate::drift::{DriftAccumulator, DriftWindow};
 use crate::features::FeatureExtractor;
 use crate::model::{Model, ModelError, ModelInfo, Scorer};
@@ -61,6 +61,11 @@ pub struct Shared {
     pub tracker: Arc<OffsetTracker>,
     pub health: Arc<Health>,
     pub stats: Arc<RunStats>,
+    /// exactly_once: the consumer's current group metadata (generation), which every
+    /// transaction's `send_offsets_to_transaction` must carry. Set by the source on rebalances.
+    pub group_metadata: Mutex<Option<rdkafka::consumer::ConsumerGroupMetadata>>,
+    /// exactly_once: a transaction was aborted; the source must rewind to the committed offsets.
+    rewind: AtomicBool,
 }
 
 impl Shared {
@@ -72,7 +77,21 @@ impl Shared {
             tracker: OffsetTracker::new(),
             health: Arc::new(Health::default()),
             stats,
+            group_metadata: Mutex::new(None),
+            rewind: AtomicBool::new(false),
         })
+    }
+
+    /// After an aborted transaction: every in-flight batch becomes stale (new ownership epochs)
+    /// and the source is asked to seek back to the committed offsets.
+    pub fn request_rewind(&self) {
+        self.tracker.rebase_owned();
+        self.rewind.store(true, Ordering::Release);
+    }
+
+    /// Whether a rewind was requested (and clears the request).
+    pub fn take_rewind(&self) -> bool {
+        self.rewind.swap(false, Ordering::AcqRel)
     }
 
     pub fn stopping(&self) -> bool {
@@ -221,7 +240,21 @@ pub async fn run_with_stats(
         (cfg.schemas.scored_schema_id, cfg.schemas.drift_schema_id)
     };
 
-    let producer = Arc::new(sink::create_producer(&cfg, shared.clone())?);
+    let transactional = cfg.delivery.mode == DeliveryMode::ExactlyOnce;
+    let producer = {
+        let (c, s) = (cfg.clone(), shared.clone());
+        Arc::new(
+            tokio::task::spawn_blocking(move || sink::create_producer(&c, s, transactional))
+                .await
+                .map_err(|e| PipelineError::Internal(format!("producer start-up panicked: {e}")))??,
+        )
+    };
+    if transactional {
+        info!(transactional_id = %cfg.delivery.transactional_id, "exactly_once: transactions initialised");
+    }
+    // Drift reports are not part of any batch's transaction: they go through a plain producer.
+    let monitoring_producer =
+        if transactional { Arc::new(sink::create_producer(&cfg, shared.clone(), false)?) } else { producer.clone() };
     let depth = cfg.batch.queue_depth;
     let (to_inference, inference_rx) = crossbeam_channel::bounded::<Batch>(depth);
     let (to_sink, sink_rx) = crossbeam_channel::bounded::<Batch>(depth);
@@ -237,6 +270,10 @@ pub async fn run_with_stats(
         from_inference: sink_rx,
         recycle: recycle_tx,
         scored_schema_id,
+        transactions: transactional.then(|| sink::TransactionSettings {
+            timeout: cfg.delivery.transaction_timeout,
+            abort_every: injected_abort_every(),
+        }),
     })?;
     let source = source::spawn(source::SourceParts {
         config: cfg.clone(),
@@ -251,7 +288,7 @@ pub async fn run_with_stats(
     let reporter = drift.clone().map(|acc| {
         let reporter = DriftReporter {
             acc,
-            producer: producer.clone(),
+            producer: monitoring_producer.clone(),
             topic: cfg.kafka.monitoring_topic.clone(),
             schema: drift_schema,
             schema_id: drift_schema_id,
@@ -278,9 +315,13 @@ pub async fn run_with_stats(
     if let Some(r) = reporter {
         let _ = r.await;
     }
-    let p = producer.clone();
     let drain = cfg.delivery.drain_timeout;
-    let _ = tokio::task::spawn_blocking(move || sink::flush(&p, drain)).await;
+    let (p, m) = (producer.clone(), monitoring_producer.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        sink::flush(&p, drain);
+        sink::flush(&m, drain);
+    })
+    .await;
     if let Some(h) = http {
         let _ = h.await;
     }
@@ -382,6 +423,16 @@ fn injected_inference_delay() -> Option<Duration> {
     let ms: u64 = std::env::var("STREAMSCORE_INJECT_INFERENCE_DELAY_MS").ok()?.parse().ok()?;
     warn!(ms, "fault injection: every batch's inference is delayed (STREAMSCORE_INJECT_INFERENCE_DELAY_MS)");
     Some(Duration::from_millis(ms))
+}
+
+/// Fault injection for tests: `STREAMSCORE_INJECT_ABORT_EVERY=n` aborts every n-th transaction
+/// (exactly_once), exercising abort and rewind. Never set in production.
+fn injected_abort_every() -> u64 {
+    let n = std::env::var("STREAMSCORE_INJECT_ABORT_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if n > 0 {
+        warn!(n, "fault injection: every n-th transaction is aborted (STREAMSCORE_INJECT_ABORT_EVERY)");
+    }
+    n
 }
 
 /// Publishes one drift report per window to the monitoring topic and the PSI gauges.

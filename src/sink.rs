@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext, Message};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use crate::batcher::{Batch, EntryKind};
@@ -54,6 +54,8 @@ pub enum Ack {
 /// The producer's context: routes delivery reports.
 pub struct SinkContext {
     shared: Arc<Shared>,
+    /// exactly_once: a batch is settled by its transaction's commit, not by delivery reports.
+    transactional: bool,
 }
 
 impl ClientContext for SinkContext {}
@@ -73,6 +75,13 @@ impl ProducerContext for SinkContext {
             Ack::Batch(b) => b,
         };
         if let Err((e, msg)) = result {
+            if self.transactional {
+                // The transaction's commit fails too, and the sink aborts and rewinds.
+                warn!(error = %e, topic = msg.topic(), batch = batch.seq, "outcome not delivered; the transaction will abort");
+                batch.failed.store(true, Ordering::Release);
+                batch.remaining.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
             error!(error = %e, topic = msg.topic(), batch = batch.seq, "outcome not delivered; stopping without committing past it");
             metrics::counter!(names::DELIVERY_FAILURES, "topic" => msg.topic().to_string()).increment(1);
             if !batch.failed.swap(true, Ordering::AcqRel) {
@@ -80,7 +89,7 @@ impl ProducerContext for SinkContext {
                 self.shared.fail(PipelineError::Delivery(format!("{} to topic {}", e, msg.topic())));
             }
         }
-        if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !batch.failed.load(Ordering::Acquire) {
+        if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !batch.failed.load(Ordering::Acquire) && !self.transactional {
             settle(batch, &self.shared.stats);
             self.shared.tracker.ack(batch.seq);
         }
@@ -110,8 +119,9 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// librdkafka producer properties: ours first, then the user's pass-through ones.
-pub fn producer_config(cfg: &Config) -> ClientConfig {
+/// librdkafka producer properties: ours first, then the user's pass-through ones. With
+/// `transactional`, the producer gets the configured `transactional.id`.
+pub fn producer_config(cfg: &Config, transactional: bool) -> ClientConfig {
     let k = &cfg.kafka;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.bootstrap_servers)
@@ -121,6 +131,10 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
         .set("linger.ms", "5")
         .set("message.timeout.ms", cfg.delivery.produce_timeout.as_millis().to_string())
         .set("queue.buffering.max.messages", "1000000");
+    if transactional {
+        c.set("transactional.id", &cfg.delivery.transactional_id)
+            .set("transaction.timeout.ms", cfg.delivery.transaction_timeout.as_millis().to_string());
+    }
     for (key, value) in k.common.iter().chain(k.producer.iter()) {
         c.set(key, value);
     }
@@ -129,10 +143,23 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
 
 pub type OutputProducer = ThreadedProducer<SinkContext>;
 
-pub fn create_producer(cfg: &Config, shared: Arc<Shared>) -> Result<OutputProducer, PipelineError> {
-    producer_config(cfg)
-        .create_with_context(SinkContext { shared })
-        .map_err(|e| PipelineError::Kafka(format!("cannot create the producer (check kafka.* settings): {e}")))
+pub fn create_producer(cfg: &Config, shared: Arc<Shared>, transactional: bool) -> Result<OutputProducer, PipelineError> {
+    let producer: OutputProducer = producer_config(cfg, transactional)
+        .create_with_context(SinkContext { shared, transactional })
+        .map_err(|e| PipelineError::Kafka(format!("cannot create the producer (check kafka.* settings): {e}")))?;
+    if transactional {
+        // Registers the transactional.id with the broker and fences any earlier producer with
+        // the same id (a zombie of this instance): its open transaction is aborted.
+        producer.init_transactions(cfg.delivery.transaction_timeout).map_err(|e| {
+            PipelineError::Kafka(format!(
+                "delivery.mode = \"exactly_once\" needs a broker with transactions, but initialising transactional.id \
+                 `{}` failed: {e}. Check that the brokers support transactions (and the ACLs allow the id), or use \
+                 delivery.mode = \"at_least_once\"",
+                cfg.delivery.transactional_id
+            ))
+        })?;
+    }
+    Ok(producer)
 }
 
 /// Settings of the sink stage.
@@ -144,7 +171,19 @@ pub struct SinkParts {
     pub recycle: Sender<Batch>,
     /// Schema id in front of scored records.
     pub scored_schema_id: u32,
+    /// exactly_once: transactions per batch.
+    pub transactions: Option<TransactionSettings>,
 }
+
+/// How the sink runs transactions (exactly_once).
+pub struct TransactionSettings {
+    pub timeout: Duration,
+    /// Fault injection for tests: abort every n-th transaction (`STREAMSCORE_INJECT_ABORT_EVERY`).
+    pub abort_every: u64,
+}
+
+/// Consecutive aborted transactions after which the sink gives up (something is persistently wrong).
+const MAX_CONSECUTIVE_ABORTS: u32 = 5;
 
 /// Starts the sink thread; it ends when inference closes its channel (or on a fatal error).
 pub fn spawn(parts: SinkParts) -> Result<std::thread::JoinHandle<()>, PipelineError> {
@@ -156,8 +195,16 @@ pub fn spawn(parts: SinkParts) -> Result<std::thread::JoinHandle<()>, PipelineEr
 
 fn run(parts: SinkParts) {
     let mut buf = Vec::with_capacity(256);
+    let mut txn_state = TxnState::default();
     for mut batch in parts.from_inference.iter() {
-        if let Err(e) = produce_batch(&parts, &mut batch, &mut buf) {
+        let result = match &parts.transactions {
+            Some(settings) => produce_transaction(&parts, settings, &mut txn_state, &mut batch, &mut buf),
+            None => {
+                let stale = stale_partitions(&batch, &parts.shared);
+                produce_batch(&parts, &mut batch, &mut buf, &stale).map(|_| ())
+            }
+        };
+        if let Err(e) = result {
             parts.shared.tracker.fail(batch.seq);
             parts.shared.fail(e);
             break;
@@ -169,11 +216,139 @@ fn run(parts: SinkParts) {
     info!("sink stopped");
 }
 
+#[derive(Default)]
+struct TxnState {
+    count: u64,
+    consecutive_aborts: u32,
+}
+
+/// What to do about a failed transactional call.
+enum TxnFailure {
+    /// Abort the transaction, rewind the consumer, carry on.
+    Abort(String),
+    /// The producer is unusable (e.g. fenced by a newer instance with the same transactional.id).
+    Fatal(String),
+}
+
+fn classify(e: &KafkaError) -> TxnFailure {
+    match e {
+        KafkaError::Transaction(err) if err.is_fatal() => TxnFailure::Fatal(e.to_string()),
+        _ => TxnFailure::Abort(e.to_string()),
+    }
+}
+
+/// exactly_once: the batch's records and its input offsets in one transaction.
+fn produce_transaction(
+    parts: &SinkParts,
+    settings: &TransactionSettings,
+    state: &mut TxnState,
+    batch: &mut Batch,
+    buf: &mut Vec<u8>,
+) -> Result<(), PipelineError> {
+    let stale = stale_partitions(batch, &parts.shared);
+    // The input offsets this transaction commits: per partition, the last offset + 1.
+    let mut offsets: Vec<(Arc<str>, i32, i64)> = Vec::new();
+    for e in &batch.entries {
+        if stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic) {
+            continue;
+        }
+        match offsets.iter_mut().find(|(t, p, _)| *p == e.partition && *t == e.topic) {
+            Some((_, _, next)) => *next = (*next).max(e.offset + 1),
+            None => offsets.push((e.topic.clone(), e.partition, e.offset + 1)),
+        }
+    }
+    if offsets.is_empty() {
+        // Every entry is stale (consumed before a rewind or a revoke): nothing to produce or commit.
+        parts.shared.tracker.ack(batch.seq);
+        batch.entries.clear();
+        return Ok(());
+    }
+    let producer = &parts.producer;
+    producer.begin_transaction().map_err(|e| PipelineError::Delivery(format!("cannot begin a transaction: {e}")))?;
+    let ack = produce_batch(parts, batch, buf, &stale)?;
+    let Some(ack) = ack else {
+        // Nothing of this batch is ours any more: nothing to commit.
+        return abort(parts, settings, state, "batch fully stale", false);
+    };
+    state.count += 1;
+    if settings.abort_every > 0 && state.count % settings.abort_every == 0 {
+        return abort(parts, settings, state, "fault injection (STREAMSCORE_INJECT_ABORT_EVERY)", true);
+    }
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (topic, partition, next) in &offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+            .map_err(|e| PipelineError::Internal(format!("offset list: {e}")))?;
+    }
+    let sent = {
+        let metadata = parts.shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner());
+        match metadata.as_ref() {
+            Some(m) => producer.send_offsets_to_transaction(&tpl, m, settings.timeout),
+            None => return Err(PipelineError::Kafka("no consumer group metadata for the transaction".into())),
+        }
+    };
+    if let Err(e) = sent {
+        return match classify(&e) {
+            TxnFailure::Fatal(d) => Err(PipelineError::Delivery(format!("transaction failed fatally: {d}"))),
+            TxnFailure::Abort(d) => abort(parts, settings, state, &d, true),
+        };
+    }
+    let mut attempts = 0;
+    loop {
+        match producer.commit_transaction(settings.timeout) {
+            Ok(()) => break,
+            Err(KafkaError::Transaction(err)) if err.is_retriable() && attempts < 3 => {
+                attempts += 1;
+                warn!(error = %err, attempts, "transaction commit failed (retriable); retrying");
+            }
+            Err(e) => {
+                return match classify(&e) {
+                    TxnFailure::Fatal(d) => Err(PipelineError::Delivery(format!(
+                        "transaction commit failed fatally (fenced by a newer instance with the same transactional.id?): {d}"
+                    ))),
+                    TxnFailure::Abort(d) => abort(parts, settings, state, &d, true),
+                };
+            }
+        }
+    }
+    state.consecutive_aborts = 0;
+    metrics::counter!(names::TRANSACTIONS, "result" => "committed").increment(1);
+    if let Ack::Batch(b) = &*ack {
+        settle(b, &parts.shared.stats);
+    }
+    parts.shared.tracker.ack(batch.seq);
+    Ok(())
+}
+
+/// Aborts the open transaction; with `rewind`, the consumer goes back to the committed offsets
+/// so the batch (and everything consumed after it) is processed again.
+fn abort(parts: &SinkParts, settings: &TransactionSettings, state: &mut TxnState, why: &str, rewind: bool) -> Result<(), PipelineError> {
+    parts
+        .producer
+        .abort_transaction(settings.timeout)
+        .map_err(|e| PipelineError::Delivery(format!("cannot abort a transaction ({why}): {e}")))?;
+    if !rewind {
+        return Ok(());
+    }
+    metrics::counter!(names::TRANSACTIONS, "result" => "aborted").increment(1);
+    state.consecutive_aborts += 1;
+    if state.consecutive_aborts > MAX_CONSECUTIVE_ABORTS {
+        return Err(PipelineError::Delivery(format!("{} transactions in a row aborted; last: {why}", state.consecutive_aborts)));
+    }
+    warn!(reason = why, "transaction aborted; rewinding the consumer to the committed offsets");
+    parts.shared.request_rewind();
+    Ok(())
+}
+
 /// Produces every outcome of `batch`, in order.
-fn produce_batch(parts: &SinkParts, batch: &mut Batch, buf: &mut Vec<u8>) -> Result<(), PipelineError> {
+/// Returns the batch's acknowledgement, or None when nothing was produced (every entry stale).
+fn produce_batch(
+    parts: &SinkParts,
+    batch: &mut Batch,
+    buf: &mut Vec<u8>,
+    stale: &[(Arc<str>, i32, u64)],
+) -> Result<Option<Arc<Ack>>, PipelineError> {
     let cfg = &parts.config;
     let model = batch.model.clone();
-    let stale = stale_partitions(batch, &parts.shared);
     let is_stale = |e: &crate::batcher::Entry| stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic);
     let mut ack = BatchAck {
         seq: batch.seq,
@@ -205,7 +380,7 @@ fn produce_batch(parts: &SinkParts, batch: &mut Batch, buf: &mut Vec<u8>) -> Res
         // Nothing of this batch is ours any more (its partitions were forgotten; the ack is a no-op for them).
         parts.shared.tracker.ack(batch.seq);
         batch.entries.clear();
-        return Ok(());
+        return Ok(None);
     }
     let ack = Arc::new(Ack::Batch(ack));
     let scored_at = now_ms();
@@ -275,7 +450,7 @@ fn produce_batch(parts: &SinkParts, batch: &mut Batch, buf: &mut Vec<u8>) -> Res
             }
         }
     }
-    Ok(())
+    Ok(Some(ack))
 }
 
 /// Partitions (with the epoch the batch saw) that this instance no longer owns under that epoch:

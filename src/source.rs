@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::batcher::{Batch, BatchPolicy, Entry, EntryKind};
 use crate::codec::Decoder;
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
 use crate::features::FeatureExtractor;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::outcome::{DeadLetterReason, Rejection};
@@ -56,6 +56,10 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         // The default (1000 ms) idles fetching for a second whenever the prefetch queue fills.
         .set("fetch.queue.backoff.ms", "10")
         .set("statistics.interval.ms", "5000");
+    if cfg.delivery.mode == DeliveryMode::ExactlyOnce {
+        // Never score records of aborted or still-open upstream transactions.
+        c.set("isolation.level", "read_committed");
+    }
     for (key, value) in k.common.iter().chain(k.consumer.iter()) {
         c.set(key, value);
     }
@@ -203,6 +207,8 @@ struct SourceContext {
     builder: Mutex<Builder>,
     shared: Arc<Shared>,
     drain_timeout: Duration,
+    /// exactly_once: offsets are committed inside the sink's transactions, never by the consumer.
+    transactional: bool,
 }
 
 impl SourceContext {
@@ -273,12 +279,21 @@ impl ConsumerContext for SourceContext {
                          and their inputs re-processed by the new owner (at-least-once)"
                     );
                 }
-                commit(consumer, &self.shared.tracker, Some(&revoked));
+                if !self.transactional {
+                    commit(consumer, &self.shared.tracker, Some(&revoked));
+                }
                 // From here on the sink drops unproduced outcomes of these partitions.
                 self.shared.tracker.forget(&revoked);
                 self.builder().epochs.retain(|(tp, _)| !revoked.contains(tp));
             }
             Rebalance::Error(e) => error!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        if self.transactional {
+            // The generation changed: transactions must carry the new one (a zombie's old one is fenced).
+            *self.shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()) = consumer.group_metadata();
         }
     }
 
@@ -348,6 +363,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
         }),
         shared: parts.shared.clone(),
         drain_timeout: cfg.delivery.drain_timeout,
+        transactional: cfg.delivery.mode == DeliveryMode::ExactlyOnce,
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(&cfg)
         .create_with_context(context)
@@ -377,11 +393,18 @@ fn run(
     let mut last_poll_error: Option<Instant> = None;
     let ctx = consumer.context();
 
+    let transactional = ctx.transactional;
+    if transactional {
+        *shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()) = consumer.group_metadata();
+    }
     while !shared.stopping() {
         let now = Instant::now();
-        if now >= next_commit {
+        if !transactional && now >= next_commit {
             commit(&consumer, &shared.tracker, None);
             next_commit = now + cfg.delivery.commit_interval;
+        }
+        if shared.take_rewind() {
+            rewind(&consumer, &mut ctx.builder(), shared);
         }
         // Backpressure: while a sealed batch waits for room, keep the assignment paused and poll
         // only to serve the group protocol.
@@ -447,11 +470,46 @@ fn run(
         );
     }
     // Commits the contiguous acknowledged prefix only: the tracker never offers an offset past
-    // an outcome that failed or is still in flight.
-    commit(&consumer, &shared.tracker, None);
+    // an outcome that failed or is still in flight. (exactly_once: the transactions did.)
+    if !transactional {
+        commit(&consumer, &shared.tracker, None);
+    }
     consumer.unsubscribe();
     drop(consumer);
     info!("consumer stopped");
+}
+
+/// After an aborted transaction: drop everything consumed since the last commit and seek every
+/// assigned partition back to its committed offset (the beginning when none is committed yet).
+fn rewind(consumer: &BaseConsumer<SourceContext>, b: &mut Builder, shared: &Shared) {
+    b.batch.clear();
+    b.pending = None;
+    b.last_offsets.clear();
+    b.epochs = shared.tracker.owned();
+    let timeout = Duration::from_secs(10);
+    match consumer.committed(timeout) {
+        Ok(tpl) => {
+            for e in tpl.elements() {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::Beginning,
+                };
+                match consumer.seek(e.topic(), e.partition(), offset, timeout) {
+                    Ok(()) => debug!(topic = e.topic(), partition = e.partition(), ?offset, "rewound"),
+                    Err(err) => {
+                        // Cannot rewind: stopping is the only way not to lose these inputs.
+                        shared.fail(PipelineError::Kafka(format!(
+                            "cannot rewind {}/{} after an aborted transaction: {err}",
+                            e.topic(),
+                            e.partition()
+                        )));
+                    }
+                }
+            }
+            info!(partitions = tpl.count(), "transaction aborted: consumer rewound to the committed offsets");
+        }
+        Err(err) => shared.fail(PipelineError::Kafka(format!("cannot read committed offsets to rewind: {err}"))),
+    }
 }
 
 /// Decodes one message into the open batch (a scored row or a dead-letter entry).

@@ -29,6 +29,7 @@ pub mod names {
     pub const COMMITS: &str = "streamscore_offset_commits_total";
     pub const DELIVERY_FAILURES: &str = "streamscore_delivery_failures_total";
     pub const REBALANCES: &str = "streamscore_rebalances_total";
+    pub const TRANSACTIONS: &str = "streamscore_transactions_total";
     pub const BACKPRESSURE_PAUSES: &str = "streamscore_backpressure_pauses_total";
     pub const PAUSED: &str = "streamscore_consumption_paused";
     pub const REVOKED_DROPPED: &str = "streamscore_revoked_outcomes_dropped_total";
@@ -91,6 +92,7 @@ fn describe() {
         "Outcomes the broker did not acknowledge (the service stops without committing past them)."
     );
     describe_counter!(names::REBALANCES, "Consumer group rebalances, by kind (assign/revoke).");
+    describe_counter!(names::TRANSACTIONS, "exactly_once transactions, by result (committed/aborted).");
     describe_counter!(names::BACKPRESSURE_PAUSES, "Times consumption was paused because inference fell behind.");
     describe_gauge!(names::PAUSED, "1 while consumption is paused for backpressure.");
     describe_counter!(names::REVOKED_DROPPED, "Outcomes not produced because their partition was revoked before they were (the new owner re-processes the inputs).");

@@ -2,6 +2,7 @@
 //! (see `common::broker`), one module per area.
 
 mod common;
+mod exactly_once;
 mod faults;
 mod harness_smoke;
 mod pipeline;
