@@ -181,3 +181,138 @@ async fn slow_model_pauses_consumption_and_loses_nothing() {
     assert_eq!(want.iter().filter(|id| !ids.contains_key(*id)).count(), 0, "every input scored");
     assert_eq!(ids.values().filter(|c| **c > 1).count(), 0, "no duplicates without a crash");
 }
+
+fn stall_secs() -> u64 {
+    std::env::var("STREAMSCORE_TEST_STALL_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20)
+}
+
+/// The broker process is stopped for 20 s mid-stream (SIGSTOP), then continued: the service
+/// recovers by itself and every input gets its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stalled_mid_stream_recovers_with_nothing_lost() {
+    let n = 4000 * scale();
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let topics = Topics::create(&bootstrap, 2).await;
+    let inputs = service::synthetic(n, 88, 1);
+    let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
+    let mut chunks = inputs.records.chunks(n / 2).map(|c| c.to_vec());
+    common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
+    let running = InProcess::start(service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &common::random_topic("g"),
+        Schemas::Local,
+        None,
+        "[batch]\nmax_batch_size = 64\n",
+    )));
+    assert!(running.wait_outcomes((n / 8) as u64, Duration::from_secs(60)).await, "no progress before the stall");
+    broker.pause();
+    tokio::time::sleep(Duration::from_secs(stall_secs())).await;
+    broker.resume();
+    common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
+    let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(120)).await;
+    let summary = running.stop().await;
+    let missing = want.iter().filter(|id| !ids.contains_key(*id)).count();
+    assert_eq!(missing, 0, "{missing} of {n} inputs lost across a {} s broker stall", stall_secs());
+    assert!(summary.consumed >= n as u64);
+}
+
+/// Three instances in one group; one is killed (-9) and a fourth joins during the stream:
+/// N in, every input has an outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_one_killed_one_added_nothing_lost() {
+    let n = 9000 * scale();
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 6).await;
+    let inputs = service::synthetic(n, 99, 1);
+    let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
+    let group = common::random_topic("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[batch]\nmax_batch_size = 64\n";
+    let start = |name: &str, instance: &str| {
+        let port = service::free_port();
+        let toml = service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), extra)
+            .replace("[telemetry]\n", &format!("[telemetry]\ninstance_id = \"{instance}\"\n"));
+        Binary::start(&toml, port, dir.path(), name)
+    };
+    let a = start("a", "a");
+    let b = start("b", "b");
+    let c = start("c", "c");
+    let mut chunks = inputs.records.chunks(n / 3 + 1).map(|c| c.to_vec());
+    common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let scored = |bins: &[&Binary]| bins.iter().map(|b| b.metric("streamscore_events_scored_total").unwrap_or(0.0)).sum::<f64>();
+    while scored(&[&a, &b, &c]) < (n / 6) as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", a.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.kill9();
+    common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
+    let d = start("d", "d");
+    common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
+    let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(180)).await;
+    drop((a, c, d));
+    let missing = want.iter().filter(|id| !ids.contains_key(*id)).count();
+    assert_eq!(missing, 0, "{missing} of {n} inputs without an outcome after a kill and a join");
+}
+
+/// The dead-letter topic cannot take records: the service stops with exit code 1 and a clear
+/// error, without committing past the undeliverable outcome; fixed and restarted, the input
+/// gets its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_dead_letter_stops_without_committing_past_it() {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 1).await;
+    let mut records = service::synthetic(20, 5, 1).records;
+    records.insert(10, (Some(b"poison".to_vec()), vec![9, 9, 9, 9, 9, 9], vec![], None));
+    common::produce_values(&bootstrap, &topics.input, records).await;
+    let group = common::random_topic("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broken = topics.clone();
+    broken.dlq = "not a valid topic name!".into();
+    let port = service::free_port();
+    let extra = "[delivery]\nproduce_timeout = \"2s\"\n";
+    let mut bin = Binary::start(&service::config_toml(&bootstrap, &broken, &group, Schemas::Local, Some(port), extra), port, dir.path(), "broken");
+    let code = tokio::task::spawn_blocking(move || (bin.wait_exit(Duration::from_secs(60)), bin)).await.expect("join");
+    let (code, bin) = code;
+    assert_eq!(code, Some(1), "stops with exit code 1:\n{}", bin.log_tail(30));
+    assert!(bin.log_tail(60).contains("not delivered") || bin.log_tail(60).contains("cannot enqueue"), "{}", bin.log_tail(30));
+
+    let fixed = InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
+    let dlq = common::consume_n(&bootstrap, &topics.dlq, 1, Duration::from_secs(60)).await;
+    let summary = fixed.stop().await;
+    assert_eq!(dlq.len(), 1, "the poison input got its dead-letter outcome after the restart");
+    assert!(summary.consumed >= 11, "consumption resumed at or before the undeliverable input ({})", summary.consumed);
+}
+
+/// SIGTERM starts a bounded drain; a second signal exits at once with 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_immediately() {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 1).await;
+    common::produce_values(&bootstrap, &topics.input, service::synthetic(3000, 6, 1).records).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = service::free_port();
+    let extra = "[batch]\nmax_batch_size = 16\nqueue_depth = 8\n[delivery]\ndrain_timeout = \"60s\"\n";
+    let mut bin = Binary::start_with_env(
+        &service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, Some(port), extra),
+        port,
+        dir.path(),
+        "signals",
+        &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "300")],
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while bin.metric("streamscore_events_consumed_total").unwrap_or(0.0) < 64.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", bin.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bin.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(bin.child.try_wait().expect("wait").is_none(), "still draining (a slow queue of batches)");
+    bin.signal("TERM");
+    let started = std::time::Instant::now();
+    let code = tokio::task::spawn_blocking(move || bin.wait_exit(Duration::from_secs(10))).await.expect("join");
+    assert_eq!(code, Some(130));
+    assert!(started.elapsed() < Duration::from_secs(5), "exited at once");
+}
