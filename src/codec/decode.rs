@@ -5,13 +5,29 @@ use std::sync::Arc;
 
 use apache_avro::types::Value;
 
+use super::store::clip;
 use super::{split_frame, SchemaStore};
 use crate::outcome::{DeadLetterReason, Rejection};
 
 /// Default cap on one message's size.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Smallest allocation cap a decoder asks apache-avro for. The cap counts decoded memory (an
+/// array item is a 56-byte `Value`), so a cap equal to a tiny message limit would make arrays of a
+/// few dozen items undecodable; 64 KiB is still far too small to hurt.
+const MIN_ALLOCATION_CAP: usize = 64 * 1024;
+
 /// Decodes Confluent-framed Avro payloads into values of the store's reader schema.
+///
+/// What bounds the work and memory of one hostile payload:
+/// - its size: payloads over `max_message_bytes` are refused unread;
+/// - apache-avro's allocation cap (see [`Decoder::new`]): a string, bytes, array or map is
+///   allocated for its claimed length *before* the bytes are read, so a 20-byte body claiming a
+///   2^62-byte string must fail the cap rather than reach the allocator;
+/// - the writer schema, vetted by the store: not recursive, at most
+///   `MAX_WRITER_SCHEMA_DEPTH` levels deep (so the decoder's recursion is bounded), and no
+///   array of zero-byte items (so every decoded item costs at least one body byte, and the values
+///   decoded are bounded by the body's length).
 pub struct Decoder {
     store: Arc<SchemaStore>,
     max_message_bytes: usize,
@@ -19,7 +35,26 @@ pub struct Decoder {
 
 impl Decoder {
     /// A decoder over `store`; payloads larger than `max_message_bytes` are rejected unread.
+    ///
+    /// Also caps apache-avro's allocation for one decoded string, bytes, array or map at
+    /// `max_message_bytes` (at least 64 KiB): nothing decoded can be larger than the message it
+    /// came in. That cap is a process-wide set-once (`apache_avro::util::max_allocation_bytes`):
+    /// the first call wins and later calls, with any value, return the first value unchanged;
+    /// apache-avro itself sets its 512 MiB default on the first decode that allocates if nobody
+    /// called it before. `pipeline::run` sets it from the same config before anything decodes. A
+    /// process that builds decoders with different limits (tests) gets the first value, and a
+    /// warning when that value is looser than this decoder wants or too tight for its messages.
     pub fn new(store: Arc<SchemaStore>, max_message_bytes: usize) -> Self {
+        let wanted = max_message_bytes.max(MIN_ALLOCATION_CAP);
+        let cap = apache_avro::util::max_allocation_bytes(wanted);
+        if cap > wanted || cap < max_message_bytes {
+            tracing::warn!(
+                allocation_cap = cap,
+                max_message_bytes,
+                "apache-avro's allocation cap was already set to another value in this process; it is set once, so \
+                 this decoder's strings, bytes, arrays and maps are capped at that value instead"
+            );
+        }
         Self { store, max_message_bytes }
     }
 
@@ -49,7 +84,11 @@ impl Decoder {
         let written = writer.read(&mut input).map_err(|e| {
             Rejection::new(
                 DeadLetterReason::Undecodable,
-                format!("body of {} bytes does not decode with writer schema id {id}: {e}", body.len()),
+                format!(
+                    "body of {} bytes does not decode with writer schema id {id}: {}",
+                    body.len(),
+                    clip(&e.to_string())
+                ),
             )
         })?;
         // apache-avro turns a string cut short by the end of input into a null instead of an
@@ -73,7 +112,10 @@ impl Decoder {
         written.resolve_with_names(self.store.reader(), self.store.reader_names().get_names()).map_err(|e| {
             Rejection::new(
                 DeadLetterReason::SchemaMismatch,
-                format!("value written with schema id {id} does not resolve to the reader schema: {e}"),
+                format!(
+                    "value written with schema id {id} does not resolve to the reader schema: {}",
+                    clip(&e.to_string())
+                ),
             )
         })
     }

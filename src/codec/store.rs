@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use apache_avro::reader::datum::GenericDatumReader;
-use apache_avro::schema::ResolvedSchema;
+use apache_avro::schema::{InnerDecimalSchema, Name, NamesRef, NamespaceRef, ResolvedSchema, UuidSchema};
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::types::Value;
 use apache_avro::Schema;
@@ -225,18 +225,28 @@ impl SchemaStore {
     }
 
     /// Checks `schema` against the reader schema and builds its datum reader.
+    ///
+    /// [`vet`] runs first: it refuses the schemas a crafted body could exploit, and it bounds the
+    /// nesting depth before `can_read` (which recurses through the schema) ever sees it.
     fn check(&self, id: u32, source: SchemaSource, schema: Schema) -> Entry {
+        vet(&schema).map_err(|problem| {
+            Rejection::new(DeadLetterReason::SchemaMismatch, format!("writer schema id {id} ({source}) {problem}"))
+        })?;
         let compatibility = SchemaCompatibility::can_read(&schema, self.reader).map_err(|e| {
             Rejection::new(
                 DeadLetterReason::SchemaMismatch,
-                format!("writer schema id {id} ({source}) cannot be read as {}: {e}", self.reader_name()),
+                format!(
+                    "writer schema id {id} ({source}) cannot be read as {}: {}",
+                    self.reader_name(),
+                    clip(&e.to_string())
+                ),
             )
         })?;
         let schema = leak(schema);
         let datum = GenericDatumReader::builder(schema).build().map_err(|e| {
             Rejection::new(
                 DeadLetterReason::SchemaMismatch,
-                format!("writer schema id {id} ({source}) has unresolvable names: {e}"),
+                format!("writer schema id {id} ({source}) has unresolvable names: {}", clip(&e.to_string())),
             )
         })?;
         Ok(Arc::new(WriterSchema { id, source, compatibility, schema, datum }))
@@ -351,6 +361,166 @@ fn sr_error_text(e: &SRCError) -> String {
     }
 }
 
+/// Deepest writer schema accepted, counted as apache-avro's decoder recurses: one level per
+/// record, array, map, union, named reference and leaf on the way down.
+///
+/// apache-avro's decoder has no depth limit of its own (`decode_internal` recurses once per level,
+/// as do value resolution and `Drop` of the decoded value), so the schema is what bounds the stack.
+/// `decode_internal`'s frame is large: about 32 KiB per level in a debug build, about 2 KiB in a
+/// release build (measured, rustc 1.95), so 32 levels need about 1.1 MiB in debug, within the
+/// 2 MiB of a default thread, and about 75 KiB in release. Real event
+/// schemas nest a handful of levels (a nullable field of a nested record is three: record, union,
+/// record). tests/poison.rs decodes a value this deep on a small thread stack.
+pub(crate) const MAX_WRITER_SCHEMA_DEPTH: usize = 32;
+
+/// Refuses writer schemas that a crafted body could turn into a crash or unbounded work, whatever
+/// the reader schema:
+///
+/// - recursive schemas (a named type that contains itself, directly or through other types):
+///   apache-avro decodes them by plain recursion with no depth limit, so a body of a few KB of
+///   "one more level" bytes overflows the stack, which aborts the process;
+/// - schemas nesting deeper than [`MAX_WRITER_SCHEMA_DEPTH`] (e.g. a long chain of named types,
+///   each referring to the previous one: not recursive, but as deep as the chain is long);
+/// - arrays whose items can encode in zero bytes (`null`, `fixed` of size 0, records of only
+///   such fields): apache-avro caps one array's count at `max_allocation_bytes / size_of::<Value>()`
+///   but a body can claim that many items for free, and nested in an outer array of which every
+///   item costs one byte, that is billions of values. Every other array item, and every map
+///   entry (its key has a length), costs at least one byte, so the items decoded are bounded by
+///   the body's length.
+///
+/// The walk is linear in the schema's size (named types are visited once) and never recurses
+/// deeper than the limit itself.
+fn vet(schema: &Schema) -> Result<(), String> {
+    let resolved =
+        ResolvedSchema::try_from(schema).map_err(|e| format!("has unresolvable names: {}", clip(&e.to_string())))?;
+    let mut vet = Vet { names: resolved.get_names(), seen: HashMap::new() };
+    vet.walk(schema, None, 1).map(|_| ())
+}
+
+/// What [`vet`] knows about a named type.
+#[derive(Clone, Copy)]
+enum Seen {
+    /// Being walked: meeting it again means the schema is recursive.
+    Open,
+    /// Walked: its depth (levels from the type itself down) and whether it can encode in zero bytes.
+    Done { depth: usize, empty: bool },
+}
+
+struct Vet<'a, 's> {
+    names: &'a NamesRef<'s>,
+    seen: HashMap<Name, Seen>,
+}
+
+impl Vet<'_, '_> {
+    /// Walks `schema` at `level` (1 = the root) the way apache-avro's `decode_internal` does,
+    /// including how it qualifies names. Returns (levels from `schema` down, can encode in zero bytes).
+    fn walk(&mut self, schema: &Schema, ns: NamespaceRef, level: usize) -> Result<(usize, bool), String> {
+        if level > MAX_WRITER_SCHEMA_DEPTH {
+            return Err(too_deep());
+        }
+        Ok(match schema {
+            Schema::Null => (1, true),
+            Schema::Fixed(f) => (1, f.size == 0),
+            Schema::Decimal(d) => match &d.inner {
+                InnerDecimalSchema::Fixed(f) => (2, f.size == 0),
+                InnerDecimalSchema::Bytes => (2, false),
+            },
+            // A uuid decodes through a nested string, bytes or fixed (which must be 16 bytes).
+            Schema::Uuid(UuidSchema::String | UuidSchema::Bytes | UuidSchema::Fixed(_)) | Schema::BigDecimal => {
+                (2, false)
+            }
+            Schema::Array(a) => {
+                let (depth, empty) = self.walk(&a.items, ns, level + 1)?;
+                if empty {
+                    return Err(format!(
+                        "has an array whose items ({}) encode in zero bytes, so a few body bytes could claim \
+                         billions of them; such arrays are not accepted",
+                        kind(&a.items)
+                    ));
+                }
+                (depth + 1, false)
+            }
+            Schema::Map(m) => (self.walk(&m.types, ns, level + 1)?.0 + 1, false),
+            Schema::Union(u) => {
+                let mut depth = 0;
+                for variant in u.variants() {
+                    depth = depth.max(self.walk(variant, ns, level + 1)?.0);
+                }
+                (depth + 1, false)
+            }
+            Schema::Record(r) => {
+                let name = r.name.fully_qualified_name(ns).into_owned();
+                self.seen.insert(name.clone(), Seen::Open);
+                let (mut depth, mut empty) = (0, true);
+                for field in &r.fields {
+                    let (d, e) = self.walk(&field.schema, name.namespace(), level + 1)?;
+                    depth = depth.max(d);
+                    empty &= e;
+                }
+                let depth = depth + 1;
+                self.seen.insert(name, Seen::Done { depth, empty });
+                (depth, empty)
+            }
+            Schema::Ref { name } => {
+                let name = name.fully_qualified_name(ns).into_owned();
+                match self.seen.get(&name).copied() {
+                    Some(Seen::Open) => {
+                        return Err(format!(
+                            "is recursive (type {} contains itself); recursive schemas are not accepted, because \
+                             apache-avro decodes them with unbounded recursion",
+                            name.fullname(None)
+                        ))
+                    }
+                    Some(Seen::Done { depth, empty }) => {
+                        if level + depth > MAX_WRITER_SCHEMA_DEPTH {
+                            return Err(too_deep());
+                        }
+                        (depth + 1, empty)
+                    }
+                    None => {
+                        let Some(&target) = self.names.get(&name) else {
+                            return Err(format!("refers to type {}, which it does not define", name.fullname(None)));
+                        };
+                        let (depth, empty) = self.walk(target, name.namespace(), level + 1)?;
+                        (depth + 1, empty)
+                    }
+                }
+            }
+            // Every other type reads at least one byte and contains nothing.
+            _ => (1, false),
+        })
+    }
+}
+
+fn too_deep() -> String {
+    format!("nests deeper than {MAX_WRITER_SCHEMA_DEPTH} levels; such schemas are not accepted")
+}
+
+fn kind(schema: &Schema) -> String {
+    match schema {
+        Schema::Record(r) => format!("record {}", r.name.fullname(None)),
+        Schema::Fixed(f) => format!("fixed {} of size {}", f.name.fullname(None), f.size),
+        Schema::Ref { name } => name.fullname(None),
+        other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
+    }
+}
+
+/// Longest library error text copied into a rejection detail. Details become a dead-letter header,
+/// and apache-avro's messages can quote a whole value or schema.
+pub(crate) const MAX_DETAIL_CHARS: usize = 512;
+
+/// `text`, cut to [`MAX_DETAIL_CHARS`] bytes at a character boundary.
+pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_DETAIL_CHARS {
+        return text.into();
+    }
+    let mut end = MAX_DETAIL_CHARS;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len()).into()
+}
+
 /// Gives a schema a `'static` lifetime by leaking it.
 ///
 /// apache-avro's datum readers borrow their schemas, and building one walks the schema, so we
@@ -359,4 +529,111 @@ fn sr_error_text(e: &SRCError) -> String {
 /// costs nothing extra: memory is bounded by the number of distinct valid schema ids seen.
 fn leak(schema: Schema) -> &'static Schema {
     Box::leak(Box::new(schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vet_json(json: &str) -> Result<(), String> {
+        vet(&Schema::parse_str(json).unwrap())
+    }
+
+    #[test]
+    fn recursion_is_found_directly_and_through_other_types() {
+        for json in [
+            r#"{"type":"record","name":"L","fields":[{"name":"next","type":["null","L"]}]}"#,
+            r#"{"type":"record","name":"T","fields":[{"name":"kids","type":{"type":"array","items":"T"}}]}"#,
+            r#"{"type":"record","name":"A","namespace":"n","fields":[{"name":"b","type":{"type":"record","name":"B",
+                "fields":[{"name":"m","type":{"type":"map","values":["null","n.A"]}}]}}]}"#,
+        ] {
+            let err = vet_json(json).unwrap_err();
+            assert!(err.contains("recursive"), "{err}");
+        }
+    }
+
+    #[test]
+    fn shared_named_types_are_not_recursion() {
+        // The same named type used twice, side by side and nested: a DAG, not a cycle.
+        vet_json(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":{"type":"record","name":"P","fields":[{"name":"x","type":"int"}]}},
+                {"name":"b","type":"P"},
+                {"name":"c","type":{"type":"array","items":{"type":"record","name":"Q","fields":[{"name":"p","type":"P"}]}}},
+                {"name":"d","type":{"type":"map","values":"Q"}}]}"#,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn depth_counts_like_the_decoder_and_is_checked_through_references() {
+        let nested = |levels: usize| {
+            let mut t = r#""int""#.to_string();
+            for _ in 0..levels {
+                t = format!(r#"{{"type":"array","items":{t}}}"#);
+            }
+            format!(r#"{{"type":"record","name":"R","fields":[{{"name":"f","type":{t}}}]}}"#)
+        };
+        // Record (1) + arrays + int (1).
+        vet_json(&nested(MAX_WRITER_SCHEMA_DEPTH - 2)).unwrap();
+        assert!(vet_json(&nested(MAX_WRITER_SCHEMA_DEPTH - 1)).unwrap_err().contains("deeper"));
+
+        // A chain of named records C0..Cn, each holding the previous one by reference: shallow
+        // JSON, but field `ck` decodes 2k + 3 levels deep (R, Ck, ref, Ck-1, ref, ..., C0, int).
+        let chain = |n: usize, extra: &str| {
+            let mut fields =
+                vec![r#"{"name":"c0","type":{"type":"record","name":"C0","fields":[{"name":"v","type":"int"}]}}"#
+                    .to_string()];
+            for i in 1..n {
+                fields.push(format!(
+                    r#"{{"name":"c{i}","type":{{"type":"record","name":"C{i}","fields":[{{"name":"v","type":"C{}"}}]}}}}"#,
+                    i - 1
+                ));
+            }
+            format!(r#"{{"type":"record","name":"R","fields":[{}{extra}]}}"#, fields.join(","))
+        };
+        vet_json(&chain(15, "")).unwrap();
+        assert!(vet_json(&chain(16, "")).unwrap_err().contains("deeper"));
+        // A reference to an already walked type, from deeper down: C9 is 20 levels; under `a`
+        // arrays (levels 2 to a + 1) and the reference (a + 2) it ends at level a + 22.
+        let arrays_of_c9 = |a: usize| {
+            let t = (0..a).fold(r#""C9""#.to_string(), |t, _| format!(r#"{{"type":"array","items":{t}}}"#));
+            format!(r#",{{"name":"deep","type":{t}}}"#)
+        };
+        vet_json(&chain(10, &arrays_of_c9(10))).unwrap();
+        assert!(vet_json(&chain(10, &arrays_of_c9(11))).unwrap_err().contains("deeper"));
+    }
+
+    #[test]
+    fn arrays_of_zero_byte_items_are_refused_and_maps_are_not() {
+        for items in [
+            r#""null""#,
+            r#"{"type":"fixed","name":"F","size":0}"#,
+            r#"{"type":"record","name":"E","fields":[]}"#,
+            r#"{"type":"record","name":"E","fields":[{"name":"n","type":"null"},{"name":"e","type":{"type":"record","name":"E2","fields":[]}}]}"#,
+        ] {
+            let json = format!(
+                r#"{{"type":"record","name":"R","fields":[{{"name":"a","type":{{"type":"array","items":{items}}}}}]}}"#
+            );
+            assert!(vet_json(&json).unwrap_err().contains("zero bytes"), "{items}");
+        }
+        for ok in [
+            r#"{"type":"array","items":["null","int"]}"#,
+            r#"{"type":"array","items":{"type":"fixed","name":"F","size":1}}"#,
+            r#"{"type":"array","items":{"type":"array","items":"int"}}"#,
+            r#"{"type":"map","values":"null"}"#,
+        ] {
+            let json = format!(r#"{{"type":"record","name":"R","fields":[{{"name":"a","type":{ok}}}]}}"#);
+            vet_json(&json).unwrap();
+        }
+    }
+
+    #[test]
+    fn clip_cuts_at_a_char_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(MAX_DETAIL_CHARS);
+        let clipped = clip(&long);
+        assert!(clipped.len() < MAX_DETAIL_CHARS + 40, "{}", clipped.len());
+        assert!(clipped.ends_with(&format!("… ({} bytes in all)", long.len())), "{clipped}");
+    }
 }
