@@ -271,7 +271,7 @@ pub async fn run_with_stats(
         recycle: recycle_tx,
         scored_schema_id,
         transactions: transactional.then(|| sink::TransactionSettings {
-            timeout: cfg.delivery.transaction_timeout,
+            timeout: cfg.delivery.drain_timeout.min(cfg.delivery.transaction_timeout),
             abort_every: injected_abort_every(),
         }),
     })?;

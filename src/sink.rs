@@ -76,9 +76,10 @@ impl ProducerContext for SinkContext {
         };
         if let Err((e, msg)) = result {
             if self.transactional {
-                // The transaction's commit fails too, and the sink aborts and rewinds.
-                warn!(error = %e, topic = msg.topic(), batch = batch.seq, "outcome not delivered; the transaction will abort");
-                batch.failed.store(true, Ordering::Release);
+                // The transaction's commit fails too, and the sink aborts and rewinds (once per batch in the log).
+                if !batch.failed.swap(true, Ordering::AcqRel) {
+                    warn!(error = %e, topic = msg.topic(), batch = batch.seq, "outcome not delivered; the transaction will abort");
+                }
                 batch.remaining.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
@@ -177,6 +178,8 @@ pub struct SinkParts {
 
 /// How the sink runs transactions (exactly_once).
 pub struct TransactionSettings {
+    /// Bound of each blocking transactional call (offsets, commit, abort): an unreachable
+    /// coordinator must not hold the sink for the whole transaction timeout.
     pub timeout: Duration,
     /// Fault injection for tests: abort every n-th transaction (`STREAMSCORE_INJECT_ABORT_EVERY`).
     pub abort_every: u64,
@@ -230,7 +233,12 @@ enum TxnFailure {
     Fatal(String),
 }
 
-fn classify(e: &KafkaError) -> TxnFailure {
+/// A fenced producer sometimes reports its first failure as abortable; the client's fatal-error
+/// state is the authority, so it is checked too.
+fn classify(producer: &OutputProducer, e: &KafkaError) -> TxnFailure {
+    if let Some((code, reason)) = producer.client().fatal_error() {
+        return TxnFailure::Fatal(format!("{e} (producer fatal error {code:?}: {reason})"));
+    }
     match e {
         KafkaError::Transaction(err) if err.is_fatal() => TxnFailure::Fatal(e.to_string()),
         _ => TxnFailure::Abort(e.to_string()),
@@ -287,7 +295,7 @@ fn produce_transaction(
         }
     };
     if let Err(e) = sent {
-        return match classify(&e) {
+        return match classify(&parts.producer, &e) {
             TxnFailure::Fatal(d) => Err(PipelineError::Delivery(format!("transaction failed fatally: {d}"))),
             TxnFailure::Abort(d) => abort(parts, settings, state, &d, true),
         };
@@ -301,7 +309,7 @@ fn produce_transaction(
                 warn!(error = %err, attempts, "transaction commit failed (retriable); retrying");
             }
             Err(e) => {
-                return match classify(&e) {
+                return match classify(&parts.producer, &e) {
                     TxnFailure::Fatal(d) => Err(PipelineError::Delivery(format!(
                         "transaction commit failed fatally (fenced by a newer instance with the same transactional.id?): {d}"
                     ))),
@@ -322,10 +330,10 @@ fn produce_transaction(
 /// Aborts the open transaction; with `rewind`, the consumer goes back to the committed offsets
 /// so the batch (and everything consumed after it) is processed again.
 fn abort(parts: &SinkParts, settings: &TransactionSettings, state: &mut TxnState, why: &str, rewind: bool) -> Result<(), PipelineError> {
-    parts
-        .producer
-        .abort_transaction(settings.timeout)
-        .map_err(|e| PipelineError::Delivery(format!("cannot abort a transaction ({why}): {e}")))?;
+    if let Err(e) = parts.producer.abort_transaction(settings.timeout) {
+        let fenced = parts.producer.client().fatal_error().map(|(c, r)| format!(" (producer fatal error {c:?}: {r})")).unwrap_or_default();
+        return Err(PipelineError::Delivery(format!("cannot abort a transaction ({why}): {e}{fenced}")));
+    }
     if !rewind {
         return Ok(());
     }

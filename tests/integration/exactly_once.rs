@@ -169,3 +169,49 @@ async fn read_committed_sees_each_input_once() {
     assert!(duplicates.is_empty(), "{} inputs have more than one committed outcome", duplicates.len());
     assert_eq!(seen.len(), n);
 }
+
+/// A frozen instance (a zombie) is replaced by a restart with the same instance id, hence the
+/// same transactional.id: the restart fences it. When the zombie wakes up, its next transaction
+/// fails as fenced and it stops with exit code 1, committing nothing; every input has an outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_instance_fences_its_zombie() {
+    let n = 2000;
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 2).await;
+    let inputs = service::synthetic(n, 71, 1);
+    let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
+    common::produce_values(&bootstrap, &topics.input, inputs.records).await;
+    let group = common::random_topic("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!("{EOS}[batch]\nmax_batch_size = 16\n");
+    let config = |port| {
+        service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), &extra)
+            .replace("[telemetry]\n", "[telemetry]\ninstance_id = \"zombie-test\"\n")
+    };
+    let port = service::free_port();
+    let mut zombie = Binary::start_with_env(&config(port), port, dir.path(), "zombie", &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "200")]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while zombie.metric("streamscore_events_scored_total").unwrap_or(0.0) < 32.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", zombie.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    zombie.signal("STOP");
+
+    let port2 = service::free_port();
+    let successor = Binary::start(&config(port2), port2, dir.path(), "successor");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = ids(&read_committed(&bootstrap, &topics.scored, 2 * n, Duration::from_secs(3)).await);
+        if want.iter().all(|id| seen.contains_key(id)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "successor did not finish:\n{}", successor.log_tail(30));
+    }
+
+    zombie.signal("CONT");
+    let (code, zombie) = tokio::task::spawn_blocking(move || (zombie.wait_exit(Duration::from_secs(60)), zombie)).await.expect("join");
+    let log = zombie.log_tail(400);
+    assert_eq!(code, Some(1), "the fenced zombie stops with exit code 1:\n{log}");
+    assert!(log.to_lowercase().contains("fenc"), "the zombie says it was fenced:\n{log}");
+    drop(successor);
+}
