@@ -154,6 +154,7 @@ pub async fn run_with_stats(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
+    let mut shutdown = std::pin::pin!(shutdown);
     let cfg = Arc::new(config);
     // apache-avro pre-allocates a string's or array's claimed length; a hostile 20-byte value could
     // claim gigabytes. Nothing decoded can be larger than the message it came in.
@@ -243,11 +244,18 @@ pub async fn run_with_stats(
     let transactional = cfg.delivery.mode == DeliveryMode::ExactlyOnce;
     let producer = {
         let (c, s) = (cfg.clone(), shared.clone());
-        Arc::new(
-            tokio::task::spawn_blocking(move || sink::create_producer(&c, s, transactional))
-                .await
-                .map_err(|e| PipelineError::Internal(format!("producer start-up panicked: {e}")))??,
-        )
+        let create = tokio::task::spawn_blocking(move || sink::create_producer(&c, s, transactional));
+        // exactly_once start-up waits for the broker; a stop request must not wait for it.
+        tokio::select! {
+            created = create => Arc::new(
+                created.map_err(|e| PipelineError::Internal(format!("producer start-up panicked: {e}")))??,
+            ),
+            _ = &mut shutdown => {
+                info!("shutdown requested during start-up");
+                shared.request_stop();
+                return Ok(summarize(&stats, started, &info, Vec::new()));
+            }
+        }
     };
     if transactional {
         info!(transactional_id = %cfg.delivery.transactional_id, "exactly_once: transactions initialised");
@@ -300,7 +308,7 @@ pub async fn run_with_stats(
     });
 
     tokio::select! {
-        _ = shutdown => info!("shutdown requested; draining"),
+        _ = &mut shutdown => info!("shutdown requested; draining"),
         _ = shared.wake.notified() => {}
     }
     shared.request_stop();
@@ -336,7 +344,11 @@ pub async fn run_with_stats(
         dead_lettered = stats.dead_lettered_total(),
         "stopped cleanly"
     );
-    Ok(RunSummary {
+    Ok(summarize(&stats, started, &info, top_drift))
+}
+
+fn summarize(stats: &RunStats, started: Instant, info: &ModelInfo, top_drift: Vec<(String, f64)>) -> RunSummary {
+    RunSummary {
         consumed: stats.consumed.load(Ordering::Relaxed),
         scored: stats.scored.load(Ordering::Relaxed),
         dead_lettered: stats.dead_lettered_by_reason(),
@@ -349,7 +361,7 @@ pub async fn run_with_stats(
         top_drift,
         model_name: info.name.clone(),
         model_version: info.version.clone(),
-    })
+    }
 }
 
 /// Signals the async tasks to stop when dropped.

@@ -146,21 +146,37 @@ pub type OutputProducer = ThreadedProducer<SinkContext>;
 
 pub fn create_producer(cfg: &Config, shared: Arc<Shared>, transactional: bool) -> Result<OutputProducer, PipelineError> {
     let producer: OutputProducer = producer_config(cfg, transactional)
-        .create_with_context(SinkContext { shared, transactional })
+        .create_with_context(SinkContext { shared: shared.clone(), transactional })
         .map_err(|e| PipelineError::Kafka(format!("cannot create the producer (check kafka.* settings): {e}")))?;
     if transactional {
-        // Registers the transactional.id with the broker and fences any earlier producer with
-        // the same id (a zombie of this instance): its open transaction is aborted.
-        producer.init_transactions(cfg.delivery.transaction_timeout).map_err(|e| {
-            PipelineError::Kafka(format!(
-                "delivery.mode = \"exactly_once\" needs a broker with transactions, but initialising transactional.id \
-                 `{}` failed: {e}. Check that the brokers support transactions (and the ACLs allow the id), or use \
-                 delivery.mode = \"at_least_once\"",
-                cfg.delivery.transactional_id
-            ))
-        })?;
+        init_transactions(&producer, cfg, &shared)?;
     }
     Ok(producer)
+}
+
+/// Registers the transactional.id with the broker and fences any earlier producer with the same
+/// id (a zombie of this instance): its open transaction is aborted. An unreachable broker is
+/// retried with backoff until the pipeline is stopped; any other failure ends start-up.
+fn init_transactions(producer: &OutputProducer, cfg: &Config, shared: &Shared) -> Result<(), PipelineError> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match producer.init_transactions(cfg.delivery.drain_timeout.min(cfg.delivery.transaction_timeout)) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && !shared.stopping() => {
+                warn!(error = %e, retry_in = ?backoff, "cannot initialise transactions yet (broker unreachable?); retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                return Err(PipelineError::Kafka(format!(
+                    "delivery.mode = \"exactly_once\" needs a broker with transactions, but initialising transactional.id \
+                     `{}` failed: {e}. Check that the brokers support transactions (and the ACLs allow the id), or use \
+                     delivery.mode = \"at_least_once\"",
+                    cfg.delivery.transactional_id
+                )));
+            }
+        }
+    }
 }
 
 /// Settings of the sink stage.

@@ -391,34 +391,37 @@ async fn sigterm_drains_commits_and_exits_zero() {
     assert_eq!(scored.len(), n);
 }
 
-/// The broker is unreachable at start: no crash, /healthz answers, /readyz says not ready,
-/// and a stop request still ends the run cleanly.
+/// The broker is unreachable at start, in both delivery modes: no crash, /healthz answers,
+/// /readyz says not ready, and a stop request still ends the run cleanly (exactly_once keeps
+/// retrying its transactional start-up with backoff until then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_is_not_ready_and_does_not_crash() {
-    let dead = format!("127.0.0.1:{}", service::free_port());
-    let topics = Topics { input: "in".into(), scored: "scored".into(), dlq: "dlq".into(), monitoring: "mon".into() };
-    let port = service::free_port();
-    let cfg = service::config(&service::config_toml(&dead, &topics, "g", Schemas::Local, Some(port), ""));
-    let running = InProcess::start(cfg);
-    let base = format!("http://127.0.0.1:{port}");
-    let mut health = None;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let url = format!("{base}/healthz");
-        if let Ok(Ok(r)) =
-            tokio::task::spawn_blocking(move || std::panic::catch_unwind(|| common::http("GET", &url, None))).await
-        {
-            health = Some(r.status);
-            break;
+    for extra in ["", "[delivery]\nmode = \"exactly_once\"\n"] {
+        let dead = format!("127.0.0.1:{}", service::free_port());
+        let topics = Topics { input: "in".into(), scored: "scored".into(), dlq: "dlq".into(), monitoring: "mon".into() };
+        let port = service::free_port();
+        let cfg = service::config(&service::config_toml(&dead, &topics, "g", Schemas::Local, Some(port), extra));
+        let running = InProcess::start(cfg);
+        let base = format!("http://127.0.0.1:{port}");
+        let mut health = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let url = format!("{base}/healthz");
+            if let Ok(Ok(r)) =
+                tokio::task::spawn_blocking(move || std::panic::catch_unwind(|| common::http("GET", &url, None))).await
+            {
+                health = Some(r.status);
+                break;
+            }
         }
+        assert_eq!(health, Some(200), "/healthz answers while the broker is down ({extra})");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let url = format!("{base}/readyz");
+        let ready = tokio::task::spawn_blocking(move || common::http("GET", &url, None)).await.expect("readyz");
+        assert_eq!(ready.status, 503, "not ready without a group ({extra})");
+        let summary = running.stop().await;
+        assert_eq!(summary.consumed, 0);
     }
-    assert_eq!(health, Some(200), "/healthz answers while the broker is down");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let url = format!("{base}/readyz");
-    let ready = tokio::task::spawn_blocking(move || common::http("GET", &url, None)).await.expect("readyz");
-    assert_eq!(ready.status, 503, "not ready without a group");
-    let summary = running.stop().await;
-    assert_eq!(summary.consumed, 0);
 }
 
 /// `streamscore produce` publishes decodable synthetic transactions (and the malformed share).
