@@ -181,6 +181,11 @@ impl Builder {
         self.push_pending(timeout)
     }
 
+    /// The inference queue is at most half full.
+    fn queue_low(&self) -> bool {
+        self.to_inference.as_ref().is_none_or(|tx| tx.len() * 2 <= tx.capacity().unwrap_or(1))
+    }
+
     /// Pauses (or resumes) every assigned partition.
     fn set_paused(&mut self, consumer: &BaseConsumer<SourceContext>, paused: bool) {
         // The list from assignment() is dropped right here: a live one at consumer drop can hang librdkafka.
@@ -419,10 +424,12 @@ fn run(
                     true
                 }
                 Handoff::Done => {
-                    if b.paused {
+                    // Hysteresis: resume only once inference has caught up to half its queue, so
+                    // that a resumed fetch fills whole batches instead of flapping per batch.
+                    if b.paused && b.queue_low() {
                         b.set_paused(&consumer, false);
                     }
-                    false
+                    b.paused
                 }
             }
         };
@@ -444,7 +451,11 @@ fn run(
             Some(Err(_)) => {}
         }
         let mut b = ctx.builder();
-        if b.pending.is_none() && policy.is_due(&b.batch, Instant::now()) {
+        // A due batch is sealed at once when inference has room. When it has none, the batch
+        // keeps filling up to max_batch_size first: under load, batches grow to the size that
+        // makes inference cheapest, and only a full batch waits (and pauses consumption).
+        let room = b.to_inference.as_ref().is_some_and(|tx| !tx.is_full());
+        if b.pending.is_none() && policy.is_due(&b.batch, Instant::now()) && (room || b.batch.len() >= policy.max_size) {
             match b.seal(shared, Duration::ZERO) {
                 Handoff::Closed => break,
                 Handoff::Full => b.set_paused(&consumer, true),

@@ -316,3 +316,63 @@ async fn second_signal_exits_immediately() {
     assert_eq!(code, Some(130));
     assert!(started.elapsed() < Duration::from_secs(5), "exited at once");
 }
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Documented bound (README, "Delivery guarantees"): resident memory of one instance with a
+/// backlog far larger than its queues and a model slower than the input.
+const RSS_BOUND_BYTES: u64 = 200 * 1024 * 1024;
+
+/// A backlog (200 000 events by default; `STREAMSCORE_TEST_BACKLOG=5000000` for the full-size
+/// run) and a model slower than the input: RSS stays under the bound, consumption pauses and
+/// resumes, and the member is never evicted although `max.poll.interval.ms` is only 7 s here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_with_slow_model_stays_within_memory_bound() {
+    let backlog: u64 = std::env::var("STREAMSCORE_TEST_BACKLOG").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let watch_secs: u64 = std::env::var("STREAMSCORE_TEST_WATCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 4).await;
+    let (b, t) = (bootstrap.clone(), topics.input.clone());
+    let produced = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .args(["produce", "--bootstrap-servers", &b, "--topic", &t, "--count", &backlog.to_string()])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("streamscore produce");
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = service::free_port();
+    let toml = service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, Some(port), "")
+        .replace("\"statistics.interval.ms\" = \"1000\"\n", "\"statistics.interval.ms\" = \"1000\"\n\"max.poll.interval.ms\" = \"7000\"\n");
+    let bin = Binary::start_with_env(&toml, port, dir.path(), "backlog", &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "100")]);
+    let pid = bin.child.id();
+    let mut max_rss = 0;
+    let end = tokio::time::Instant::now() + Duration::from_secs(watch_secs);
+    while tokio::time::Instant::now() < end {
+        if let Some(rss) = rss_bytes(pid) {
+            max_rss = max_rss.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let scored = bin.metric("streamscore_events_scored_total").unwrap_or(0.0);
+    let pauses = bin.metric("streamscore_backpressure_pauses_total").unwrap_or(0.0);
+    let batches = bin.metric("streamscore_batch_size_count").unwrap_or(0.0);
+    let consumed = bin.metric("streamscore_batch_size_sum").unwrap_or(0.0);
+    eprintln!("batches {batches}, mean size {:.0}", consumed / batches.max(1.0));
+    let revokes = bin.log_tail(100_000).matches("partitions revoked").count();
+    let log = bin.log_tail(40);
+    drop(bin);
+    eprintln!("backlog {backlog}: max RSS {:.1} MiB, {scored} scored in {watch_secs} s, {pauses} pauses", max_rss as f64 / 1048576.0);
+    assert!(scored > 0.0, "made progress:\n{log}");
+    assert!(pauses >= 1.0, "consumption paused for backpressure");
+    assert_eq!(revokes, 0, "never evicted from the group (max.poll.interval.ms = 7 s):\n{log}");
+    assert!(max_rss < RSS_BOUND_BYTES, "max RSS {max_rss} bytes over the documented bound {RSS_BOUND_BYTES}");
+}
