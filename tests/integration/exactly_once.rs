@@ -215,3 +215,26 @@ async fn restarted_instance_fences_its_zombie() {
     assert!(log.to_lowercase().contains("fenc"), "the zombie says it was fenced:\n{log}");
     drop(successor);
 }
+
+/// A broker without transactions (librdkafka's in-process mock cluster with InitProducerId
+/// switched off — the one use of the mock in these tests: no real broker here lacks the
+/// feature): exactly_once start-up fails with a message that says so, instead of downgrading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_without_transactions_fails_start_up_clearly() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    use rdkafka::ClientConfig;
+    let owner: BaseProducer = ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster");
+    let cluster = owner.client().mock_cluster().expect("mock cluster handle");
+    cluster
+        .apiversion(rdkafka::types::RDKafkaApiKey::InitProducerId, None, None)
+        .expect("switch off InitProducerId");
+    let topics = Topics { input: "in".into(), scored: "scored".into(), dlq: "dlq".into(), monitoring: "mon".into() };
+    for t in [&topics.input, &topics.scored, &topics.dlq, &topics.monitoring] {
+        cluster.create_topic(t, 1, 1).expect("create topic");
+    }
+    let cfg = service::config(&service::config_toml(&cluster.bootstrap_servers(), &topics, "g", Schemas::Local, None, EOS));
+    let result = tokio::time::timeout(Duration::from_secs(60), streamscore::pipeline::run(cfg, std::future::pending())).await;
+    let err = result.expect("start-up fails promptly").expect_err("exactly_once must not start without transactions");
+    let msg = err.to_string();
+    assert!(msg.contains("needs a broker with transactions") && msg.contains("at_least_once"), "{msg}");
+}
