@@ -278,6 +278,7 @@ pub async fn run_with_stats(
         from_inference: sink_rx,
         recycle: recycle_tx,
         scored_schema_id,
+        max_record_bytes: sink::max_record_bytes(&cfg),
         transactions: transactional.then(|| sink::TransactionSettings {
             timeout: cfg.delivery.drain_timeout.min(cfg.delivery.transaction_timeout),
             abort_every: injected_abort_every(),

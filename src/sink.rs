@@ -31,6 +31,22 @@ pub mod dlq_headers {
     pub const SOURCE_TOPIC: &str = "streamscore.dlq.source.topic";
     pub const SOURCE_PARTITION: &str = "streamscore.dlq.source.partition";
     pub const SOURCE_OFFSET: &str = "streamscore.dlq.source.offset";
+    /// Present (`true`) when the original value was cut to fit the producer's record size limit.
+    pub const TRUNCATED: &str = "streamscore.dlq.truncated";
+    pub const ORIGINAL_SIZE: &str = "streamscore.dlq.original_size";
+}
+
+/// Bytes kept free for headers and framing when a dead-letter value is cut to fit.
+const DLQ_HEADROOM: usize = 16 * 1024;
+
+/// The producer's record size limit (`message.max.bytes`, librdkafka's default 1 000 000).
+pub fn max_record_bytes(cfg: &Config) -> usize {
+    let k = &cfg.kafka;
+    k.producer
+        .get("message.max.bytes")
+        .or_else(|| k.common.get("message.max.bytes"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 /// Outcome counts of one batch, settled when the broker has acknowledged all of them.
@@ -190,6 +206,8 @@ pub struct SinkParts {
     pub scored_schema_id: u32,
     /// exactly_once: transactions per batch.
     pub transactions: Option<TransactionSettings>,
+    /// See [`max_record_bytes`].
+    pub max_record_bytes: usize,
 }
 
 /// How the sink runs transactions (exactly_once).
@@ -453,7 +471,7 @@ fn produce_batch(
             EntryKind::Rejected { rejection, payload } => {
                 let partition = entry.partition.to_string();
                 let offset = entry.offset.to_string();
-                let headers = entry
+                let mut headers = entry
                     .headers
                     .unwrap_or_else(OwnedHeaders::new)
                     .insert(Header { key: dlq_headers::REASON, value: Some(rejection.reason.as_str()) })
@@ -461,10 +479,22 @@ fn produce_batch(
                     .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(&*entry.topic) })
                     .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(partition.as_str()) })
                     .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(offset.as_str()) });
+                // An input close to the size limit no longer fits once the dead-letter headers
+                // are added; refusing it would stop the service on every restart (a poison
+                // pill). Its bytes are cut to fit and the cut is said in headers.
+                let mut body = payload.as_deref();
+                let room = parts.max_record_bytes.saturating_sub(DLQ_HEADROOM + key.map_or(0, <[u8]>::len));
+                if let Some(p) = body.filter(|p| p.len() > room) {
+                    let original = p.len().to_string();
+                    headers = headers
+                        .insert(Header { key: dlq_headers::TRUNCATED, value: Some("true") })
+                        .insert(Header { key: dlq_headers::ORIGINAL_SIZE, value: Some(original.as_str()) });
+                    body = Some(&p[..room]);
+                }
                 let mut record =
                     BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.dead_letter_topic, opaque)
                         .headers(headers);
-                if let Some(p) = payload.as_deref() {
+                if let Some(p) = body {
                     record = record.payload(p);
                 }
                 if let Some(k) = key {

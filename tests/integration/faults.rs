@@ -376,3 +376,34 @@ async fn backlog_with_slow_model_stays_within_memory_bound() {
     assert_eq!(revokes, 0, "never evicted from the group (max.poll.interval.ms = 7 s):\n{log}");
     assert!(max_rss < RSS_BOUND_BYTES, "max RSS {max_rss} bytes over the documented bound {RSS_BOUND_BYTES}");
 }
+
+/// An input as large as the broker takes no longer fits once the dead-letter headers are added:
+/// it is dead-lettered with its bytes cut to fit (and headers saying so) instead of stopping the
+/// service, and the inputs after it are scored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_limit_bad_input_is_dead_lettered_cut_to_fit() {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 1).await;
+    let mut records = service::synthetic(10, 8, 1).records;
+    let big = vec![7u8; 990_000];
+    records.insert(5, (Some(b"big".to_vec()), big.clone(), vec![], None));
+    common::produce_values(&bootstrap, &topics.input, records).await;
+    let running = InProcess::start(service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &common::random_topic("g"),
+        Schemas::Local,
+        None,
+        "",
+    )));
+    assert!(running.wait_outcomes(11, Duration::from_secs(60)).await, "only {} outcomes", running.outcomes());
+    running.stop().await;
+    let dlq = common::consume_n(&bootstrap, &topics.dlq, 1, Duration::from_secs(30)).await;
+    assert_eq!(dlq.len(), 1);
+    let headers = common::headers_of(&dlq[0]);
+    assert_eq!(service::header(&headers, "streamscore.dlq.reason"), Some("bad_magic"));
+    assert_eq!(service::header(&headers, "streamscore.dlq.truncated"), Some("true"));
+    assert_eq!(service::header(&headers, "streamscore.dlq.original_size"), Some("990000"));
+    let value = rdkafka::Message::payload(&dlq[0]).expect("payload");
+    assert!(value.len() < big.len() && big.starts_with(value), "a prefix of the original bytes");
+}
