@@ -407,3 +407,46 @@ async fn near_limit_bad_input_is_dead_lettered_cut_to_fit() {
     let value = rdkafka::Message::payload(&dlq[0]).expect("payload");
     assert!(value.len() < big.len() && big.starts_with(value), "a prefix of the original bytes");
 }
+
+/// A partition revoked while its outcomes are still queued behind a slow model: after the
+/// (short) drain the old owner drops them instead of producing for a partition it no longer
+/// owns, and the new owner re-processes those inputs; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_partitions_get_no_outcome_from_the_old_owner_after_the_drain() {
+    // 40 inputs per partition in batches of 64: every batch in flight spans partitions, so
+    // whichever two partitions move to the new member, queued outcomes of theirs exist.
+    let n = 160;
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 4).await;
+    let inputs = service::synthetic(n, 13, 1);
+    let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
+    let records: Vec<_> = inputs.records.into_iter().enumerate().map(|(i, (k, v, h, _))| (k, v, h, Some((i % 4) as i32))).collect();
+    common::produce_values(&bootstrap, &topics.input, records).await;
+    let group = common::random_topic("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = service::free_port();
+    let extra = "[batch]\nmax_batch_size = 64\nqueue_depth = 4\n[delivery]\ndrain_timeout = \"1s\"\n";
+    let old = Binary::start_with_env(
+        &service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), extra),
+        port,
+        dir.path(),
+        "old-owner",
+        &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "3000")],
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while old.metric("streamscore_events_consumed_total").unwrap_or(0.0) < n as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "old owner did not consume:\n{}", old.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new_owner = InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while old.metric("streamscore_revoked_outcomes_dropped_total").unwrap_or(0.0) < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no outcome dropped after the revoke:\n{}", old.log_tail(60));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(old);
+    // The old owner is gone (killed): the new one owns everything and catches up.
+    let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(120)).await;
+    new_owner.stop().await;
+    assert_eq!(want.iter().filter(|id| !ids.contains_key(*id)).count(), 0, "every input has an outcome");
+}
