@@ -66,6 +66,8 @@ pub struct Shared {
     pub group_metadata: Mutex<Option<rdkafka::consumer::ConsumerGroupMetadata>>,
     /// exactly_once: a transaction was aborted; the source must rewind to the committed offsets.
     rewind: AtomicBool,
+    /// The shutdown drain is over: inference and sink drop what they still hold.
+    pub abandon: AtomicBool,
 }
 
 impl Shared {
@@ -79,6 +81,7 @@ impl Shared {
             stats,
             group_metadata: Mutex::new(None),
             rewind: AtomicBool::new(false),
+            abandon: AtomicBool::new(false),
         })
     }
 
@@ -313,7 +316,16 @@ pub async fn run_with_stats(
         _ = shared.wake.notified() => {}
     }
     shared.request_stop();
-    for (name, handle) in [("source", source), ("inference", inference), ("sink", sink)] {
+    // The drain is bounded: the source waits at most drain_timeout for outstanding outcomes;
+    // whatever inference and the sink still hold after that is abandoned (not committed, so it
+    // is consumed again after a restart), and the final flush gets what is left of the budget.
+    let drain_deadline = Instant::now() + cfg.delivery.drain_timeout;
+    let joined = tokio::task::spawn_blocking(move || source.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        shared.fail(PipelineError::Internal("the source thread panicked".into()));
+    }
+    shared.abandon.store(true, Ordering::Release);
+    for (name, handle) in [("inference", inference), ("sink", sink)] {
         let joined = tokio::task::spawn_blocking(move || handle.join()).await;
         if !matches!(joined, Ok(Ok(()))) {
             error!(thread = name, "stage thread panicked");
@@ -324,7 +336,7 @@ pub async fn run_with_stats(
     if let Some(r) = reporter {
         let _ = r.await;
     }
-    let drain = cfg.delivery.drain_timeout;
+    let drain = drain_deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(200));
     let (p, m) = (producer.clone(), monitoring_producer.clone());
     let _ = tokio::task::spawn_blocking(move || {
         sink::flush(&p, drain);
@@ -393,6 +405,9 @@ fn spawn_inference(
             let misses = metrics::counter!(names::CACHE_MISSES, "model" => info.name.clone(), "version" => info.version.clone());
             let injected_delay = injected_inference_delay();
             for mut batch in input.iter() {
+                if shared.abandon.load(Ordering::Acquire) {
+                    break;
+                }
                 if let Some(d) = injected_delay {
                     std::thread::sleep(d);
                 }

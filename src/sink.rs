@@ -234,6 +234,9 @@ fn run(parts: SinkParts) {
     let mut buf = Vec::with_capacity(256);
     let mut txn_state = TxnState::default();
     for mut batch in parts.from_inference.iter() {
+        if parts.shared.abandon.load(std::sync::atomic::Ordering::Acquire) {
+            break;
+        }
         let result = match &parts.transactions {
             Some(settings) => produce_transaction(&parts, settings, &mut txn_state, &mut batch, &mut buf),
             None => {
