@@ -164,6 +164,14 @@ pub struct RawModel {
     pub inter_op_threads: usize,
     /// Refuse a model whose sha256 differs from the manifest.
     pub verify_checksum: bool,
+    /// `cpu`, `cuda` or `tensorrt`; a GPU provider that cannot start falls back to CPU (logged).
+    pub execution_provider: String,
+    /// GPU to use with `cuda`/`tensorrt`.
+    pub device_id: i32,
+    /// ONNX Runtime graph optimisation: `disable`, `basic`, `extended` or `all`.
+    pub graph_optimization_level: String,
+    /// ONNX Runtime's CPU memory arena (faster allocation, memory kept for reuse).
+    pub memory_arena: bool,
 }
 
 impl Default for RawModel {
@@ -174,6 +182,10 @@ impl Default for RawModel {
             intra_op_threads: 1,
             inter_op_threads: 1,
             verify_checksum: true,
+            execution_provider: "cpu".into(),
+            device_id: 0,
+            graph_optimization_level: "all".into(),
+            memory_arena: true,
         }
     }
 }
@@ -345,6 +357,33 @@ impl fmt::Debug for RegistryConfig {
     }
 }
 
+/// ONNX Runtime execution provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+impl ExecutionProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::TensorRt => "tensorrt",
+        }
+    }
+}
+
+/// ONNX Runtime graph optimisation level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphOptimization {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub dir: PathBuf,
@@ -352,6 +391,10 @@ pub struct ModelConfig {
     pub intra_op_threads: usize,
     pub inter_op_threads: usize,
     pub verify_checksum: bool,
+    pub execution_provider: ExecutionProvider,
+    pub device_id: i32,
+    pub graph_optimization_level: GraphOptimization,
+    pub memory_arena: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -695,6 +738,32 @@ impl RawConfig {
         non_empty("model.dir", &m.dir, p);
         in_range("model.intra_op_threads", m.intra_op_threads, 1, 256, p);
         in_range("model.inter_op_threads", m.inter_op_threads, 1, 256, p);
+        let execution_provider = match m.execution_provider.as_str() {
+            "cpu" => ExecutionProvider::Cpu,
+            "cuda" => ExecutionProvider::Cuda,
+            "tensorrt" => ExecutionProvider::TensorRt,
+            other => {
+                p.push(ConfigProblem {
+                    key: "model.execution_provider".into(),
+                    message: format!("`{other}` is not `cpu`, `cuda` or `tensorrt`"),
+                });
+                ExecutionProvider::Cpu
+            }
+        };
+        in_range("model.device_id", m.device_id, 0, 1024, p);
+        let graph_optimization_level = match m.graph_optimization_level.as_str() {
+            "disable" => GraphOptimization::Disable,
+            "basic" => GraphOptimization::Basic,
+            "extended" => GraphOptimization::Extended,
+            "all" => GraphOptimization::All,
+            other => {
+                p.push(ConfigProblem {
+                    key: "model.graph_optimization_level".into(),
+                    message: format!("`{other}` is not `disable`, `basic`, `extended` or `all`"),
+                });
+                GraphOptimization::All
+            }
+        };
 
         let b = self.batch;
         in_range("batch.max_batch_size", b.max_batch_size, 1, 65_536, p);
@@ -825,6 +894,10 @@ impl RawConfig {
                 intra_op_threads: m.intra_op_threads,
                 inter_op_threads: m.inter_op_threads,
                 verify_checksum: m.verify_checksum,
+                execution_provider,
+                device_id: m.device_id,
+                graph_optimization_level,
+                memory_arena: m.memory_arena,
             },
             batch: BatchConfig { max_batch_size: b.max_batch_size, max_batch_delay, queue_depth: b.queue_depth },
             cache: CacheConfig { enabled: c.enabled, max_entries: c.max_entries, ttl },

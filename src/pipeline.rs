@@ -202,8 +202,21 @@ pub async fn run_with_stats(
         .await
         .map_err(|e| PipelineError::Internal(format!("model loader panicked: {e}")))??;
     let info: Arc<ModelInfo> = model.info.clone();
-    info!(model = %info.name, version = %info.version, columns = info.num_columns, threshold = info.threshold, "model loaded");
-    metrics::gauge!(names::MODEL_INFO, "model" => info.name.clone(), "version" => info.version.clone()).set(1.0);
+    info!(
+        model = %info.name,
+        version = %info.version,
+        columns = info.num_columns,
+        threshold = info.threshold,
+        execution_provider = info.execution_provider,
+        "model loaded"
+    );
+    metrics::gauge!(
+        names::MODEL_INFO,
+        "model" => info.name.clone(),
+        "version" => info.version.clone(),
+        "execution_provider" => info.execution_provider
+    )
+    .set(1.0);
     shared.health.model_loaded.store(true, Ordering::Release);
     shared.health.publish();
 

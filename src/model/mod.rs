@@ -15,7 +15,7 @@ use ort::value::TensorRef;
 
 use crate::batcher::Batch;
 use crate::cache::{CacheKey, PredictionCache};
-use crate::config::ModelConfig;
+use crate::config::{ExecutionProvider, GraphOptimization, ModelConfig};
 pub use manifest::Manifest;
 
 /// What a user can get wrong about the model, with what to do about it.
@@ -85,6 +85,8 @@ pub struct ModelInfo {
     pub version_id: u64,
     pub threshold: f32,
     pub num_columns: usize,
+    /// The execution provider actually in use (`cpu` after a GPU fallback).
+    pub execution_provider: &'static str,
 }
 
 /// One ONNX Runtime session over one model version. `Session::run` needs `&mut self`, so each
@@ -107,18 +109,7 @@ impl Model {
             manifest.verify_checksum(&cfg.dir)?;
         }
         let path = manifest.model_path(&cfg.dir);
-        let load_err = |e: ort::Error| ModelError::Load { path: path.clone(), detail: e.to_string() };
-        let session = Session::builder(env)
-            .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(e.into()))?
-            .with_intra_threads(cfg.intra_op_threads)
-            .map_err(|e| load_err(e.into()))?
-            .with_inter_threads(cfg.inter_op_threads)
-            .map_err(|e| load_err(e.into()))?
-            .commit_from_file(&path)
-            .map_err(load_err)?;
-
+        let (session, execution_provider) = build_session(env, cfg, &path)?;
         let f = manifest.num_columns();
         let mismatch = |detail: String| ModelError::Mismatch { path: path.clone(), detail };
         let input = session.inputs().iter().find(|i| i.name() == manifest.input.name).ok_or_else(|| {
@@ -157,6 +148,7 @@ impl Model {
             version_id: hasher.finish(),
             threshold: manifest.threshold,
             num_columns: f,
+            execution_provider,
         });
         let mut model = Model { output_column: manifest.output.column, manifest, info, session, output_width };
         // Warm-up: one row of zeros exercises the whole graph and checks the output shape.
@@ -208,6 +200,73 @@ impl Model {
         out.extend((0..n).map(|i| data[i * width + col]));
         Ok(())
     }
+}
+
+/// Builds the session on the configured execution provider. A GPU provider that cannot be
+/// registered (CPU-only ONNX Runtime library, no CUDA, no device) falls back to CPU with a
+/// warning; the returned name says which one is active.
+fn build_session(
+    env: &ort::environment::Environment,
+    cfg: &ModelConfig,
+    path: &Path,
+) -> Result<(Session, &'static str), ModelError> {
+    use ort::ep::ExecutionProvider as _;
+    let load_err = |e: ort::Error| ModelError::Load { path: path.to_path_buf(), detail: e.to_string() };
+    let level = match cfg.graph_optimization_level {
+        GraphOptimization::Disable => GraphOptimizationLevel::Disable,
+        GraphOptimization::Basic => GraphOptimizationLevel::Level1,
+        GraphOptimization::Extended => GraphOptimizationLevel::Level2,
+        GraphOptimization::All => GraphOptimizationLevel::All,
+    };
+    let builder = Session::builder(env)
+        .map_err(load_err)?
+        .with_optimization_level(level)
+        .map_err(|e| load_err(e.into()))?
+        .with_intra_threads(cfg.intra_op_threads)
+        .map_err(|e| load_err(e.into()))?
+        .with_inter_threads(cfg.inter_op_threads)
+        .map_err(|e| load_err(e.into()))?
+        .with_memory_pattern(cfg.memory_arena)
+        .map_err(|e| load_err(e.into()))?;
+    let gpu = match cfg.execution_provider {
+        ExecutionProvider::Cpu => None,
+        ExecutionProvider::Cuda => Some((
+            "cuda",
+            ort::ep::CUDA::is_available().unwrap_or(false),
+            ort::ep::CUDA::default().with_device_id(cfg.device_id).build().error_on_failure(),
+        )),
+        ExecutionProvider::TensorRt => Some((
+            "tensorrt",
+            ort::ep::TensorRT::is_available().unwrap_or(false),
+            ort::ep::TensorRT::default().with_device_id(cfg.device_id).build().error_on_failure(),
+        )),
+    };
+    let (mut builder, active) = match gpu {
+        None => (builder, "cpu"),
+        Some((name, false, _)) => {
+            tracing::warn!(
+                requested = name,
+                "the ONNX Runtime library has no {name} execution provider (install onnxruntime-gpu and point \
+                 ORT_DYLIB_PATH at its library); running on CPU"
+            );
+            (builder, "cpu")
+        }
+        Some((name, true, ep)) => match builder.with_execution_providers([ep]) {
+            Ok(b) => (b, name),
+            Err(e) => {
+                tracing::warn!(requested = name, device = cfg.device_id, error = %e, "{name} execution provider did not start; running on CPU");
+                (e.recover(), "cpu")
+            }
+        },
+    };
+    if active == "cpu" {
+        builder = builder
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(cfg.memory_arena).build()])
+            .map_err(|e| load_err(e.into()))?;
+    }
+    let session = builder.commit_from_file(path).map_err(load_err)?;
+    tracing::info!(execution_provider = active, device = cfg.device_id, "ONNX Runtime session ready");
+    Ok((session, active))
 }
 
 fn names(outlets: &[ort::value::Outlet]) -> String {
@@ -374,6 +433,35 @@ mod tests {
             model.infer(&rows[i * f..(i + 1) * f], 1, &mut one).expect("single row");
             assert!((one[0] - batch_scores[i]).abs() < 1e-6, "row {i}: {} vs {}", one[0], batch_scores[i]);
             assert!((0.0..=1.0).contains(&one[0]));
+        }
+    }
+
+    #[test]
+    fn unavailable_gpu_provider_falls_back_to_cpu() {
+        for ep in [ExecutionProvider::Cuda, ExecutionProvider::TensorRt] {
+            let mut cfg = model_config();
+            cfg.execution_provider = ep;
+            let mut model = Model::load(&cfg).expect("loads on CPU instead");
+            assert_eq!(model.info.execution_provider, "cpu", "{ep:?} is not in the CPU wheel");
+            let mut out = Vec::new();
+            model.infer(&vec![0.0; model.info.num_columns], 1, &mut out).expect("scores on CPU");
+        }
+    }
+
+    #[test]
+    fn session_settings_do_not_change_scores() {
+        let rows: Vec<f32> = (0..4 * 36).map(|i| (i % 7) as f32 / 7.0).collect();
+        let mut reference = Vec::new();
+        Model::load(&model_config()).expect("model").infer(&rows, 4, &mut reference).expect("infer");
+        for (level, arena) in [(GraphOptimization::Disable, false), (GraphOptimization::Basic, true), (GraphOptimization::Extended, false)] {
+            let mut cfg = model_config();
+            cfg.graph_optimization_level = level;
+            cfg.memory_arena = arena;
+            let mut out = Vec::new();
+            Model::load(&cfg).expect("model").infer(&rows, 4, &mut out).expect("infer");
+            for (a, b) in out.iter().zip(&reference) {
+                assert!((a - b).abs() < 1e-6, "{level:?}/{arena}: {a} vs {b}");
+            }
         }
     }
 
