@@ -230,7 +230,7 @@ fn cache_cases(fx: &Fixture) -> Vec<Case> {
     let rows = fx.rows.clone();
     let hot = EVENTS / 2;
     for (i, row) in rows.chunks_exact(width).take(hot).enumerate() {
-        cache.insert(PredictionCache::key(version_id, row), i as f32 / hot as f32);
+        cache.insert(cache.key(version_id, row), row, i as f32 / hot as f32);
     }
     let mut fresh = rows[..width].to_vec();
     let mut counter: u64 = 0;
@@ -246,12 +246,12 @@ fn cache_cases(fx: &Fixture) -> Vec<Case> {
                 fresh[width - 1] = (counter & 0xF_FFFF) as f32;
                 &fresh
             };
-            let key = PredictionCache::key(version_id, black_box(row));
-            match cache.get(&key) {
+            let key = cache.key(version_id, black_box(row));
+            match cache.get(&key, row) {
                 Some(score) => {
                     black_box(score);
                 }
-                None => cache.insert(key, 0.5),
+                None => cache.insert(key, row, 0.5),
             }
         }
     })]

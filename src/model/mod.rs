@@ -337,9 +337,16 @@ impl Scorer {
         batch.cache_hits.resize(n, false);
         self.miss_index.clear();
         self.miss_keys.clear();
+        if !self.cache.enabled() {
+            // No cache: no hashing either, one inference over the whole buffer.
+            let started = std::time::Instant::now();
+            self.model.infer(&batch.features[..n * f], n, &mut self.out)?;
+            batch.scores.copy_from_slice(&self.out);
+            return Ok(ScoreCounts { cache_hits: 0, cache_misses: n, inference: started.elapsed() });
+        }
         for i in 0..n {
-            let key = PredictionCache::key(info.version_id, batch.row(i));
-            match self.cache.get(&key) {
+            let key = self.cache.key(info.version_id, batch.row(i));
+            match self.cache.get(&key, batch.row(i)) {
                 Some(score) => {
                     batch.scores[i] = score;
                     batch.cache_hits[i] = true;
@@ -369,7 +376,7 @@ impl Scorer {
         for (j, &i) in self.miss_index.iter().enumerate() {
             let score = self.out[j];
             batch.scores[i] = score;
-            self.cache.insert(self.miss_keys[j], score);
+            self.cache.insert(self.miss_keys[j], batch.row(i), score);
         }
         Ok(counts)
     }
@@ -463,6 +470,24 @@ mod tests {
                 assert!((a - b).abs() < 1e-6, "{level:?}/{arena}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn scorer_without_cache_scores_the_same() {
+        let rows: Vec<f32> = (0..3 * 36).map(|i| (i % 5) as f32 / 5.0).collect();
+        let mut with = Scorer::new(Model::load(&model_config()).expect("model"), PredictionCache::with_limits(true, 10, std::time::Duration::from_secs(60)));
+        let mut without = Scorer::new(Model::load(&model_config()).expect("model"), PredictionCache::with_limits(false, 10, std::time::Duration::from_secs(60)));
+        let mut a = Batch::new(36, 3);
+        let mut b = Batch::new(36, 3);
+        for r in 0..3 {
+            a.push_row().1.copy_from_slice(&rows[r * 36..(r + 1) * 36]);
+            b.push_row().1.copy_from_slice(&rows[r * 36..(r + 1) * 36]);
+        }
+        with.score(&mut a).expect("score");
+        let counts = without.score(&mut b).expect("score");
+        assert_eq!((counts.cache_hits, counts.cache_misses), (0, 3));
+        assert_eq!(a.scores, b.scores);
+        assert_eq!(b.cache_hits, vec![false; 3]);
     }
 
     #[test]
