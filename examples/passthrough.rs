@@ -1,0 +1,311 @@
+//! The passthrough limit for the end-to-end benchmark (`benches/e2e/run.py`): the same client
+//! library as streamscore (rdkafka 0.39, bundled librdkafka) doing only the Kafka part of its job.
+//!
+//! A `BaseConsumer` in a consumer group hands batches of up to 256 messages to a
+//! `ThreadedProducer`, which produces the raw bytes (same key, same headers) to an output topic:
+//! no decode, no features, no inference, no encode. Delivery callbacks settle each batch; every
+//! second the contiguous prefix of settled batches is committed with explicit offsets (as
+//! streamscore's offset tracker does). The librdkafka settings are streamscore's
+//! (`source::consumer_config`, `sink::producer_config`): `fetch.queue.backoff.ms=10`,
+//! `enable.idempotence=true`, `linger.ms=5`, `queue.buffering.max.messages=1000000`,
+//! cooperative-sticky assignment, no auto-commit, no auto offset store.
+//!
+//! ```text
+//! cargo build --release --example passthrough
+//! target/release/examples/passthrough --bootstrap 127.0.0.1:9092 --input transactions \
+//!     --output transactions.copy --group passthrough --count 300000
+//! ```
+//!
+//! It exits 0 once `--count` outputs are delivered and their offsets committed. While running it
+//! prints `progress <consumed> <delivered> <unix-seconds>` lines about every 50 ms (read by the
+//! harness), and at the end one line `done {json}` with its own figures.
+//! Extra librdkafka properties: `-X key=value` (both clients), e.g. `-X session.timeout.ms=6000`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+const BATCH: usize = 256;
+
+#[derive(Parser)]
+#[command(about = "Kafka passthrough (consume -> produce raw bytes -> commit), the benchmark's upper limit")]
+struct Args {
+    #[arg(long)]
+    bootstrap: String,
+    #[arg(long)]
+    input: String,
+    #[arg(long)]
+    output: String,
+    #[arg(long)]
+    group: String,
+    /// Exit after this many outputs are delivered and committed.
+    #[arg(long)]
+    count: u64,
+    /// Extra librdkafka property for both clients, KEY=VALUE.
+    #[arg(short = 'X', value_parser = parse_property)]
+    property: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// One batch in flight: how many of its records still await a delivery report.
+struct BatchAck {
+    seq: u64,
+    remaining: AtomicUsize,
+}
+
+/// One batch in the tracker: (seq, next offset to commit per partition once it is settled, settled?).
+type Pending = (u64, Vec<(i32, i64)>, bool);
+
+/// Batches in consumption order; a prefix of settled ones can be committed.
+#[derive(Default)]
+struct Tracker {
+    pending: VecDeque<Pending>,
+    failed: bool,
+}
+
+impl Tracker {
+    fn settle(&mut self, seq: u64) {
+        if let Some(front) = self.pending.front() {
+            let idx = (seq - front.0) as usize;
+            if let Some(entry) = self.pending.get_mut(idx) {
+                entry.2 = true;
+            }
+        }
+    }
+
+    /// Pops the settled prefix into `commit` (partition -> next offset).
+    fn drain_settled(&mut self, commit: &mut BTreeMap<i32, i64>) -> bool {
+        let mut moved = false;
+        while self.pending.front().is_some_and(|b| b.2) {
+            let (_, offsets, _) = self.pending.pop_front().expect("front exists");
+            for (p, o) in offsets {
+                let e = commit.entry(p).or_insert(o);
+                *e = (*e).max(o);
+            }
+            moved = true;
+        }
+        moved
+    }
+}
+
+struct Ctx {
+    tracker: Arc<Mutex<Tracker>>,
+    delivered: Arc<AtomicU64>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Arc<BatchAck>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
+        if let Err((e, _)) = result {
+            eprintln!("passthrough: delivery failed: {e}");
+            self.tracker.lock().unwrap_or_else(|e| e.into_inner()).failed = true;
+            return;
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if ack.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tracker.lock().unwrap_or_else(|e| e.into_inner()).settle(ack.seq);
+        }
+    }
+}
+
+/// utime + stime of this process (all threads), from /proc/self/stat; 0 where unavailable.
+fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat(5), counted after the command name; clock ticks are 100 Hz on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("passthrough: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", &args.group)
+        .set("client.id", "passthrough")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.queue.backoff.ms", "10");
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", &args.bootstrap)
+        .set("client.id", "passthrough")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &args.property {
+        // Consumer-only properties would make the producer warn; route the usual ones.
+        if k.starts_with("session.") || k.starts_with("heartbeat.") || k.starts_with("fetch.") {
+            cc.set(k, v);
+        } else {
+            cc.set(k, v);
+            pc.set(k, v);
+        }
+    }
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let producer: ThreadedProducer<Ctx> = pc
+        .create_with_context(Ctx { tracker: tracker.clone(), delivered: delivered.clone() })
+        .context("creating the producer")?;
+    let consumer: BaseConsumer = cc.create().context("creating the consumer")?;
+    consumer.subscribe(&[&args.input]).context("subscribing")?;
+
+    let started = Instant::now();
+    let mut first: Option<(Instant, f64, f64)> = None;
+    let mut consumed: u64 = 0;
+    let mut seq: u64 = 0;
+    let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut to_commit: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
+    let stdout = std::io::stdout();
+
+    loop {
+        // Fill a batch: block briefly for the first message, then take what is already fetched.
+        batch.clear();
+        let mut timeout = Duration::from_millis(10);
+        while batch.len() < BATCH {
+            match consumer.poll(timeout) {
+                Some(Ok(m)) => {
+                    batch.push(m);
+                    timeout = Duration::ZERO;
+                }
+                Some(Err(e)) => eprintln!("passthrough: consumer error: {e}"),
+                None => break,
+            }
+        }
+        if !batch.is_empty() {
+            if first.is_none() {
+                first = Some((Instant::now(), unix_now(), process_cpu_s()));
+            }
+            consumed += batch.len() as u64;
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            for m in &batch {
+                let e = next.entry(m.partition()).or_insert(m.offset() + 1);
+                *e = (*e).max(m.offset() + 1);
+            }
+            let ack = Arc::new(BatchAck { seq, remaining: AtomicUsize::new(batch.len()) });
+            tracker.lock().unwrap_or_else(|e| e.into_inner()).pending.push_back((
+                seq,
+                next.into_iter().collect(),
+                false,
+            ));
+            seq += 1;
+            for m in &batch {
+                let mut rec = BaseRecord::with_opaque_to(&args.output, ack.clone());
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                if let Some(p) = m.payload() {
+                    rec = rec.payload(p);
+                }
+                if let Some(h) = m.headers() {
+                    rec = rec.headers(h.detach());
+                }
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                            r,
+                        )) => {
+                            rec = r;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err((e, _)) => bail!("produce failed: {e}"),
+                    }
+                }
+            }
+        }
+        batch.clear();
+
+        let done = delivered.load(Ordering::Relaxed) >= args.count;
+        if done || last_commit.elapsed() >= Duration::from_secs(1) {
+            let failed = {
+                let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+                t.drain_settled(&mut to_commit);
+                t.failed
+            };
+            if failed {
+                bail!("a delivery failed; not committing past it");
+            }
+            let changed: Vec<(i32, i64)> =
+                to_commit.iter().filter(|(p, o)| committed.get(p) != Some(o)).map(|(p, o)| (*p, *o)).collect();
+            if !changed.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for (p, o) in &changed {
+                    tpl.add_partition_offset(&args.input, *p, Offset::Offset(*o)).context("building the commit")?;
+                }
+                let mode = if done { CommitMode::Sync } else { CommitMode::Async };
+                consumer.commit(&tpl, mode).context("committing offsets")?;
+                committed.extend(changed);
+            }
+            last_commit = Instant::now();
+            if done {
+                let all_settled = tracker.lock().unwrap_or_else(|e| e.into_inner()).pending.is_empty();
+                if all_settled {
+                    break;
+                }
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_millis(50) {
+            last_progress = Instant::now();
+            let mut out = stdout.lock();
+            let _ = writeln!(out, "progress {consumed} {} {:.6}", delivered.load(Ordering::Relaxed), unix_now());
+            let _ = out.flush();
+        }
+    }
+    let t_done = unix_now();
+    let delivered = delivered.load(Ordering::Relaxed);
+    let (first_instant, t_first, cpu_first) = first.unwrap_or((started, t_done, 0.0));
+    let secs = first_instant.elapsed().as_secs_f64().max(1e-9);
+    let mut out = stdout.lock();
+    let _ = writeln!(out, "progress {consumed} {delivered} {t_done:.6}");
+    let _ = writeln!(
+        out,
+        "done {{\"consumed\": {consumed}, \"delivered\": {delivered}, \"t_first\": {t_first:.6}, \"t_done\": {t_done:.6}, \"cpu_first\": {cpu_first:.3}, \"events_per_s\": {:.1}}}",
+        delivered as f64 / secs
+    );
+    let _ = out.flush();
+    eprintln!(
+        "passthrough: {delivered} delivered and committed in {secs:.2} s from the first message: {:.0} events/s",
+        delivered as f64 / secs
+    );
+    drop(batch);
+    drop(consumer);
+    producer.flush(Duration::from_secs(10)).ok();
+    Ok(())
+}
