@@ -75,6 +75,8 @@ impl Case {
 struct Fixture {
     config: Config,
     decoder: Arc<Decoder>,
+    /// The same store, decoding straight to feature rows (`Decoder::decode_features`).
+    fast_decoder: Arc<Decoder>,
     extractor: Arc<FeatureExtractor>,
     manifest: Manifest,
     model_dir: PathBuf,
@@ -119,6 +121,14 @@ impl Fixture {
         let extractor =
             FeatureExtractor::new(&manifest, decoder.store().reader()).expect("manifest fits the reader schema");
         let width = extractor.num_columns();
+        let fast_decoder = Decoder::with_features(
+            decoder.store().clone(),
+            config.schemas.max_message_bytes,
+            &manifest,
+            Arc::new(
+                FeatureExtractor::new(&manifest, decoder.store().reader()).expect("manifest fits the reader schema"),
+            ),
+        );
 
         let mut generator = Generator::new(SEED, NOW_MS);
         let payloads: Vec<Vec<u8>> = (0..EVENTS)
@@ -149,6 +159,7 @@ impl Fixture {
         Fixture {
             config,
             decoder: Arc::new(decoder),
+            fast_decoder: Arc::new(fast_decoder),
             extractor: Arc::new(extractor),
             manifest,
             model_dir,
@@ -162,7 +173,7 @@ impl Fixture {
     }
 }
 
-/// `codec/decode` and `codec/encode_scored`.
+/// `codec/decode`, `codec/decode_features_fast` and `codec/encode_scored`.
 fn codec_cases(fx: &Fixture) -> Vec<Case> {
     let decoder = fx.decoder.clone();
     let payloads = fx.payloads.clone();
@@ -170,6 +181,26 @@ fn codec_cases(fx: &Fixture) -> Vec<Case> {
         for p in payloads.iter() {
             let value = decoder.decode(black_box(p)).expect("synthetic events decode");
             black_box(value);
+        }
+    });
+
+    // Payload → feature row in one step (compare with `codec/decode` + `features/extract`);
+    // the rows must equal the generic path's.
+    let fast_decoder = fx.fast_decoder.clone();
+    let payloads = fx.payloads.clone();
+    let (rows, width) = (fx.rows.clone(), fx.width);
+    let mut row = vec![0.0f32; width];
+    let mut missing = vec![false; width];
+    for (p, expected) in payloads.iter().zip(rows.chunks_exact(width)) {
+        fast_decoder.decode_features(p, &mut row, &mut missing).expect("synthetic events decode");
+        assert_eq!(row, expected, "the fast path's row differs from decode + extract");
+    }
+    assert_eq!(fast_decoder.is_fast(1), Some(true), "the synthetic events' schema takes the fast path");
+    let decode_features = Case::new("codec", "decode_features_fast", None, EVENTS, move || {
+        for p in payloads.iter() {
+            let identity =
+                fast_decoder.decode_features(black_box(p), &mut row, &mut missing).expect("synthetic events decode");
+            black_box((&identity, row.as_slice()));
         }
     });
 
@@ -203,7 +234,7 @@ fn codec_cases(fx: &Fixture) -> Vec<Case> {
             black_box(out.as_slice());
         }
     });
-    vec![decode, encode]
+    vec![decode, decode_features, encode]
 }
 
 /// `features/extract`: decoded records into one reused row buffer.
@@ -393,6 +424,7 @@ fn smoke_test(args: &[String]) {
     };
     let mut names: Vec<String> = [
         "codec/decode",
+        "codec/decode_features_fast",
         "codec/encode_scored",
         "features/extract",
         "cache/key_and_lookup",

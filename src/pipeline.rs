@@ -240,7 +240,11 @@ pub async fn run_with_stats(
         SchemaStore::new(reader, &cfg.schemas.local, registry, Some(tokio::runtime::Handle::current()))
             .map_err(|e| PipelineError::Schema(e.to_string()))?,
     );
-    let decoder = Decoder::new(store.clone(), cfg.schemas.max_message_bytes);
+    // Decoding goes straight to the feature row through a plan per writer schema (the generic
+    // decode + extract path is the fallback for schemas the plan does not cover).
+    let width = features.num_columns();
+    let decoder =
+        Decoder::with_features(store.clone(), cfg.schemas.max_message_bytes, &model.manifest, Arc::new(features));
     let drift_schema =
         codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
     let (scored_schema_id, drift_schema_id) = if cfg.schemas.registry.is_some() {
@@ -303,7 +307,7 @@ pub async fn run_with_stats(
     let source = source::spawn(source::SourceParts {
         config: cfg.clone(),
         decoder,
-        features,
+        width,
         shared: shared.clone(),
         to_inference,
         recycled: recycle_rx,

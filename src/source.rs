@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::batcher::{Batch, BatchPolicy, Entry, EntryKind};
 use crate::codec::Decoder;
 use crate::config::{Config, DeliveryMode};
-use crate::features::FeatureExtractor;
+use crate::features::RowIdentity;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::outcome::{DeadLetterReason, Rejection};
 use crate::pipeline::{PipelineError, Shared};
@@ -75,7 +75,8 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
 pub struct SourceParts {
     pub config: Arc<Config>,
     pub decoder: Decoder,
-    pub features: FeatureExtractor,
+    /// Feature columns per row (the model's input width).
+    pub width: usize,
     pub shared: Arc<Shared>,
     pub to_inference: Sender<Batch>,
     pub recycled: Receiver<Batch>,
@@ -357,7 +358,7 @@ fn commit(consumer: &BaseConsumer<SourceContext>, tracker: &OffsetTracker, only:
 /// then seals the open batch, waits (bounded) for every outcome to be acknowledged, and commits.
 pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, PipelineError> {
     let cfg = parts.config.clone();
-    let width = parts.features.num_columns();
+    let width = parts.width;
     let capacity = cfg.batch.max_batch_size;
     let context = SourceContext {
         builder: Mutex::new(Builder {
@@ -386,11 +387,10 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
     info!(topics = ?cfg.kafka.input_topics, group = %cfg.kafka.group_id, "consumer subscribed");
 
     let decoder = parts.decoder;
-    let features = parts.features;
     let shared = parts.shared;
     std::thread::Builder::new()
         .name("streamscore-source".into())
-        .spawn(move || run(consumer, &cfg, &decoder, &features, &shared))
+        .spawn(move || run(consumer, &cfg, &decoder, &shared))
         .map_err(|e| PipelineError::Internal(format!("cannot start the source thread: {e}")))
 }
 
@@ -398,7 +398,6 @@ fn run(
     consumer: BaseConsumer<SourceContext>,
     cfg: &Config,
     decoder: &Decoder,
-    features: &FeatureExtractor,
     shared: &Shared,
 ) {
     let policy = BatchPolicy::new(cfg.batch.max_batch_size, cfg.batch.max_batch_delay);
@@ -451,7 +450,7 @@ fn run(
                 // Possible while paused (already fetched, or a partition assigned meanwhile):
                 // it joins the open batch, which waits for the pending one.
                 let mut b = ctx.builder();
-                accept(&mut b, &msg, cfg, decoder, features, shared);
+                accept(&mut b, &msg, cfg, decoder, shared);
             }
             // Transient errors (broker down, rebalance in progress) are retried by librdkafka;
             // log at most once per 10 s so an outage does not flood the log.
@@ -541,7 +540,6 @@ fn accept(
     msg: &BorrowedMessage<'_>,
     cfg: &Config,
     decoder: &Decoder,
-    features: &FeatureExtractor,
     shared: &Shared,
 ) {
     let topic = b.topic(msg.topic());
@@ -564,19 +562,17 @@ fn accept(
             ),
             payload: Some(bytes.to_vec()),
         },
-        Some(bytes) => match decode_with_retry(decoder, bytes, shared) {
-            Err(rejection) => EntryKind::Rejected { rejection, payload: Some(bytes.to_vec()) },
-            Ok(record) => {
-                let (row, values, missing) = b.batch.push_row();
-                match features.extract(&record, values, missing) {
-                    Ok(identity) => EntryKind::Row { row, identity },
-                    Err(rejection) => {
-                        b.batch.pop_row();
-                        EntryKind::Rejected { rejection, payload: Some(bytes.to_vec()) }
-                    }
+        Some(bytes) => {
+            // Decoded straight into the batch's next row; a rejected input gives the row back.
+            let (row, values, missing) = b.batch.push_row();
+            match decode_with_retry(decoder, bytes, values, missing, shared) {
+                Ok(identity) => EntryKind::Row { row, identity },
+                Err(rejection) => {
+                    b.batch.pop_row();
+                    EntryKind::Rejected { rejection, payload: Some(bytes.to_vec()) }
                 }
             }
-        },
+        }
     };
     let entry = Entry {
         topic,
@@ -592,11 +588,17 @@ fn accept(
 }
 
 /// A registry outage should not dead-letter good events: retry a few times with backoff first.
-fn decode_with_retry(decoder: &Decoder, bytes: &[u8], shared: &Shared) -> Result<apache_avro::types::Value, Rejection> {
+fn decode_with_retry(
+    decoder: &Decoder,
+    bytes: &[u8],
+    values: &mut [f32],
+    missing: &mut [bool],
+    shared: &Shared,
+) -> Result<RowIdentity, Rejection> {
     let mut delay = Duration::from_millis(500);
     let mut attempt = 0;
     loop {
-        match decoder.decode(bytes) {
+        match decoder.decode_features(bytes, values, missing) {
             Err(r)
                 if r.reason == DeadLetterReason::RegistryUnavailable
                     && attempt < REGISTRY_RETRIES

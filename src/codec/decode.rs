@@ -1,12 +1,16 @@
 //! Decoding framed input payloads to `Value::Record`s of the reader schema.
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use apache_avro::types::Value;
 
+use super::fast::{FastPlan, Layout};
 use super::store::clip;
 use super::{split_frame, SchemaStore};
+use crate::features::{FeatureExtractor, RowIdentity};
+use crate::model::manifest::Manifest;
 use crate::outcome::{DeadLetterReason, Rejection};
 
 /// Default cap on one message's size.
@@ -31,6 +35,18 @@ const MIN_ALLOCATION_CAP: usize = 64 * 1024;
 pub struct Decoder {
     store: Arc<SchemaStore>,
     max_message_bytes: usize,
+    /// Set by [`Decoder::with_features`]: what [`Decoder::decode_features`] needs.
+    features: Option<Features>,
+}
+
+/// One model's feature extraction, and a fast plan per writer schema id for it.
+struct Features {
+    extractor: Arc<FeatureExtractor>,
+    /// `None` when the manifest or reader schema is outside what fast plans support.
+    layout: Option<Layout>,
+    /// Planned once per schema id (ids are immutable, like the store's cache); `None`: the
+    /// writer schema is outside what fast plans support, so its events take the generic path.
+    plans: RwLock<HashMap<u32, Option<Arc<FastPlan>>>>,
 }
 
 impl Decoder {
@@ -55,7 +71,33 @@ impl Decoder {
                  this decoder's strings, bytes, arrays and maps are capped at that value instead"
             );
         }
-        Self { store, max_message_bytes }
+        Self { store, max_message_bytes, features: None }
+    }
+
+    /// A decoder like [`Decoder::new`] that can also decode straight to feature rows
+    /// ([`Decoder::decode_features`]) for `extractor`, which must have been built from `manifest`
+    /// and the store's reader schema.
+    pub fn with_features(
+        store: Arc<SchemaStore>,
+        max_message_bytes: usize,
+        manifest: &Manifest,
+        extractor: Arc<FeatureExtractor>,
+    ) -> Self {
+        let layout = Layout::new(store.reader(), manifest, &extractor);
+        if layout.is_none() {
+            tracing::warn!(
+                model = %format!("{}/{}", manifest.name, manifest.version),
+                "the model's features are outside what the fast decoder supports; every event takes the generic \
+                 decode + extract path"
+            );
+        }
+        let features = Features { extractor, layout, plans: RwLock::new(HashMap::new()) };
+        Self { features: Some(features), ..Self::new(store, max_message_bytes) }
+    }
+
+    /// The feature extractor given to [`Decoder::with_features`].
+    pub fn extractor(&self) -> Option<&Arc<FeatureExtractor>> {
+        self.features.as_ref().map(|f| &f.extractor)
     }
 
     /// The schema store.
@@ -118,6 +160,66 @@ impl Decoder {
                 ),
             )
         })
+    }
+}
+
+impl Decoder {
+    /// Frame → writer schema → feature row: fills `out[..F]` and `missing[..F]` and returns the
+    /// identity fields, with the same outcome (row, flags, identity, or rejection reason) as
+    /// [`decode`](Self::decode) followed by [`FeatureExtractor::extract`].
+    ///
+    /// Uses a [`FastPlan`] for the payload's schema id (planned on the id's first event) that
+    /// reads the body straight into the row; schemas a plan does not support take the generic
+    /// path.
+    ///
+    /// # Panics
+    /// If the decoder was not built with [`Decoder::with_features`], or `out` or `missing` is
+    /// shorter than the extractor's column count.
+    pub fn decode_features(
+        &self,
+        payload: &[u8],
+        out: &mut [f32],
+        missing: &mut [bool],
+    ) -> Result<RowIdentity, Rejection> {
+        let features =
+            self.features.as_ref().expect("decode_features needs a decoder built with Decoder::with_features");
+        if payload.len() > self.max_message_bytes {
+            return Err(Rejection::new(
+                DeadLetterReason::Undecodable,
+                format!("message is {} bytes, above max_message_bytes = {}", payload.len(), self.max_message_bytes),
+            ));
+        }
+        let (id, body) = split_frame(payload)?;
+        if let Some(Some(plan)) = features.plans.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return plan.decode(body, out, missing);
+        }
+        let cached = features.plans.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        let plan = match cached {
+            Some(plan) => plan,
+            None => {
+                // Only ids the store accepts are planned (its errors are not final for every id).
+                let writer = self.store.writer(id)?;
+                let plan = features
+                    .layout
+                    .as_ref()
+                    .and_then(|layout| FastPlan::with_layout(writer.schema(), layout))
+                    .map(Arc::new);
+                features.plans.write().unwrap_or_else(|e| e.into_inner()).entry(id).or_insert(plan).clone()
+            }
+        };
+        match plan {
+            Some(plan) => plan.decode(body, out, missing),
+            None => {
+                let value = self.decode(payload)?;
+                features.extractor.extract(&value, out, missing)
+            }
+        }
+    }
+
+    /// Whether events of schema id `id` take the fast path (`None`: not planned yet).
+    pub fn is_fast(&self, id: u32) -> Option<bool> {
+        let features = self.features.as_ref()?;
+        features.plans.read().unwrap_or_else(|e| e.into_inner()).get(&id).map(Option::is_some)
     }
 }
 

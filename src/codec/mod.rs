@@ -10,6 +10,7 @@ use apache_avro::Schema;
 
 mod decode;
 mod encode;
+mod fast;
 mod store;
 mod wire;
 
@@ -18,6 +19,7 @@ pub use encode::{
     encode_scored, encode_value, put_bool, put_f32, put_f64, put_int, put_long, put_str, put_union_index, ScoredRecord,
 };
 
+pub use fast::FastPlan;
 pub use store::{RegistrySettings, SchemaSource, SchemaStore, WriterSchema};
 pub use wire::{split_frame, write_frame_header, HEADER_LEN, MAGIC};
 
@@ -95,3 +97,5 @@ mod tests {
 
 #[cfg(test)]
 mod codec_tests;
+#[cfg(test)]
+mod fast_tests;

@@ -1,0 +1,1191 @@
+//! The fast path: an Avro body straight into a feature row, without building a `Value`.
+//!
+//! A [`FastPlan`] is built once per (writer schema, manifest) pair. It walks the writer's fields
+//! in writer order and gives each an op: *skip* (decode and validate, keep nothing) for fields
+//! the reader does not have, or *read* for reader fields, which applies the writer→reader
+//! resolution apache-avro would apply (promotions, union branches, enum symbols by name) and
+//! hands the resolved value to the features and identity fields that use it. Reader fields the
+//! writer lacks take their reader default, resolved once when planning.
+//!
+//! The plan reproduces the generic path (`Decoder::decode` then `FeatureExtractor::extract`)
+//! reason for reason, which decides the order in which failures are reported:
+//! 1. anything the body does not decode to (bad varints, lengths, UTF-8, enum or union indexes,
+//!    uuids, truncation, trailing bytes, the allocation caps) → `undecodable`, even when an
+//!    earlier field already failed to resolve, because apache-avro decodes the whole body before
+//!    resolving it;
+//! 2. any value that does not resolve to the reader schema → `schema_mismatch`;
+//! 3. the identity fields, then the features in manifest order → the first `missing_feature` or
+//!    `invalid_feature`, as `FeatureExtractor::extract` reports them.
+//!
+//! [`FastPlan::new`] returns `None` for what it does not support (the caller then uses the
+//! generic path): `big-decimal`, uuids stored as bytes or fixed in a field the reader reads,
+//! reader fields of complex types (records, arrays, maps, fixed, multi-branch unions) that the
+//! writer also has, and the few resolutions whose rules are unusual (an array into `bytes`, a
+//! fixed into `string`). The equivalence is checked by the differential tests in `fast_tests.rs`.
+
+use std::collections::HashMap;
+
+use apache_avro::schema::{InnerDecimalSchema, NamesRef, NamespaceRef, RecordSchema, ResolvedSchema, UuidSchema};
+use apache_avro::types::Value;
+use apache_avro::util::{max_allocation_bytes, DEFAULT_MAX_ALLOCATION_BYTES};
+use apache_avro::{Schema, Uuid};
+
+use crate::features::{FeatureExtractor, RowIdentity};
+use crate::model::manifest::{FeatureSpec, Manifest, OnNull, Transform};
+use crate::outcome::{DeadLetterReason, Rejection};
+
+const MS_PER_HOUR: i64 = 3_600_000;
+/// Most schema nodes one plan compiles (named types are inlined where they are used, so a
+/// schema that reuses a type at every level could otherwise blow up); beyond it, no plan.
+const MAX_NODES: usize = 4096;
+/// Deepest nesting a plan compiles; the store already refuses writer schemas deeper than 32.
+const MAX_DEPTH: usize = 64;
+
+const EVENT_ID: &str = "event_id";
+const TRANSACTION_ID: &str = "transaction_id";
+const EVENT_TIME: &str = "event_time";
+
+/// A decoder specialised for one writer schema and one manifest.
+#[derive(Debug)]
+pub struct FastPlan {
+    /// One op per writer field, in writer order.
+    ops: Vec<Op>,
+    /// Reader fields the writer does not have: their resolved reader defaults.
+    defaults: Vec<Constant>,
+    /// A reader field the writer lacks has no usable default: every decodable body is a mismatch.
+    default_mismatch: bool,
+    layout: Layout,
+}
+
+/// What planning needs from the manifest and the reader schema; independent of the writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    steps: Vec<StepPlan>,
+    columns: usize,
+    reader: Vec<ReaderField>,
+}
+
+/// One reader field: its type and who uses its value.
+#[derive(Debug, Clone)]
+struct ReaderField {
+    name: String,
+    /// `None`: a type the plan cannot resolve into (usable only when the writer lacks the field).
+    kind: Option<ReaderKind>,
+    uses: Uses,
+    /// What the field takes when the writer lacks it.
+    default: FieldDefault,
+}
+
+/// A reader field's default, resolved as apache-avro resolves a record that lacks the field.
+#[derive(Debug, Clone)]
+enum FieldDefault {
+    /// No default, or one that does not resolve: every decodable body is a mismatch.
+    Mismatch,
+    Value(Owned),
+    /// A default of a shape the plan does not hold, for a field a feature or identity uses.
+    Unsupported,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Uses {
+    /// Indexes into `Layout::steps`.
+    steps: Vec<usize>,
+    ident: Option<Ident>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ident {
+    EventId,
+    TransactionId,
+    EventTime,
+}
+
+/// A reader field's type, `null` branch removed.
+#[derive(Debug, Clone)]
+struct ReaderKind {
+    ty: ReaderType,
+    /// `["null", T]` (either order), or `"null"` itself.
+    nullable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ReaderType {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Enum { symbols: Vec<String>, default: Option<u32> },
+    TimestampMillis,
+    Uuid,
+}
+
+/// One feature, as `FeatureExtractor` plans it.
+#[derive(Debug, Clone)]
+struct StepPlan {
+    source: String,
+    transform: Transform,
+    reject: bool,
+    default: f32,
+    flag: bool,
+    offset: usize,
+    width: usize,
+    categories: Vec<String>,
+    other: Option<usize>,
+    /// `one_hot` of an enum: reader symbol index → column within the feature.
+    symbol_columns: Vec<Option<usize>>,
+}
+
+#[derive(Debug)]
+enum Op {
+    Skip(Node),
+    Read { read: FieldRead, field: usize },
+}
+
+/// A reader default, resolved at planning time.
+#[derive(Debug)]
+struct Constant {
+    value: Owned,
+    field: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Owned {
+    Null,
+    Bool(bool),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Text(String),
+    Symbol(u32),
+    Uuid(Uuid),
+    Other,
+}
+
+/// How to decode and validate a writer value whose content is not kept.
+#[derive(Debug)]
+enum Node {
+    Null,
+    Boolean,
+    /// `int` and the int-based logical types (zigzag varint within i32).
+    Int,
+    /// `long` and the long-based logical types.
+    Long,
+    Float,
+    Double,
+    /// `bytes`, `decimal` on bytes.
+    Bytes,
+    String,
+    /// `uuid` on a string: must parse.
+    UuidString,
+    /// `uuid` on bytes: must be 16 bytes long.
+    UuidBytes,
+    Fixed(usize),
+    /// A type apache-avro can never decode (a uuid fixed not of size 16, a duration not of size 12).
+    Fail,
+    Enum(usize),
+    Array {
+        items: Box<Node>,
+        items_take_bytes: bool,
+    },
+    Map(Box<Node>),
+    Union(Vec<Node>),
+    Record(Vec<Node>),
+}
+
+/// A writer scalar read for a reader field.
+#[derive(Debug, Clone, Copy)]
+enum Leaf {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    /// An enum of this many symbols.
+    Enum(usize),
+    TimestampMillis,
+    Uuid,
+}
+
+/// Writer value → reader value, as apache-avro's `Value::resolve` does it.
+#[derive(Debug)]
+enum Conv {
+    Null,
+    Bool,
+    Int,
+    LongToInt,
+    Long,
+    Float,
+    Double,
+    /// apache-avro reads the strings "NaN", "INF", "Infinity", "-INF", "-Infinity" into floats.
+    SpecialFloat {
+        double: bool,
+    },
+    String,
+    Bytes,
+    /// Writer symbol index → reader symbol index (the reader enum's default for unknown symbols).
+    Enum(Vec<Option<u32>>),
+    StringToEnum {
+        symbols: Vec<String>,
+        default: Option<u32>,
+    },
+    Timestamp,
+    Uuid,
+    Mismatch,
+}
+
+#[derive(Debug)]
+enum FieldRead {
+    Leaf(Leaf, Conv),
+    /// A writer type no reader type in the plan's reach resolves from: decode, then mismatch.
+    Mismatch(Node),
+    Union(Vec<Branch>),
+}
+
+#[derive(Debug)]
+enum Branch {
+    Leaf(Leaf, Conv),
+    Mismatch(Node),
+}
+
+/// A decoded writer scalar.
+#[derive(Debug, Clone, Copy)]
+enum Written<'a> {
+    Null,
+    Bool(bool),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Bytes(&'a [u8]),
+    Str(&'a str),
+    Symbol(u32),
+    Timestamp(i64),
+    Uuid(Uuid),
+}
+
+/// A value of the reader's type (timestamps are `Long`, enums their reader symbol index).
+#[derive(Debug, Clone, Copy)]
+enum Resolved<'a> {
+    Null,
+    Bool(bool),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Text(&'a str),
+    Symbol(u32),
+    Uuid(Uuid),
+    /// Bytes: no feature or identity field takes them.
+    Other,
+}
+
+impl Owned {
+    fn resolved(&self) -> Resolved<'_> {
+        match self {
+            Owned::Null => Resolved::Null,
+            Owned::Bool(b) => Resolved::Bool(*b),
+            Owned::Int(v) => Resolved::Int(*v),
+            Owned::Long(v) => Resolved::Long(*v),
+            Owned::Float(v) => Resolved::Float(*v),
+            Owned::Double(v) => Resolved::Double(*v),
+            Owned::Text(s) => Resolved::Text(s),
+            Owned::Symbol(i) => Resolved::Symbol(*i),
+            Owned::Uuid(u) => Resolved::Uuid(*u),
+            Owned::Other => Resolved::Other,
+        }
+    }
+}
+
+impl Layout {
+    /// The feature layout of `manifest` over `reader`, checked against `extractor` (which must
+    /// have been built from the same manifest and reader). `None`: not supported, or they differ.
+    pub(crate) fn new(reader: &Schema, manifest: &Manifest, extractor: &FeatureExtractor) -> Option<Layout> {
+        let Schema::Record(record) = reader else { return None };
+        let mut fields: Vec<ReaderField> = record
+            .fields
+            .iter()
+            .map(|f| ReaderField {
+                name: f.name.clone(),
+                kind: reader_kind(&f.schema),
+                uses: Uses::default(),
+                default: FieldDefault::Mismatch,
+            })
+            .collect();
+        for (name, ident) in
+            [(EVENT_ID, Ident::EventId), (TRANSACTION_ID, Ident::TransactionId), (EVENT_TIME, Ident::EventTime)]
+        {
+            let &i = record.lookup.get(name)?;
+            let ty = &fields[i].kind.as_ref()?.ty;
+            let ok = match ident {
+                Ident::EventId => matches!(ty, ReaderType::String | ReaderType::Uuid),
+                Ident::TransactionId => matches!(ty, ReaderType::String),
+                Ident::EventTime => matches!(ty, ReaderType::TimestampMillis | ReaderType::Long),
+            };
+            if !ok {
+                return None;
+            }
+            fields[i].uses.ident = Some(ident);
+        }
+        let mut steps = Vec::with_capacity(manifest.features.len());
+        let mut offset = 0;
+        for spec in &manifest.features {
+            let &i = record.lookup.get(&spec.source)?;
+            let step = step_plan(spec, fields[i].kind.as_ref()?, offset)?;
+            fields[i].uses.steps.push(steps.len());
+            steps.push(step);
+            offset += spec.width();
+        }
+        if offset != extractor.num_columns() || manifest.derived_columns() != extractor.column_names() {
+            return None;
+        }
+        let names = ResolvedSchema::try_from(reader).ok()?;
+        for field in &mut fields {
+            let used = !field.uses.steps.is_empty() || field.uses.ident.is_some();
+            field.default = match reader_default(record, &field.name, names.get_names()) {
+                None => FieldDefault::Mismatch,
+                Some(value) => match owned(value, field.kind.as_ref(), used) {
+                    Some(v) => FieldDefault::Value(v),
+                    None => FieldDefault::Unsupported,
+                },
+            };
+        }
+        Some(Layout { steps, columns: offset, reader: fields })
+    }
+}
+
+fn step_plan(spec: &FeatureSpec, kind: &ReaderKind, offset: usize) -> Option<StepPlan> {
+    let accepted = match spec.transform {
+        Transform::Numeric | Transform::Log1p => {
+            matches!(kind.ty, ReaderType::Int | ReaderType::Long | ReaderType::Float | ReaderType::Double)
+        }
+        Transform::Boolean => kind.ty == ReaderType::Boolean,
+        Transform::OneHot => matches!(kind.ty, ReaderType::String | ReaderType::Enum { .. }),
+        Transform::HourOfDay => matches!(kind.ty, ReaderType::TimestampMillis | ReaderType::Long),
+    };
+    let width = spec.value_columns();
+    // Null-ness is read back from the first value column's missing mark, so every feature needs one.
+    if !accepted || width == 0 {
+        return None;
+    }
+    let other = (spec.transform == Transform::OneHot && spec.other).then_some(spec.categories.len());
+    // Like the extractor's category map, where a repeated category's last column wins.
+    let column_of = |text: &str| spec.categories.iter().rposition(|c| c == text).or(other);
+    let symbol_columns = match &kind.ty {
+        ReaderType::Enum { symbols, .. } if spec.transform == Transform::OneHot => {
+            symbols.iter().map(|s| column_of(s)).collect()
+        }
+        _ => Vec::new(),
+    };
+    Some(StepPlan {
+        source: spec.source.clone(),
+        transform: spec.transform,
+        reject: spec.on_null == OnNull::Reject,
+        default: spec.default,
+        flag: spec.missing_flag,
+        offset,
+        width,
+        categories: spec.categories.clone(),
+        other,
+        symbol_columns,
+    })
+}
+
+/// The reader type of a field, if the plan can resolve into it.
+fn reader_kind(schema: &Schema) -> Option<ReaderKind> {
+    let (inner, nullable) = match schema {
+        Schema::Union(u) => {
+            let non_null: Vec<&Schema> = u.variants().iter().filter(|s| !matches!(s, Schema::Null)).collect();
+            match non_null.as_slice() {
+                [] => (&Schema::Null, true),
+                [one] if non_null.len() < u.variants().len() => (*one, true),
+                _ => return None,
+            }
+        }
+        s => (s, matches!(s, Schema::Null)),
+    };
+    let ty = match inner {
+        Schema::Null => ReaderType::Null,
+        Schema::Boolean => ReaderType::Boolean,
+        Schema::Int => ReaderType::Int,
+        Schema::Long => ReaderType::Long,
+        Schema::Float => ReaderType::Float,
+        Schema::Double => ReaderType::Double,
+        Schema::Bytes => ReaderType::Bytes,
+        Schema::String => ReaderType::String,
+        Schema::Enum(e) => ReaderType::Enum {
+            symbols: e.symbols.clone(),
+            default: e
+                .default
+                .as_ref()
+                .and_then(|d| e.symbols.iter().position(|s| s == d))
+                .and_then(|i| u32::try_from(i).ok()),
+        },
+        Schema::TimestampMillis => ReaderType::TimestampMillis,
+        Schema::Uuid(UuidSchema::String) => ReaderType::Uuid,
+        _ => return None,
+    };
+    Some(ReaderKind { ty, nullable })
+}
+
+impl FastPlan {
+    /// Plans decoding bodies written with `writer` straight into `extractor`'s rows, where
+    /// `extractor` was built from `manifest` and `reader`. `None` where the plan does not support
+    /// the schemas (see the module doc): use the generic path.
+    pub fn new(
+        writer: &Schema,
+        reader: &Schema,
+        manifest: &Manifest,
+        extractor: &FeatureExtractor,
+    ) -> Option<FastPlan> {
+        FastPlan::with_layout(writer, &Layout::new(reader, manifest, extractor)?)
+    }
+
+    pub(crate) fn with_layout(writer: &Schema, layout: &Layout) -> Option<FastPlan> {
+        let Schema::Record(record) = writer else { return None };
+        let resolved = ResolvedSchema::try_from(writer).ok()?;
+        let mut compiler = Compiler { names: resolved.get_names(), budget: MAX_NODES };
+        let root = record.name.fully_qualified_name(None);
+        let ns = root.namespace();
+        let reader_index: HashMap<&str, usize> =
+            layout.reader.iter().enumerate().map(|(i, f)| (f.name.as_str(), i)).collect();
+
+        let mut seen = vec![false; layout.reader.len()];
+        let mut writer_names = std::collections::HashSet::new();
+        let mut ops = Vec::with_capacity(record.fields.len());
+        for field in &record.fields {
+            if !writer_names.insert(field.name.as_str()) {
+                return None;
+            }
+            match reader_index.get(field.name.as_str()) {
+                None => ops.push(Op::Skip(compiler.node(&field.schema, ns, 1)?)),
+                Some(&i) => {
+                    seen[i] = true;
+                    let kind = layout.reader[i].kind.as_ref()?;
+                    ops.push(Op::Read { read: compiler.field_read(&field.schema, ns, kind)?, field: i });
+                }
+            }
+        }
+
+        let mut defaults = Vec::new();
+        let mut default_mismatch = false;
+        for (i, rf) in layout.reader.iter().enumerate().filter(|(i, _)| !seen[*i]) {
+            match &rf.default {
+                FieldDefault::Mismatch => default_mismatch = true,
+                FieldDefault::Unsupported => return None,
+                FieldDefault::Value(value) => {
+                    if !rf.uses.steps.is_empty() || rf.uses.ident.is_some() {
+                        defaults.push(Constant { value: value.clone(), field: i });
+                    }
+                }
+            }
+        }
+        Some(FastPlan { ops, defaults, default_mismatch, layout: layout.clone() })
+    }
+
+    /// Columns per row.
+    pub fn num_columns(&self) -> usize {
+        self.layout.columns
+    }
+
+    /// Decodes one Avro body (no Confluent header) into `out[..F]` and `missing[..F]`, exactly as
+    /// the generic decode + extract would, and returns the identity fields.
+    ///
+    /// Allocates nothing but the identity strings. Bounds every claimed length by the bytes left
+    /// (and by apache-avro's allocation cap, so a length the generic path refuses is refused here).
+    ///
+    /// # Panics
+    /// If `out` or `missing` is shorter than [`num_columns`](Self::num_columns).
+    pub fn decode(&self, body: &[u8], out: &mut [f32], missing: &mut [bool]) -> Result<RowIdentity, Rejection> {
+        let n = self.layout.columns;
+        let (out, missing) = (&mut out[..n], &mut missing[..n]);
+        let mut row = Row { out, missing, ids: Ids::default(), mismatch: self.default_mismatch };
+        for c in &self.defaults {
+            row.deliver(&self.layout, c.field, c.value.resolved());
+        }
+        let mut cur = Cursor { buf: body, pos: 0 };
+        for op in &self.ops {
+            let result = match op {
+                Op::Skip(node) => skip(node, &mut cur),
+                Op::Read { read, field } => read_field(read, &mut cur).map(|v| match v {
+                    Some(v) => row.deliver(&self.layout, *field, v),
+                    None => row.mismatch = true,
+                }),
+            };
+            if let Err(Bad(what)) = result {
+                return Err(Rejection::new(
+                    DeadLetterReason::Undecodable,
+                    format!(
+                        "body of {} bytes does not decode with its writer schema: {what} at byte {}",
+                        body.len(),
+                        cur.pos
+                    ),
+                ));
+            }
+        }
+        if cur.pos < body.len() {
+            return Err(Rejection::new(
+                DeadLetterReason::Undecodable,
+                format!("{} trailing bytes after the record in a body of {} bytes", body.len() - cur.pos, body.len()),
+            ));
+        }
+        if row.mismatch {
+            return Err(Rejection::new(
+                DeadLetterReason::SchemaMismatch,
+                "a value does not resolve to the reader schema (a null for a required field, an enum symbol the \
+                 reader lacks, a long out of int range, bytes that are not UTF-8, a string that is not a uuid, or a \
+                 reader field without a default)",
+            ));
+        }
+        let Ids { event_id, transaction_id, event_time } = row.ids;
+        let identity = RowIdentity {
+            event_id: event_id.ok_or_else(|| identity_missing(EVENT_ID))?,
+            transaction_id: transaction_id.ok_or_else(|| identity_missing(TRANSACTION_ID))?,
+            event_time_ms: event_time.ok_or_else(|| identity_missing(EVENT_TIME))?,
+        };
+        for step in &self.layout.steps {
+            if step.reject && row.missing[step.offset] {
+                return Err(Rejection::new(
+                    DeadLetterReason::MissingFeature,
+                    format!("field `{}` is null or absent and the model requires it", step.source),
+                ));
+            }
+            for (j, v) in row.out[step.offset..step.offset + step.width].iter().enumerate() {
+                if !v.is_finite() {
+                    return Err(Rejection::new(
+                        DeadLetterReason::InvalidFeature,
+                        format!("column {} is {v} (from field `{}`)", step.offset + j, step.source),
+                    ));
+                }
+            }
+        }
+        Ok(identity)
+    }
+}
+
+fn identity_missing(name: &str) -> Rejection {
+    Rejection::new(DeadLetterReason::MissingFeature, format!("identity field `{name}` is null"))
+}
+
+/// The value a reader field the writer lacks takes, resolved as apache-avro resolves a record
+/// without that field; `None` when that fails (no default, or one that does not resolve).
+fn reader_default(reader: &RecordSchema, name: &str, names: &NamesRef<'_>) -> Option<Value> {
+    let field = reader.fields.iter().find(|f| f.name == name)?;
+    field.default.as_ref()?;
+    let mut one = reader.clone();
+    one.fields = vec![field.clone()];
+    one.lookup = [(name.to_string(), 0)].into_iter().collect();
+    let schema = Schema::Record(one);
+    match Value::Record(vec![]).resolve_with_names(&schema, names).ok()? {
+        Value::Record(mut fields) => fields.pop().map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// A resolved default as the plan holds it; `None` if a used field's default has a shape the plan
+/// does not know.
+fn owned(value: Value, kind: Option<&ReaderKind>, used: bool) -> Option<Owned> {
+    let value = match value {
+        Value::Union(_, v) => *v,
+        v => v,
+    };
+    Some(match value {
+        Value::Null => Owned::Null,
+        Value::Boolean(b) => Owned::Bool(b),
+        Value::Int(v) => Owned::Int(v),
+        Value::Long(v) | Value::TimestampMillis(v) => Owned::Long(v),
+        Value::Float(v) => Owned::Float(v),
+        Value::Double(v) => Owned::Double(v),
+        Value::String(s) => Owned::Text(s),
+        Value::Enum(i, _) if matches!(kind.map(|k| &k.ty), Some(ReaderType::Enum { .. })) => Owned::Symbol(i),
+        Value::Uuid(u) => Owned::Uuid(u),
+        _ if !used => Owned::Other,
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------- planning the writer side
+
+struct Compiler<'n, 's> {
+    names: &'n NamesRef<'s>,
+    budget: usize,
+}
+
+impl<'s> Compiler<'_, 's> {
+    fn spend(&mut self, depth: usize) -> Option<()> {
+        self.budget = self.budget.checked_sub(1)?;
+        (depth <= MAX_DEPTH).then_some(())
+    }
+
+    /// How to decode and validate a value of `schema` that nobody reads, qualifying names the way
+    /// apache-avro's `decode_internal` does.
+    fn node(&mut self, schema: &'s Schema, ns: NamespaceRef, depth: usize) -> Option<Node> {
+        self.spend(depth)?;
+        Some(match schema {
+            Schema::Null => Node::Null,
+            Schema::Boolean => Node::Boolean,
+            Schema::Int | Schema::Date | Schema::TimeMillis => Node::Int,
+            Schema::Long
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => Node::Long,
+            Schema::Float => Node::Float,
+            Schema::Double => Node::Double,
+            Schema::Bytes => Node::Bytes,
+            Schema::String => Node::String,
+            Schema::Decimal(d) => match &d.inner {
+                InnerDecimalSchema::Bytes => Node::Bytes,
+                InnerDecimalSchema::Fixed(f) => Node::Fixed(f.size),
+            },
+            Schema::Uuid(UuidSchema::String) => Node::UuidString,
+            Schema::Uuid(UuidSchema::Bytes) => Node::UuidBytes,
+            Schema::Uuid(UuidSchema::Fixed(f)) if f.size == 16 => Node::Fixed(16),
+            Schema::Uuid(UuidSchema::Fixed(_)) => Node::Fail,
+            Schema::Duration(f) if f.size == 12 => Node::Fixed(12),
+            Schema::Duration(_) => Node::Fail,
+            Schema::Fixed(f) => Node::Fixed(f.size),
+            Schema::Enum(e) => Node::Enum(e.symbols.len()),
+            Schema::Array(a) => {
+                let items = self.node(&a.items, ns, depth + 1)?;
+                Node::Array { items_take_bytes: items.takes_bytes(), items: Box::new(items) }
+            }
+            Schema::Map(m) => Node::Map(Box::new(self.node(&m.types, ns, depth + 1)?)),
+            Schema::Union(u) => {
+                Node::Union(u.variants().iter().map(|v| self.node(v, ns, depth + 1)).collect::<Option<_>>()?)
+            }
+            Schema::Record(r) => {
+                let name = r.name.fully_qualified_name(ns);
+                let inner = name.namespace();
+                Node::Record(r.fields.iter().map(|f| self.node(&f.schema, inner, depth + 1)).collect::<Option<_>>()?)
+            }
+            Schema::Ref { name } => {
+                let name = name.fully_qualified_name(ns);
+                let target = *self.names.get(name.as_ref())?;
+                self.node(target, name.namespace(), depth + 1)?
+            }
+            _ => return None,
+        })
+    }
+
+    /// `schema` with references followed.
+    fn deref(&self, schema: &'s Schema, ns: NamespaceRef) -> Option<&'s Schema> {
+        match schema {
+            Schema::Ref { name } => {
+                let name = name.fully_qualified_name(ns);
+                let target: &'s Schema = self.names.get(name.as_ref())?;
+                // A named type's own name is fully qualified, so its namespace no longer matters.
+                match target {
+                    Schema::Ref { .. } => None,
+                    s => Some(s),
+                }
+            }
+            s => Some(s),
+        }
+    }
+
+    /// How to read a writer field into the reader field of type `kind`.
+    fn field_read(&mut self, schema: &'s Schema, ns: NamespaceRef, kind: &ReaderKind) -> Option<FieldRead> {
+        if let Schema::Union(u) = schema {
+            let branches = u
+                .variants()
+                .iter()
+                .map(|v| match self.leaf_or_node(v, ns, kind)? {
+                    Ok((leaf, conv)) => Some(Branch::Leaf(leaf, conv)),
+                    Err(node) => Some(Branch::Mismatch(node)),
+                })
+                .collect::<Option<_>>()?;
+            return Some(FieldRead::Union(branches));
+        }
+        Some(match self.leaf_or_node(schema, ns, kind)? {
+            Ok((leaf, conv)) => FieldRead::Leaf(leaf, conv),
+            Err(node) => FieldRead::Mismatch(node),
+        })
+    }
+
+    /// A scalar the plan resolves (with its conversion), or a node to decode before a mismatch.
+    fn leaf_or_node(
+        &mut self,
+        schema: &'s Schema,
+        ns: NamespaceRef,
+        kind: &ReaderKind,
+    ) -> Option<Result<(Leaf, Conv), Node>> {
+        let target = self.deref(schema, ns)?;
+        let (leaf, writer_symbols) = match target {
+            Schema::Null => (Leaf::Null, None),
+            Schema::Boolean => (Leaf::Boolean, None),
+            Schema::Int => (Leaf::Int, None),
+            Schema::Long => (Leaf::Long, None),
+            Schema::Float => (Leaf::Float, None),
+            Schema::Double => (Leaf::Double, None),
+            Schema::Bytes => (Leaf::Bytes, None),
+            Schema::String => (Leaf::String, None),
+            Schema::Enum(e) => (Leaf::Enum(e.symbols.len()), Some(&e.symbols)),
+            Schema::TimestampMillis => (Leaf::TimestampMillis, None),
+            Schema::Uuid(UuidSchema::String) => (Leaf::Uuid, None),
+            // A uuid on bytes or fixed resolves into a reader uuid: not planned.
+            Schema::Uuid(_) | Schema::BigDecimal => return None,
+            other => {
+                // An array resolves into bytes and a fixed into a string (apache-avro extensions):
+                // not planned. Every other non-scalar writer type fails to resolve into the
+                // scalar reader types of a plan.
+                if matches!(
+                    (&kind.ty, other),
+                    (ReaderType::Bytes, Schema::Array(_)) | (ReaderType::String, Schema::Fixed(_))
+                ) {
+                    return None;
+                }
+                return Some(Err(self.node(schema, ns, 1)?));
+            }
+        };
+        Some(Ok((leaf, conv(leaf, writer_symbols.map(|s| s.as_slice()), kind))))
+    }
+}
+
+/// The conversion apache-avro applies to a writer `leaf` read into a reader field of `kind`.
+fn conv(leaf: Leaf, writer_symbols: Option<&[String]>, kind: &ReaderKind) -> Conv {
+    use Leaf as L;
+    use ReaderType as R;
+    if let L::Null = leaf {
+        return if kind.nullable { Conv::Null } else { Conv::Mismatch };
+    }
+    match (&kind.ty, leaf) {
+        (R::Boolean, L::Boolean) => Conv::Bool,
+        (R::Int, L::Int) => Conv::Int,
+        (R::Int, L::Long) => Conv::LongToInt,
+        (R::Long, L::Int | L::Long) => Conv::Long,
+        (R::Float, L::Int | L::Long | L::Float | L::Double) => Conv::Float,
+        (R::Double, L::Int | L::Long | L::Float | L::Double) => Conv::Double,
+        (R::Float, L::String) => Conv::SpecialFloat { double: false },
+        (R::Double, L::String) => Conv::SpecialFloat { double: true },
+        (R::String, L::String | L::Bytes) => Conv::String,
+        (R::Bytes, L::String | L::Bytes) => Conv::Bytes,
+        (R::Enum { symbols, default }, L::Enum(_)) => Conv::Enum(
+            writer_symbols
+                .unwrap_or_default()
+                .iter()
+                .map(|s| symbols.iter().position(|r| r == s).and_then(|i| u32::try_from(i).ok()).or(*default))
+                .collect(),
+        ),
+        (R::Enum { symbols, default }, L::String) => Conv::StringToEnum { symbols: symbols.clone(), default: *default },
+        (R::TimestampMillis, L::Int | L::Long | L::TimestampMillis) => Conv::Timestamp,
+        (R::Uuid, L::Uuid | L::String) => Conv::Uuid,
+        _ => Conv::Mismatch,
+    }
+}
+
+impl Node {
+    /// Whether every value of this type takes at least one body byte.
+    fn takes_bytes(&self) -> bool {
+        match self {
+            Node::Null => false,
+            Node::Fixed(n) => *n > 0,
+            Node::Record(fields) => fields.iter().any(Node::takes_bytes),
+            _ => true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- decoding
+
+/// Why a body does not decode (the detail of an `undecodable` rejection).
+struct Bad(&'static str);
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn byte(&mut self) -> Result<u8, Bad> {
+        let b = *self.buf.get(self.pos).ok_or(Bad("the body ends inside a value"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// apache-avro's varint: at most 10 bytes, bits past 64 dropped.
+    fn long(&mut self) -> Result<i64, Bad> {
+        let mut z = 0u64;
+        for j in 0..10 {
+            let b = self.byte()?;
+            z |= u64::from(b & 0x7F) << (j * 7);
+            if b & 0x80 == 0 {
+                return Ok(if z & 1 == 0 { (z >> 1) as i64 } else { !(z >> 1) as i64 });
+            }
+        }
+        Err(Bad("a varint is longer than 10 bytes"))
+    }
+
+    fn int(&mut self) -> Result<i32, Bad> {
+        i32::try_from(self.long()?).map_err(|_| Bad("an int is out of range"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Bad> {
+        if n > self.remaining() {
+            return Err(Bad("a value is longer than the bytes left"));
+        }
+        let bytes = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(bytes)
+    }
+
+    fn boolean(&mut self) -> Result<bool, Bad> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(Bad("a boolean is neither 0 nor 1")),
+        }
+    }
+
+    fn float(&mut self) -> Result<f32, Bad> {
+        let b = self.take(4)?;
+        Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn double(&mut self) -> Result<f64, Bad> {
+        let b = self.take(8)?;
+        Ok(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    }
+
+    /// A bytes/string length, refused like apache-avro's `decode_len` does.
+    fn len(&mut self) -> Result<usize, Bad> {
+        let len = usize::try_from(self.long()?).map_err(|_| Bad("a length is negative"))?;
+        if len > max_allocation_bytes(DEFAULT_MAX_ALLOCATION_BYTES) {
+            return Err(Bad("a length is above the allocation cap"));
+        }
+        Ok(len)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], Bad> {
+        let n = self.len()?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<&'a str, Bad> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| Bad("a string is not UTF-8"))
+    }
+
+    /// One array or map block's item count (0 ends the sequence), checked like apache-avro's
+    /// `decode_seq_len` plus its cap on the items decoded so far (`total`), `item` bytes each.
+    fn block(&mut self, total: &mut usize, item: usize) -> Result<usize, Bad> {
+        let raw = self.long()?;
+        let count = match raw {
+            0 => return Ok(0),
+            r if r < 0 => {
+                self.long()?;
+                r.checked_neg().ok_or(Bad("a block count overflows"))?
+            }
+            r => r,
+        };
+        let count = usize::try_from(count).map_err(|_| Bad("a block count is out of range"))?;
+        let cap = max_allocation_bytes(DEFAULT_MAX_ALLOCATION_BYTES);
+        if count > cap {
+            return Err(Bad("a block count is above the allocation cap"));
+        }
+        *total = total.checked_add(count).ok_or(Bad("a block count overflows"))?;
+        if total.checked_mul(item).is_none_or(|bytes| bytes > cap) {
+            return Err(Bad("a collection is above the allocation cap"));
+        }
+        Ok(count)
+    }
+}
+
+fn skip(node: &Node, cur: &mut Cursor<'_>) -> Result<(), Bad> {
+    match node {
+        Node::Null => {}
+        Node::Boolean => {
+            cur.boolean()?;
+        }
+        Node::Int => {
+            cur.int()?;
+        }
+        Node::Long => {
+            cur.long()?;
+        }
+        Node::Float => {
+            cur.take(4)?;
+        }
+        Node::Double => {
+            cur.take(8)?;
+        }
+        Node::Bytes => {
+            cur.bytes()?;
+        }
+        Node::String => {
+            cur.string()?;
+        }
+        Node::UuidString => {
+            uuid(cur.string()?)?;
+        }
+        Node::UuidBytes => {
+            if cur.bytes()?.len() != 16 {
+                return Err(Bad("a uuid is not 16 bytes"));
+            }
+        }
+        Node::Fixed(n) => {
+            cur.take(*n)?;
+        }
+        Node::Fail => return Err(Bad("the writer schema has a type that never decodes")),
+        Node::Enum(n) => {
+            symbol(cur, *n)?;
+        }
+        Node::Array { items, items_take_bytes } => {
+            let mut total = 0;
+            loop {
+                let count = cur.block(&mut total, size_of::<Value>())?;
+                if count == 0 {
+                    break;
+                }
+                if *items_take_bytes && count > cur.remaining() {
+                    return Err(Bad("an array claims more items than bytes left"));
+                }
+                for _ in 0..count {
+                    skip(items, cur)?;
+                }
+            }
+        }
+        Node::Map(values) => {
+            let mut total = 0;
+            loop {
+                let count = cur.block(&mut total, size_of::<(String, Value)>())?;
+                if count == 0 {
+                    break;
+                }
+                // Every entry's key length takes a byte.
+                if count > cur.remaining() {
+                    return Err(Bad("a map claims more entries than bytes left"));
+                }
+                for _ in 0..count {
+                    cur.string()?;
+                    skip(values, cur)?;
+                }
+            }
+        }
+        Node::Union(branches) => skip(&branches[branch(cur, branches.len())?], cur)?,
+        Node::Record(fields) => {
+            for f in fields {
+                skip(f, cur)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn symbol(cur: &mut Cursor<'_>, symbols: usize) -> Result<u32, Bad> {
+    let i = cur.int()?;
+    match usize::try_from(i) {
+        Ok(u) if u < symbols => Ok(i as u32),
+        _ => Err(Bad("an enum index is out of range")),
+    }
+}
+
+fn branch(cur: &mut Cursor<'_>, branches: usize) -> Result<usize, Bad> {
+    match usize::try_from(cur.long()?) {
+        Ok(i) if i < branches => Ok(i),
+        _ => Err(Bad("a union index is out of range")),
+    }
+}
+
+fn uuid(text: &str) -> Result<Uuid, Bad> {
+    text.parse().map_err(|_| Bad("a uuid string does not parse"))
+}
+
+/// Reads a field; `Ok(None)` when its value does not resolve to the reader type.
+fn read_field<'a>(read: &FieldRead, cur: &mut Cursor<'a>) -> Result<Option<Resolved<'a>>, Bad> {
+    let (leaf, conv) = match read {
+        FieldRead::Leaf(leaf, conv) => (leaf, conv),
+        FieldRead::Mismatch(node) => return skip(node, cur).map(|_| None),
+        FieldRead::Union(branches) => match &branches[branch(cur, branches.len())?] {
+            Branch::Leaf(leaf, conv) => (leaf, conv),
+            Branch::Mismatch(node) => return skip(node, cur).map(|_| None),
+        },
+    };
+    Ok(resolve(conv, read_leaf(*leaf, cur)?))
+}
+
+fn read_leaf<'a>(leaf: Leaf, cur: &mut Cursor<'a>) -> Result<Written<'a>, Bad> {
+    Ok(match leaf {
+        Leaf::Null => Written::Null,
+        Leaf::Boolean => Written::Bool(cur.boolean()?),
+        Leaf::Int => Written::Int(cur.int()?),
+        Leaf::Long => Written::Long(cur.long()?),
+        Leaf::Float => Written::Float(cur.float()?),
+        Leaf::Double => Written::Double(cur.double()?),
+        Leaf::Bytes => Written::Bytes(cur.bytes()?),
+        Leaf::String => Written::Str(cur.string()?),
+        Leaf::Enum(n) => Written::Symbol(symbol(cur, n)?),
+        Leaf::TimestampMillis => Written::Timestamp(cur.long()?),
+        Leaf::Uuid => Written::Uuid(uuid(cur.string()?)?),
+    })
+}
+
+/// apache-avro's `Value::resolve` for the pairs a plan holds; `None` is a resolution error.
+fn resolve<'a>(conv: &Conv, w: Written<'a>) -> Option<Resolved<'a>> {
+    use Written as W;
+    Some(match (conv, w) {
+        (Conv::Null, W::Null) => Resolved::Null,
+        (Conv::Bool, W::Bool(b)) => Resolved::Bool(b),
+        (Conv::Int, W::Int(v)) => Resolved::Int(v),
+        (Conv::LongToInt, W::Long(v)) => Resolved::Int(i32::try_from(v).ok()?),
+        (Conv::Long, W::Int(v)) => Resolved::Long(i64::from(v)),
+        (Conv::Long, W::Long(v)) => Resolved::Long(v),
+        (Conv::Float, W::Int(v)) => Resolved::Float(v as f32),
+        (Conv::Float, W::Long(v)) => Resolved::Float(v as f32),
+        (Conv::Float, W::Float(v)) => Resolved::Float(v),
+        (Conv::Float, W::Double(v)) => Resolved::Float(v as f32),
+        (Conv::Double, W::Int(v)) => Resolved::Double(f64::from(v)),
+        (Conv::Double, W::Long(v)) => Resolved::Double(v as f64),
+        (Conv::Double, W::Float(v)) => Resolved::Double(f64::from(v)),
+        (Conv::Double, W::Double(v)) => Resolved::Double(v),
+        (Conv::SpecialFloat { double }, W::Str(s)) => {
+            let f = match s {
+                "NaN" => f32::NAN,
+                "INF" | "Infinity" => f32::INFINITY,
+                "-INF" | "-Infinity" => f32::NEG_INFINITY,
+                _ => return None,
+            };
+            if *double {
+                Resolved::Double(f64::from(f))
+            } else {
+                Resolved::Float(f)
+            }
+        }
+        (Conv::String, W::Str(s)) => Resolved::Text(s),
+        (Conv::String, W::Bytes(b)) => Resolved::Text(std::str::from_utf8(b).ok()?),
+        (Conv::Bytes, W::Str(_) | W::Bytes(_)) => Resolved::Other,
+        (Conv::Enum(map), W::Symbol(i)) => Resolved::Symbol((*map.get(i as usize)?)?),
+        (Conv::StringToEnum { symbols, default }, W::Str(s)) => {
+            Resolved::Symbol(match symbols.iter().position(|r| r == s) {
+                Some(i) => u32::try_from(i).ok()?,
+                None => (*default)?,
+            })
+        }
+        (Conv::Timestamp, W::Int(v)) => Resolved::Long(i64::from(v)),
+        (Conv::Timestamp, W::Long(v) | W::Timestamp(v)) => Resolved::Long(v),
+        (Conv::Uuid, W::Uuid(u)) => Resolved::Uuid(u),
+        (Conv::Uuid, W::Str(s)) => Resolved::Uuid(s.parse().ok()?),
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------- writing the row
+
+#[derive(Default)]
+struct Ids {
+    event_id: Option<String>,
+    transaction_id: Option<String>,
+    event_time: Option<i64>,
+}
+
+struct Row<'r> {
+    out: &'r mut [f32],
+    missing: &'r mut [bool],
+    ids: Ids,
+    mismatch: bool,
+}
+
+impl Row<'_> {
+    /// Hands reader field `field`'s value to the features and identity field that use it.
+    fn deliver(&mut self, layout: &Layout, field: usize, value: Resolved<'_>) {
+        let uses = &layout.reader[field].uses;
+        for &s in &uses.steps {
+            self.write(&layout.steps[s], value);
+        }
+        match uses.ident {
+            None => {}
+            Some(Ident::EventId) => {
+                self.ids.event_id = match value {
+                    // What `Uuid::to_string` writes, without the formatting machinery.
+                    Resolved::Uuid(u) => Some(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()).to_owned()),
+                    Resolved::Text(s) => Some(s.to_owned()),
+                    _ => None,
+                }
+            }
+            Some(Ident::TransactionId) => {
+                self.ids.transaction_id = match value {
+                    Resolved::Text(s) => Some(s.to_owned()),
+                    _ => None,
+                }
+            }
+            Some(Ident::EventTime) => {
+                self.ids.event_time = match value {
+                    Resolved::Long(t) => Some(t),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Writes one feature's columns as `FeatureExtractor::extract` does; nulls are marked in
+    /// `missing` (also for `reject` features: the final pass turns those into rejections).
+    fn write(&mut self, step: &StepPlan, value: Resolved<'_>) {
+        let cols = &mut self.out[step.offset..step.offset + step.width];
+        let miss = &mut self.missing[step.offset..step.offset + step.width];
+        let is_null = matches!(value, Resolved::Null);
+        if is_null {
+            cols.fill(if step.transform == Transform::OneHot { 0.0 } else { step.default });
+            miss.fill(true);
+        } else {
+            miss.fill(false);
+            match step.transform {
+                Transform::Numeric => cols[0] = number(value) as f32,
+                Transform::Log1p => cols[0] = number(value).ln_1p() as f32,
+                Transform::Boolean => {
+                    cols[0] = match value {
+                        Resolved::Bool(true) => 1.0,
+                        Resolved::Bool(false) => 0.0,
+                        _ => f32::NAN,
+                    }
+                }
+                Transform::HourOfDay => {
+                    cols[0] = match value {
+                        Resolved::Long(t) => t.div_euclid(MS_PER_HOUR).rem_euclid(24) as f32,
+                        _ => f32::NAN,
+                    }
+                }
+                Transform::OneHot => {
+                    cols.fill(0.0);
+                    let column = match value {
+                        Resolved::Text(s) => step.categories.iter().rposition(|c| c == s).or(step.other),
+                        Resolved::Symbol(i) => step.symbol_columns.get(i as usize).copied().flatten(),
+                        _ => None,
+                    };
+                    if let Some(j) = column {
+                        cols[j] = 1.0;
+                    }
+                }
+            }
+        }
+        if step.flag {
+            let c = step.offset + step.width;
+            self.out[c] = if is_null { 1.0 } else { 0.0 };
+            self.missing[c] = false;
+        }
+    }
+}
+
+/// The numeric value, as the extractor widens it (types outside the plan's reach are NaN, so
+/// they fail as `invalid_feature`; the layout never lets them reach a numeric feature).
+fn number(value: Resolved<'_>) -> f64 {
+    match value {
+        Resolved::Int(v) => f64::from(v),
+        Resolved::Long(v) => v as f64,
+        Resolved::Float(v) => f64::from(v),
+        Resolved::Double(v) => v,
+        _ => f64::NAN,
+    }
+}
