@@ -38,6 +38,10 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const BACKPRESSURE_WAIT: Duration = Duration::from_millis(20);
 /// Poll budget while a sealed batch waits but consumption goes on (the batch is retried each turn).
 const PENDING_POLL: Duration = Duration::from_millis(1);
+/// How long both the waiting and the open batch may stay full before the assignment is paused.
+/// Pausing costs a refetch of everything librdkafka had prefetched, so momentary congestion is
+/// waited out; sustained overload pauses (and keeps `max.poll.interval.ms` safe indefinitely).
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// Retries of a schema lookup while the registry is unreachable, before dead-lettering.
 const REGISTRY_RETRIES: u32 = 3;
 
@@ -94,6 +98,8 @@ struct Builder {
     paused: bool,
     /// The assignment changed while paused: the new partitions must be paused too.
     repause: bool,
+    /// Since when both the waiting and the open batch have been full.
+    full_since: Option<Instant>,
     next_seq: u64,
     to_inference: Option<Sender<Batch>>,
     recycled: Receiver<Batch>,
@@ -366,6 +372,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
             pending: None,
             paused: false,
             repause: false,
+            full_since: None,
             next_seq: 0,
             to_inference: Some(parts.to_inference),
             recycled: parts.recycled,
@@ -425,16 +432,22 @@ fn run(
         // polling goes on only to serve the group protocol.
         let budget = {
             let mut b = ctx.builder();
-            let wait = if b.paused { BACKPRESSURE_WAIT } else { Duration::ZERO };
+            let both_full = b.pending.is_some() && b.batch.len() >= policy.max_size;
+            let wait = if b.paused || both_full { BACKPRESSURE_WAIT } else { Duration::ZERO };
             match b.push_pending(wait) {
                 Handoff::Closed => break,
                 Handoff::Full => {
-                    if (!b.paused || b.repause) && b.batch.len() >= policy.max_size {
+                    // Both batches full: wait for inference (polling in between). Only sustained
+                    // overload (a slow model, a stalled producer) pauses the assignment.
+                    let now = Instant::now();
+                    let since = if both_full { *b.full_since.get_or_insert(now) } else { now };
+                    if (!b.paused || b.repause) && now.duration_since(since) >= PAUSE_AFTER {
                         b.set_paused(&consumer, true);
                     }
-                    if b.paused { Duration::ZERO } else { PENDING_POLL }
+                    if b.paused || both_full { Duration::ZERO } else { PENDING_POLL }
                 }
                 Handoff::Done => {
+                    b.full_since = None;
                     // Hysteresis: resume only once inference has caught up to half its queue, so
                     // that a resumed fetch fills whole batches instead of flapping per batch.
                     if b.paused && b.queue_low() {

@@ -154,7 +154,7 @@ async fn two_instances_split_partitions_and_one_takes_over() {
 /// bound, the instance stays in its group, and every input is scored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_model_pauses_consumption_and_loses_nothing() {
-    let n = 2000 * scale();
+    let n = 600 * scale();
     let bootstrap = Broker::shared().bootstrap();
     let topics = Topics::create(&bootstrap, 2).await;
     let inputs = service::synthetic(n, 77, 1);
@@ -168,7 +168,7 @@ async fn slow_model_pauses_consumption_and_loses_nothing() {
         port,
         dir.path(),
         "slow",
-        &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "20")],
+        &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "700")],
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < n as f64 {
@@ -355,7 +355,7 @@ async fn backlog_with_slow_model_stays_within_memory_bound() {
     let port = service::free_port();
     let toml = service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, Some(port), "")
         .replace("\"statistics.interval.ms\" = \"1000\"\n", "\"statistics.interval.ms\" = \"1000\"\n\"max.poll.interval.ms\" = \"7000\"\n");
-    let bin = Binary::start_with_env(&toml, port, dir.path(), "backlog", &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "100")]);
+    let bin = Binary::start_with_env(&toml, port, dir.path(), "backlog", &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "700")]);
     let pid = bin.child.id();
     let mut max_rss = 0;
     let end = tokio::time::Instant::now() + Duration::from_secs(watch_secs);
