@@ -67,7 +67,8 @@ impl PredictionCache {
     /// The cached score of exactly `row` (checked element by element), if any.
     pub fn get(&self, key: &CacheKey, row: &[f32]) -> Option<f32> {
         let cached = self.inner.as_ref()?.get(key)?;
-        (cached.row.len() == row.len() && cached.row.iter().zip(row).all(|(a, b)| *a == bits(*b))).then_some(cached.score)
+        (cached.row.len() == row.len() && cached.row.iter().zip(row).all(|(a, b)| *a == bits(*b)))
+            .then_some(cached.score)
     }
 
     pub fn insert(&self, key: CacheKey, row: &[f32], score: f32) {

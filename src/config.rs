@@ -808,10 +808,12 @@ impl RawConfig {
             });
         }
         for reserved in ["transactional.id", "enable.idempotence", "isolation.level"] {
-            if k.producer.contains_key(reserved) || k.common.contains_key(reserved) || k.consumer.contains_key(reserved) {
+            if k.producer.contains_key(reserved) || k.common.contains_key(reserved) || k.consumer.contains_key(reserved)
+            {
                 p.push(ConfigProblem {
                     key: format!("kafka.producer.\"{reserved}\""),
-                    message: "is set by streamscore from delivery.mode; use delivery.transactional_id for the id".into(),
+                    message: "is set by streamscore from delivery.mode; use delivery.transactional_id for the id"
+                        .into(),
                 });
             }
         }
@@ -901,7 +903,14 @@ impl RawConfig {
             },
             batch: BatchConfig { max_batch_size: b.max_batch_size, max_batch_delay, queue_depth: b.queue_depth },
             cache: CacheConfig { enabled: c.enabled, max_entries: c.max_entries, ttl },
-            delivery: DeliveryConfig { mode, commit_interval, drain_timeout, produce_timeout, transactional_id, transaction_timeout },
+            delivery: DeliveryConfig {
+                mode,
+                commit_interval,
+                drain_timeout,
+                produce_timeout,
+                transactional_id,
+                transaction_timeout,
+            },
             drift: DriftConfig { enabled: dr.enabled, interval: drift_interval },
             telemetry: TelemetryConfig { http_bind, log_format, log_level: t.log_level, instance_id },
         })
@@ -1056,7 +1065,8 @@ mod tests {
 
     #[test]
     fn exactly_once_resolves_a_stable_transactional_id() {
-        let c = load("[delivery]\nmode = \"exactly_once\"\n[telemetry]\ninstance_id = \"pod-3\"\n", &[]).expect("valid");
+        let c =
+            load("[delivery]\nmode = \"exactly_once\"\n[telemetry]\ninstance_id = \"pod-3\"\n", &[]).expect("valid");
         assert_eq!(c.delivery.mode, DeliveryMode::ExactlyOnce);
         assert_eq!(c.delivery.transactional_id, "streamscore-streamscore-pod-3");
         let p = problems(load("[delivery]\nmode = \"exactly_once\"\ntransaction_timeout = \"1s\"\n[kafka.producer]\n\"transactional.id\" = \"x\"\n", &[]));

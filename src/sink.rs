@@ -106,7 +106,10 @@ impl ProducerContext for SinkContext {
                 self.shared.fail(PipelineError::Delivery(format!("{} to topic {}", e, msg.topic())));
             }
         }
-        if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !batch.failed.load(Ordering::Acquire) && !self.transactional {
+        if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && !batch.failed.load(Ordering::Acquire)
+            && !self.transactional
+        {
             settle(batch, &self.shared.stats);
             self.shared.tracker.ack(batch.seq);
         }
@@ -160,7 +163,11 @@ pub fn producer_config(cfg: &Config, transactional: bool) -> ClientConfig {
 
 pub type OutputProducer = ThreadedProducer<SinkContext>;
 
-pub fn create_producer(cfg: &Config, shared: Arc<Shared>, transactional: bool) -> Result<OutputProducer, PipelineError> {
+pub fn create_producer(
+    cfg: &Config,
+    shared: Arc<Shared>,
+    transactional: bool,
+) -> Result<OutputProducer, PipelineError> {
     let producer: OutputProducer = producer_config(cfg, transactional)
         .create_with_context(SinkContext { shared: shared.clone(), transactional })
         .map_err(|e| PipelineError::Kafka(format!("cannot create the producer (check kafka.* settings): {e}")))?;
@@ -366,9 +373,20 @@ fn produce_transaction(
 
 /// Aborts the open transaction; with `rewind`, the consumer goes back to the committed offsets
 /// so the batch (and everything consumed after it) is processed again.
-fn abort(parts: &SinkParts, settings: &TransactionSettings, state: &mut TxnState, why: &str, rewind: bool) -> Result<(), PipelineError> {
+fn abort(
+    parts: &SinkParts,
+    settings: &TransactionSettings,
+    state: &mut TxnState,
+    why: &str,
+    rewind: bool,
+) -> Result<(), PipelineError> {
     if let Err(e) = parts.producer.abort_transaction(settings.timeout) {
-        let fenced = parts.producer.client().fatal_error().map(|(c, r)| format!(" (producer fatal error {c:?}: {r})")).unwrap_or_default();
+        let fenced = parts
+            .producer
+            .client()
+            .fatal_error()
+            .map(|(c, r)| format!(" (producer fatal error {c:?}: {r})"))
+            .unwrap_or_default();
         return Err(PipelineError::Delivery(format!("cannot abort a transaction ({why}): {e}{fenced}")));
     }
     if !rewind {
@@ -377,7 +395,10 @@ fn abort(parts: &SinkParts, settings: &TransactionSettings, state: &mut TxnState
     metrics::counter!(names::TRANSACTIONS, "result" => "aborted").increment(1);
     state.consecutive_aborts += 1;
     if state.consecutive_aborts > MAX_CONSECUTIVE_ABORTS {
-        return Err(PipelineError::Delivery(format!("{} transactions in a row aborted; last: {why}", state.consecutive_aborts)));
+        return Err(PipelineError::Delivery(format!(
+            "{} transactions in a row aborted; last: {why}",
+            state.consecutive_aborts
+        )));
     }
     warn!(reason = why, "transaction aborted; rewinding the consumer to the committed offsets");
     parts.shared.request_rewind();
@@ -394,7 +415,8 @@ fn produce_batch(
 ) -> Result<Option<Arc<Ack>>, PipelineError> {
     let cfg = &parts.config;
     let model = batch.model.clone();
-    let is_stale = |e: &crate::batcher::Entry| stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic);
+    let is_stale =
+        |e: &crate::batcher::Entry| stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic);
     let mut ack = BatchAck {
         seq: batch.seq,
         remaining: AtomicUsize::new(0),
@@ -419,7 +441,11 @@ fn produce_batch(
     ack.remaining = AtomicUsize::new(to_send);
     if dropped > 0 {
         metrics::counter!(names::REVOKED_DROPPED).increment(dropped);
-        warn!(dropped, batch = batch.seq, "outcomes of revoked partitions dropped; their new owner re-processes the inputs");
+        warn!(
+            dropped,
+            batch = batch.seq,
+            "outcomes of revoked partitions dropped; their new owner re-processes the inputs"
+        );
     }
     if to_send == 0 {
         // Nothing of this batch is ours any more (its partitions were forgotten; the ack is a no-op for them).

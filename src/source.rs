@@ -202,7 +202,8 @@ impl Builder {
     /// Pauses (or resumes) every assigned partition.
     fn set_paused(&mut self, consumer: &BaseConsumer<SourceContext>, paused: bool) {
         // The list from assignment() is dropped right here: a live one at consumer drop can hang librdkafka.
-        let result = consumer.assignment().and_then(|tpl| if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) });
+        let result =
+            consumer.assignment().and_then(|tpl| if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) });
         match result {
             Ok(()) => {
                 if paused && !self.paused {
@@ -290,7 +291,10 @@ impl ConsumerContext for SourceContext {
                 let deadline = Instant::now() + self.drain_timeout;
                 let handoff = self.builder().seal(&self.shared, self.drain_timeout);
                 let drained = handoff == Handoff::Done
-                    && self.shared.tracker.wait_drained(Some(&revoked), deadline.saturating_duration_since(Instant::now()));
+                    && self
+                        .shared
+                        .tracker
+                        .wait_drained(Some(&revoked), deadline.saturating_duration_since(Instant::now()));
                 if !drained {
                     warn!(
                         in_flight = self.shared.tracker.in_flight(Some(&revoked)),
@@ -401,12 +405,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
         .map_err(|e| PipelineError::Internal(format!("cannot start the source thread: {e}")))
 }
 
-fn run(
-    consumer: BaseConsumer<SourceContext>,
-    cfg: &Config,
-    decoder: &Decoder,
-    shared: &Shared,
-) {
+fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, shared: &Shared) {
     let policy = BatchPolicy::new(cfg.batch.max_batch_size, cfg.batch.max_batch_delay);
     let mut next_commit = Instant::now() + cfg.delivery.commit_interval;
     let mut last_poll_error: Option<Instant> = None;
@@ -444,7 +443,11 @@ fn run(
                     if (!b.paused || b.repause) && now.duration_since(since) >= PAUSE_AFTER {
                         b.set_paused(&consumer, true);
                     }
-                    if b.paused || both_full { Duration::ZERO } else { PENDING_POLL }
+                    if b.paused || both_full {
+                        Duration::ZERO
+                    } else {
+                        PENDING_POLL
+                    }
                 }
                 Handoff::Done => {
                     b.full_since = None;
@@ -453,7 +456,11 @@ fn run(
                     if b.paused && b.queue_low() {
                         b.set_paused(&consumer, false);
                     }
-                    if b.paused { Duration::ZERO } else { policy.wait_budget(&b.batch, now, IDLE_POLL) }
+                    if b.paused {
+                        Duration::ZERO
+                    } else {
+                        policy.wait_budget(&b.batch, now, IDLE_POLL)
+                    }
                 }
             }
         };
@@ -478,7 +485,8 @@ fn run(
         // keeps filling up to max_batch_size first: under load, batches grow to the size that
         // makes inference cheapest, and only a full batch waits (and pauses consumption).
         let room = b.to_inference.as_ref().is_some_and(|tx| !tx.is_full());
-        if b.pending.is_none() && policy.is_due(&b.batch, Instant::now()) && (room || b.batch.len() >= policy.max_size) {
+        if b.pending.is_none() && policy.is_due(&b.batch, Instant::now()) && (room || b.batch.len() >= policy.max_size)
+        {
             match b.seal(shared, Duration::ZERO) {
                 Handoff::Closed => break,
                 // The sealed batch waits in `pending`; the next turn decides about pausing.
@@ -548,13 +556,7 @@ fn rewind(consumer: &BaseConsumer<SourceContext>, b: &mut Builder, shared: &Shar
 }
 
 /// Decodes one message into the open batch (a scored row or a dead-letter entry).
-fn accept(
-    b: &mut Builder,
-    msg: &BorrowedMessage<'_>,
-    cfg: &Config,
-    decoder: &Decoder,
-    shared: &Shared,
-) {
+fn accept(b: &mut Builder, msg: &BorrowedMessage<'_>, cfg: &Config, decoder: &Decoder, shared: &Shared) {
     let topic = b.topic(msg.topic());
     let (partition, offset) = (msg.partition(), msg.offset());
     b.note_offset(&topic, partition, offset);

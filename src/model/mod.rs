@@ -460,7 +460,11 @@ mod tests {
         let rows: Vec<f32> = (0..4 * 36).map(|i| (i % 7) as f32 / 7.0).collect();
         let mut reference = Vec::new();
         Model::load(&model_config()).expect("model").infer(&rows, 4, &mut reference).expect("infer");
-        for (level, arena) in [(GraphOptimization::Disable, false), (GraphOptimization::Basic, true), (GraphOptimization::Extended, false)] {
+        for (level, arena) in [
+            (GraphOptimization::Disable, false),
+            (GraphOptimization::Basic, true),
+            (GraphOptimization::Extended, false),
+        ] {
             let mut cfg = model_config();
             cfg.graph_optimization_level = level;
             cfg.memory_arena = arena;
@@ -475,8 +479,14 @@ mod tests {
     #[test]
     fn scorer_without_cache_scores_the_same() {
         let rows: Vec<f32> = (0..3 * 36).map(|i| (i % 5) as f32 / 5.0).collect();
-        let mut with = Scorer::new(Model::load(&model_config()).expect("model"), PredictionCache::with_limits(true, 10, std::time::Duration::from_secs(60)));
-        let mut without = Scorer::new(Model::load(&model_config()).expect("model"), PredictionCache::with_limits(false, 10, std::time::Duration::from_secs(60)));
+        let mut with = Scorer::new(
+            Model::load(&model_config()).expect("model"),
+            PredictionCache::with_limits(true, 10, std::time::Duration::from_secs(60)),
+        );
+        let mut without = Scorer::new(
+            Model::load(&model_config()).expect("model"),
+            PredictionCache::with_limits(false, 10, std::time::Duration::from_secs(60)),
+        );
         let mut a = Batch::new(36, 3);
         let mut b = Batch::new(36, 3);
         for r in 0..3 {

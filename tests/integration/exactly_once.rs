@@ -45,7 +45,11 @@ async fn offsets_are_committed_with_their_outputs() {
     let group = common::random_topic("g");
     let toml = service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, EOS);
     let first = InProcess::start(service::config(&toml));
-    assert!(first.wait_outcomes(n as u64, Duration::from_secs(120)).await, "only {} committed outcomes", first.outcomes());
+    assert!(
+        first.wait_outcomes(n as u64, Duration::from_secs(120)).await,
+        "only {} committed outcomes",
+        first.outcomes()
+    );
     let summary = first.stop().await;
     assert_eq!(summary.scored, n as u64);
 
@@ -111,14 +115,26 @@ async fn killed_mid_transaction_and_restarted_nothing_is_lost() {
     let extra = format!("{EOS}[batch]\nmax_batch_size = 64\n");
     // Same instance id across restarts, hence the same transactional.id: the restart fences the dead one.
     let port = service::free_port();
-    let bin = Binary::start(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), &extra), port, dir.path(), "eos-kill");
+    let bin = Binary::start(
+        &service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), &extra),
+        port,
+        dir.path(),
+        "eos-kill",
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < (n / 4) as f64 {
         assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", bin.log_tail(40));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bin.kill9();
-    let second = InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, &extra)));
+    let second = InProcess::start(service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &group,
+        Schemas::Local,
+        None,
+        &extra,
+    )));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         // Read everything there is (duplicates from the aborted transaction may be visible on Tansu).
@@ -126,7 +142,11 @@ async fn killed_mid_transaction_and_restarted_nothing_is_lost() {
         if want.iter().all(|id| seen.contains_key(id)) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} of {n} inputs still without a committed outcome", want.iter().filter(|id| !seen.contains_key(*id)).count());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} inputs still without a committed outcome",
+            want.iter().filter(|id| !seen.contains_key(*id)).count()
+        );
     }
     second.stop().await;
 }
@@ -147,7 +167,12 @@ async fn read_committed_sees_each_input_once() {
     let extra = format!("{EOS}[batch]\nmax_batch_size = 64\n");
     for round in 0..2 {
         let port = service::free_port();
-        let bin = Binary::start(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), &extra), port, dir.path(), &format!("r{round}"));
+        let bin = Binary::start(
+            &service::config_toml(&bootstrap, &topics, &group, Schemas::Local, Some(port), &extra),
+            port,
+            dir.path(),
+            &format!("r{round}"),
+        );
         let target = (n / 4 * (round + 1)) as f64 / 2.0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < target {
@@ -156,7 +181,14 @@ async fn read_committed_sees_each_input_once() {
         }
         bin.kill9();
     }
-    let last = InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, &extra)));
+    let last = InProcess::start(service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &group,
+        Schemas::Local,
+        None,
+        &extra,
+    )));
     let seen = loop {
         // Everything committed so far (a reader stops after 10 s without the full count).
         let seen = ids(&read_committed(&bootstrap, &topics.scored, 2 * n, Duration::from_secs(10)).await);
@@ -189,7 +221,13 @@ async fn restarted_instance_fences_its_zombie() {
             .replace("[telemetry]\n", "[telemetry]\ninstance_id = \"zombie-test\"\n")
     };
     let port = service::free_port();
-    let mut zombie = Binary::start_with_env(&config(port), port, dir.path(), "zombie", &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "200")]);
+    let mut zombie = Binary::start_with_env(
+        &config(port),
+        port,
+        dir.path(),
+        "zombie",
+        &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "200")],
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while zombie.metric("streamscore_events_scored_total").unwrap_or(0.0) < 32.0 {
         assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", zombie.log_tail(30));
@@ -209,7 +247,8 @@ async fn restarted_instance_fences_its_zombie() {
     }
 
     zombie.signal("CONT");
-    let (code, zombie) = tokio::task::spawn_blocking(move || (zombie.wait_exit(Duration::from_secs(60)), zombie)).await.expect("join");
+    let (code, zombie) =
+        tokio::task::spawn_blocking(move || (zombie.wait_exit(Duration::from_secs(60)), zombie)).await.expect("join");
     let log = zombie.log_tail(400);
     assert_eq!(code, Some(1), "the fenced zombie stops with exit code 1:\n{log}");
     assert!(log.to_lowercase().contains("fenc"), "the zombie says it was fenced:\n{log}");
@@ -225,15 +264,15 @@ async fn broker_without_transactions_fails_start_up_clearly() {
     use rdkafka::ClientConfig;
     let owner: BaseProducer = ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster");
     let cluster = owner.client().mock_cluster().expect("mock cluster handle");
-    cluster
-        .apiversion(rdkafka::types::RDKafkaApiKey::InitProducerId, None, None)
-        .expect("switch off InitProducerId");
+    cluster.apiversion(rdkafka::types::RDKafkaApiKey::InitProducerId, None, None).expect("switch off InitProducerId");
     let topics = Topics { input: "in".into(), scored: "scored".into(), dlq: "dlq".into(), monitoring: "mon".into() };
     for t in [&topics.input, &topics.scored, &topics.dlq, &topics.monitoring] {
         cluster.create_topic(t, 1, 1).expect("create topic");
     }
-    let cfg = service::config(&service::config_toml(&cluster.bootstrap_servers(), &topics, "g", Schemas::Local, None, EOS));
-    let result = tokio::time::timeout(Duration::from_secs(60), streamscore::pipeline::run(cfg, std::future::pending())).await;
+    let cfg =
+        service::config(&service::config_toml(&cluster.bootstrap_servers(), &topics, "g", Schemas::Local, None, EOS));
+    let result =
+        tokio::time::timeout(Duration::from_secs(60), streamscore::pipeline::run(cfg, std::future::pending())).await;
     let err = result.expect("start-up fails promptly").expect_err("exactly_once must not start without transactions");
     let msg = err.to_string();
     assert!(msg.contains("needs a broker with transactions") && msg.contains("at_least_once"), "{msg}");

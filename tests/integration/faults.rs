@@ -245,7 +245,8 @@ async fn three_instances_one_killed_one_added_nothing_lost() {
     let mut chunks = inputs.records.chunks(n / 3 + 1).map(|c| c.to_vec());
     common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let scored = |bins: &[&Binary]| bins.iter().map(|b| b.metric("streamscore_events_scored_total").unwrap_or(0.0)).sum::<f64>();
+    let scored =
+        |bins: &[&Binary]| bins.iter().map(|b| b.metric("streamscore_events_scored_total").unwrap_or(0.0)).sum::<f64>();
     while scored(&[&a, &b, &c]) < (n / 6) as f64 {
         assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", a.log_tail(20));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -276,13 +277,23 @@ async fn undeliverable_dead_letter_stops_without_committing_past_it() {
     broken.dlq = "not a valid topic name!".into();
     let port = service::free_port();
     let extra = "[delivery]\nproduce_timeout = \"2s\"\n";
-    let mut bin = Binary::start(&service::config_toml(&bootstrap, &broken, &group, Schemas::Local, Some(port), extra), port, dir.path(), "broken");
+    let mut bin = Binary::start(
+        &service::config_toml(&bootstrap, &broken, &group, Schemas::Local, Some(port), extra),
+        port,
+        dir.path(),
+        "broken",
+    );
     let code = tokio::task::spawn_blocking(move || (bin.wait_exit(Duration::from_secs(60)), bin)).await.expect("join");
     let (code, bin) = code;
     assert_eq!(code, Some(1), "stops with exit code 1:\n{}", bin.log_tail(30));
-    assert!(bin.log_tail(60).contains("not delivered") || bin.log_tail(60).contains("cannot enqueue"), "{}", bin.log_tail(30));
+    assert!(
+        bin.log_tail(60).contains("not delivered") || bin.log_tail(60).contains("cannot enqueue"),
+        "{}",
+        bin.log_tail(30)
+    );
 
-    let fixed = InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
+    let fixed =
+        InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
     let dlq = common::consume_n(&bootstrap, &topics.dlq, 1, Duration::from_secs(60)).await;
     let summary = fixed.stop().await;
     assert_eq!(dlq.len(), 1, "the poison input got its dead-letter outcome after the restart");
@@ -354,8 +365,12 @@ async fn backlog_with_slow_model_stays_within_memory_bound() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = service::free_port();
     let toml = service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, Some(port), "")
-        .replace("\"statistics.interval.ms\" = \"1000\"\n", "\"statistics.interval.ms\" = \"1000\"\n\"max.poll.interval.ms\" = \"7000\"\n");
-    let bin = Binary::start_with_env(&toml, port, dir.path(), "backlog", &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "700")]);
+        .replace(
+            "\"statistics.interval.ms\" = \"1000\"\n",
+            "\"statistics.interval.ms\" = \"1000\"\n\"max.poll.interval.ms\" = \"7000\"\n",
+        );
+    let bin =
+        Binary::start_with_env(&toml, port, dir.path(), "backlog", &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "700")]);
     let pid = bin.child.id();
     let mut max_rss = 0;
     let end = tokio::time::Instant::now() + Duration::from_secs(watch_secs);
@@ -373,7 +388,10 @@ async fn backlog_with_slow_model_stays_within_memory_bound() {
     let revokes = bin.log_tail(100_000).matches("partitions revoked").count();
     let log = bin.log_tail(40);
     drop(bin);
-    eprintln!("backlog {backlog}: max RSS {:.1} MiB, {scored} scored in {watch_secs} s, {pauses} pauses", max_rss as f64 / 1048576.0);
+    eprintln!(
+        "backlog {backlog}: max RSS {:.1} MiB, {scored} scored in {watch_secs} s, {pauses} pauses",
+        max_rss as f64 / 1048576.0
+    );
     assert!(scored > 0.0, "made progress:\n{log}");
     assert!(pauses >= 1.0, "consumption paused for backpressure");
     assert_eq!(revokes, 0, "never evicted from the group (max.poll.interval.ms = 7 s):\n{log}");
@@ -423,7 +441,8 @@ async fn revoked_partitions_get_no_outcome_from_the_old_owner_after_the_drain() 
     let topics = Topics::create(&bootstrap, 4).await;
     let inputs = service::synthetic(n, 13, 1);
     let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
-    let records: Vec<_> = inputs.records.into_iter().enumerate().map(|(i, (k, v, h, _))| (k, v, h, Some((i % 4) as i32))).collect();
+    let records: Vec<_> =
+        inputs.records.into_iter().enumerate().map(|(i, (k, v, h, _))| (k, v, h, Some((i % 4) as i32))).collect();
     common::produce_values(&bootstrap, &topics.input, records).await;
     let group = common::random_topic("g");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -441,7 +460,8 @@ async fn revoked_partitions_get_no_outcome_from_the_old_owner_after_the_drain() 
         assert!(tokio::time::Instant::now() < deadline, "old owner did not consume:\n{}", old.log_tail(20));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let new_owner = InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
+    let new_owner =
+        InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while old.metric("streamscore_revoked_outcomes_dropped_total").unwrap_or(0.0) < 1.0 {
         assert!(tokio::time::Instant::now() < deadline, "no outcome dropped after the revoke:\n{}", old.log_tail(60));
@@ -483,12 +503,14 @@ async fn sigterm_drain_is_bounded_and_commits_only_what_finished() {
     }
     bin.signal("TERM");
     let started = std::time::Instant::now();
-    let (code, bin) = tokio::task::spawn_blocking(move || (bin.wait_exit(Duration::from_secs(30)), bin)).await.expect("join");
+    let (code, bin) =
+        tokio::task::spawn_blocking(move || (bin.wait_exit(Duration::from_secs(30)), bin)).await.expect("join");
     let took = started.elapsed();
     assert_eq!(code, Some(0), "clean exit:\n{}", bin.log_tail(30));
     // 2 s of drain, the last in-progress batch (1 s) and process teardown; 8 queued batches would take 8 s.
     assert!(took < Duration::from_secs(6), "drain bounded by drain_timeout, took {took:?}");
-    let restarted = InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
+    let restarted =
+        InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
     let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(60)).await;
     let summary = restarted.stop().await;
     assert!(summary.consumed > 0, "the unfinished inputs were not committed and are consumed again");

@@ -398,7 +398,8 @@ async fn sigterm_drains_commits_and_exits_zero() {
 async fn unreachable_broker_is_not_ready_and_does_not_crash() {
     for extra in ["", "[delivery]\nmode = \"exactly_once\"\n"] {
         let dead = format!("127.0.0.1:{}", service::free_port());
-        let topics = Topics { input: "in".into(), scored: "scored".into(), dlq: "dlq".into(), monitoring: "mon".into() };
+        let topics =
+            Topics { input: "in".into(), scored: "scored".into(), dlq: "dlq".into(), monitoring: "mon".into() };
         let port = service::free_port();
         let cfg = service::config(&service::config_toml(&dead, &topics, "g", Schemas::Local, Some(port), extra));
         let running = InProcess::start(cfg);
