@@ -81,11 +81,7 @@ async fn aborted_transactions_rewind_the_consumer() {
         "abort",
         &[("STREAMSCORE_INJECT_ABORT_EVERY", "4")],
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < n as f64 {
-        assert!(tokio::time::Instant::now() < deadline, "not all committed:\n{}", bin.log_tail(40));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    bin.wait_metric("streamscore_events_scored_total", n as f64, Duration::from_secs(120)).await;
     let consumed = bin.metric("streamscore_events_consumed_total").unwrap_or(0.0);
     let page = format!("http://127.0.0.1:{port}/metrics");
     let metrics = tokio::task::spawn_blocking(move || common::http("GET", &page, None)).await.expect("metrics").body;
@@ -121,11 +117,7 @@ async fn killed_mid_transaction_and_restarted_nothing_is_lost() {
         dir.path(),
         "eos-kill",
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < (n / 4) as f64 {
-        assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", bin.log_tail(40));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bin.wait_metric("streamscore_events_scored_total", (n / 4) as f64, Duration::from_secs(120)).await;
     bin.kill9();
     let second = InProcess::start(service::config(&service::config_toml(
         &bootstrap,
@@ -174,11 +166,7 @@ async fn read_committed_sees_each_input_once() {
             &format!("r{round}"),
         );
         let target = (n / 4 * (round + 1)) as f64 / 2.0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < target {
-            assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", bin.log_tail(40));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        bin.wait_metric("streamscore_events_scored_total", target, Duration::from_secs(120)).await;
         bin.kill9();
     }
     let last = InProcess::start(service::config(&service::config_toml(
@@ -228,11 +216,7 @@ async fn restarted_instance_fences_its_zombie() {
         "zombie",
         &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "200")],
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while zombie.metric("streamscore_events_scored_total").unwrap_or(0.0) < 32.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", zombie.log_tail(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    zombie.wait_metric("streamscore_events_scored_total", 32.0, Duration::from_secs(60)).await;
     zombie.signal("STOP");
 
     let port2 = service::free_port();

@@ -170,11 +170,7 @@ async fn slow_model_pauses_consumption_and_loses_nothing() {
         "slow",
         &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "700")],
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < n as f64 {
-        assert!(tokio::time::Instant::now() < deadline, "slow run did not finish:\n{}", bin.log_tail(40));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    bin.wait_metric("streamscore_events_scored_total", n as f64, Duration::from_secs(180)).await;
     let pauses = bin.metric("streamscore_backpressure_pauses_total").unwrap_or(0.0);
     let rebalances = bin.metric("streamscore_rebalances_total").unwrap_or(0.0);
     drop(bin);
@@ -316,11 +312,7 @@ async fn second_signal_exits_immediately() {
         "signals",
         &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "300")],
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while bin.metric("streamscore_events_consumed_total").unwrap_or(0.0) < 64.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", bin.log_tail(20));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    bin.wait_metric("streamscore_events_consumed_total", 64.0, Duration::from_secs(60)).await;
     bin.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(bin.child.try_wait().expect("wait").is_none(), "still draining (a slow queue of batches)");
@@ -455,18 +447,10 @@ async fn revoked_partitions_get_no_outcome_from_the_old_owner_after_the_drain() 
         "old-owner",
         &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "3000")],
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while old.metric("streamscore_events_consumed_total").unwrap_or(0.0) < n as f64 {
-        assert!(tokio::time::Instant::now() < deadline, "old owner did not consume:\n{}", old.log_tail(20));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    old.wait_metric("streamscore_events_consumed_total", n as f64, Duration::from_secs(60)).await;
     let new_owner =
         InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while old.metric("streamscore_revoked_outcomes_dropped_total").unwrap_or(0.0) < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no outcome dropped after the revoke:\n{}", old.log_tail(60));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    old.wait_metric("streamscore_revoked_outcomes_dropped_total", 1.0, Duration::from_secs(60)).await;
     drop(old);
     // The old owner is gone (killed): the new one owns everything and catches up.
     let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(120)).await;
@@ -496,11 +480,7 @@ async fn sigterm_drain_is_bounded_and_commits_only_what_finished() {
         "bounded",
         &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "1000")],
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while bin.metric("streamscore_events_scored_total").unwrap_or(0.0) < 32.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", bin.log_tail(20));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    bin.wait_metric("streamscore_events_scored_total", 32.0, Duration::from_secs(60)).await;
     bin.signal("TERM");
     let started = std::time::Instant::now();
     let (code, bin) =

@@ -247,6 +247,21 @@ impl Binary {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Waits until metric `name` reaches `at_least` (as a float, e.g. `n as f64`); panics with the
+    /// log tail after `timeout`.
+    pub async fn wait_metric(&self, name: &str, at_least: impl Into<f64>, timeout: Duration) {
+        let at_least = at_least.into();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.metric(name).unwrap_or(0.0) < at_least {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} did not reach {at_least} within {timeout:?}:\n{}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A counter from `/metrics` (summed over labels), None while the endpoint is not up.
     pub fn metric(&self, name: &str) -> Option<f64> {
         // Not listening yet (starting) or any more (killed): no reading, no panic.
