@@ -5,6 +5,7 @@
 
 pub mod manifest;
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -302,6 +303,10 @@ pub struct Scorer {
     miss_rows: Vec<f32>,
     miss_index: Vec<usize>,
     miss_keys: Vec<CacheKey>,
+    /// First miss of each key in the current batch: a repeat within the batch reuses its score.
+    first_miss: HashMap<CacheKey, usize>,
+    /// (row, position in the miss list) of in-batch repeats.
+    repeats: Vec<(usize, usize)>,
     out: Vec<f32>,
 }
 
@@ -315,7 +320,16 @@ pub struct ScoreCounts {
 
 impl Scorer {
     pub fn new(model: Model, cache: PredictionCache) -> Self {
-        Self { model, cache, miss_rows: Vec::new(), miss_index: Vec::new(), miss_keys: Vec::new(), out: Vec::new() }
+        Self {
+            model,
+            cache,
+            miss_rows: Vec::new(),
+            miss_index: Vec::new(),
+            miss_keys: Vec::new(),
+            first_miss: HashMap::new(),
+            repeats: Vec::new(),
+            out: Vec::new(),
+        }
     }
 
     /// Fills `batch.scores`, `batch.cache_hits` and `batch.model` for every row. Reuses its
@@ -344,18 +358,26 @@ impl Scorer {
             batch.scores.copy_from_slice(&self.out);
             return Ok(ScoreCounts { cache_hits: 0, cache_misses: n, inference: started.elapsed() });
         }
+        self.first_miss.clear();
+        self.repeats.clear();
         for i in 0..n {
             let key = self.cache.key(info.version_id, batch.row(i));
-            match self.cache.get(&key, batch.row(i)) {
-                Some(score) => {
-                    batch.scores[i] = score;
+            if let Some(score) = self.cache.get(&key, batch.row(i)) {
+                batch.scores[i] = score;
+                batch.cache_hits[i] = true;
+                continue;
+            }
+            // The same vector earlier in this batch: it is being inferred already.
+            if let Some(&m) = self.first_miss.get(&key) {
+                if batch.row(self.miss_index[m]) == batch.row(i) {
+                    self.repeats.push((i, m));
                     batch.cache_hits[i] = true;
-                }
-                None => {
-                    self.miss_index.push(i);
-                    self.miss_keys.push(key);
+                    continue;
                 }
             }
+            self.first_miss.entry(key).or_insert(self.miss_index.len());
+            self.miss_index.push(i);
+            self.miss_keys.push(key);
         }
         let m = self.miss_index.len();
         let mut counts = ScoreCounts { cache_hits: n - m, cache_misses: m, inference: std::time::Duration::ZERO };
@@ -377,6 +399,9 @@ impl Scorer {
             let score = self.out[j];
             batch.scores[i] = score;
             self.cache.insert(self.miss_keys[j], batch.row(i), score);
+        }
+        for &(i, m) in &self.repeats {
+            batch.scores[i] = self.out[m];
         }
         Ok(counts)
     }
@@ -474,6 +499,25 @@ mod tests {
                 assert!((a - b).abs() < 1e-6, "{level:?}/{arena}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn repeats_within_one_batch_are_inferred_once() {
+        let model = Model::load(&model_config()).expect("model");
+        let mut scorer =
+            Scorer::new(model, PredictionCache::with_limits(true, 100, std::time::Duration::from_secs(60)));
+        let mut batch = Batch::new(36, 4);
+        let a: Vec<f32> = (0..36).map(|i| i as f32 / 36.0).collect();
+        let b: Vec<f32> = (0..36).map(|i| (35 - i) as f32 / 36.0).collect();
+        for row in [&a, &b, &a, &a] {
+            batch.push_row().1.copy_from_slice(row);
+        }
+        let counts = scorer.score(&mut batch).expect("score");
+        assert_eq!((counts.cache_hits, counts.cache_misses), (2, 2), "two distinct rows inferred");
+        assert_eq!(batch.cache_hits, vec![false, false, true, true]);
+        assert_eq!(batch.scores[0], batch.scores[2]);
+        assert_eq!(batch.scores[0], batch.scores[3]);
+        assert_ne!(batch.scores[0], batch.scores[1]);
     }
 
     #[test]
