@@ -39,10 +39,13 @@ demo: build
 	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" target/release/streamscore demo $(DEMO_ARGS)
 
 # Unit tests, then the integration tests against the real test broker (started by the test harness).
+# The last line sums every test binary's result (cargo prints one line per binary).
 test: setup
-	ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" STREAMSCORE_TANSU="$(abspath $(TANSU_BIN))" \
+	@mkdir -p .cache
+	set -o pipefail; ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" STREAMSCORE_TANSU="$(abspath $(TANSU_BIN))" \
 	STREAMSCORE_PYTHON="$(abspath $(PY))" \
-	$(CARGO) test --locked --all-targets -- --test-threads=$${TEST_THREADS:-2}
+	$(CARGO) test --locked --all-targets -- --test-threads=$${TEST_THREADS:-2} 2>&1 | tee .cache/test.log
+	@awk '/^test result:/ {p+=$$4; f+=$$6; i+=$$8} END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, i}' .cache/test.log
 
 # Exactly-once against a broker that hides aborted transactions (Tansu does not), e.g. Redpanda from
 # docker-compose.yml: make test-eos STREAMSCORE_EOS_BOOTSTRAP=localhost:19092
