@@ -380,7 +380,7 @@ fn kind(schema: &Schema) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use apache_avro::reader::datum::GenericDatumReader;
     use apache_avro::writer::datum::GenericDatumWriter;
@@ -392,8 +392,9 @@ mod tests {
         crate::codec::parse_schema(crate::codec::TRANSACTION_SCHEMA).unwrap()
     }
 
-    /// A valid manifest from `features`: columns and reference are derived.
-    fn manifest(features: serde_json::Value) -> Manifest {
+    /// A valid manifest from `features`: columns and reference are derived (shared with the
+    /// codec's fast-path tests).
+    pub(crate) fn manifest(features: serde_json::Value) -> Manifest {
         let mut m: Manifest = serde_json::from_value(json!({
             "format_version": 1, "name": "t", "version": "1", "model_file": "model.onnx",
             "sha256": "0".repeat(64),

@@ -48,23 +48,10 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "python"))
 import streamscore_features as sf  # noqa: E402
+from reference_score import load_schema  # noqa: E402  (logical types kept as millis / plain strings)
 
 BATCH = 256
 SCORED_SCHEMA_ID = 2
-
-
-def strip_logical_types(schema):
-    """Keep timestamps as int millis and uuids as plain strings (no datetime/UUID objects)."""
-    if isinstance(schema, dict):
-        return {k: strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [strip_logical_types(s) for s in schema]
-    return schema
-
-
-def load_schema(path: str):
-    with open(path, encoding="utf-8") as f:
-        return fastavro.parse_schema(strip_logical_types(json.load(f)))
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,8 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value as Json};
 
+use crate::features::tests::manifest;
+
 use super::*;
 use crate::features::{FeatureExtractor, RowIdentity};
 use crate::model::manifest::Manifest;
@@ -33,26 +35,6 @@ fn reader() -> Schema {
 
 // ---------------------------------------------------------------- manifests
 
-fn manifest(features: Json) -> Manifest {
-    let mut m: Manifest = serde_json::from_value(json!({
-        "format_version": 1, "name": "t", "version": "1", "model_file": "model.onnx",
-        "sha256": "0".repeat(64),
-        "input": {"name": "features"}, "output": {"name": "probabilities", "column": 1},
-        "threshold": 0.5, "features": features, "columns": [],
-        "reference": {"rows": 1, "columns": [], "score": {"name": "score", "edges": [], "counts": [1]}}
-    }))
-    .unwrap();
-    m.columns = m.derived_columns();
-    m.reference.columns = m
-        .columns
-        .iter()
-        .map(|c| crate::model::manifest::Histogram { name: c.clone(), edges: vec![], counts: vec![1] })
-        .collect();
-    m.validate().unwrap();
-    m
-}
-
-/// Every transform on every kind of field; `strict` makes the nullable ones `reject`.
 fn full_manifest(strict: bool) -> Manifest {
     let on_null = if strict { "reject" } else { "default" };
     manifest(json!([
