@@ -24,9 +24,9 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 use streamscore::batcher::Batch;
-use streamscore::cache::PredictionCache;
+use streamscore::cache::{Lookup, PredictionCache};
 use streamscore::codec::{encode_scored, parse_schema, write_frame_header, Decoder, SchemaStore, ScoredRecord};
-use streamscore::config::Config;
+use streamscore::config::{CacheAdmission, Config};
 use streamscore::drift::DriftAccumulator;
 use streamscore::features::{FeatureExtractor, RowIdentity};
 use streamscore::model::manifest::Manifest;
@@ -251,41 +251,56 @@ fn features_cases(fx: &Fixture) -> Vec<Case> {
     })]
 }
 
-/// `cache/key_and_lookup`: key + get per row, insert on a miss (as `Scorer::score` does);
-/// half the rows hit (pre-inserted), half are rows never seen before.
+/// `cache/key_and_lookup/{always,seen_twice}`: key + lookup per row, insert when admitted (as
+/// `Scorer::score` does); half the rows hit (seen and inserted beforehand), half are rows never
+/// seen before (inserted under `always`, only remembered under `seen_twice`).
 fn cache_cases(fx: &Fixture) -> Vec<Case> {
-    let cache = PredictionCache::new(&fx.config.cache);
-    assert!(cache.enabled(), "the default configuration enables the cache");
-    let version_id = 0x00C0_FFEE_u64;
-    let width = fx.width;
-    let rows = fx.rows.clone();
-    let hot = EVENTS / 2;
-    for (i, row) in rows.chunks_exact(width).take(hot).enumerate() {
-        cache.insert(cache.key(version_id, row), row, i as f32 / hot as f32);
-    }
-    let mut fresh = rows[..width].to_vec();
-    let mut counter: u64 = 0;
-    vec![Case::new("cache", "key_and_lookup", None, EVENTS, move || {
-        for i in 0..EVENTS {
-            let row: &[f32] = if i % 2 == 0 {
-                let j = i / 2;
-                &rows[j * width..(j + 1) * width]
-            } else {
-                // A row never seen before: two columns carry a counter (exact in f32 below 2^24).
-                counter += 1;
-                fresh[width - 2] = (counter >> 20) as f32;
-                fresh[width - 1] = (counter & 0xF_FFFF) as f32;
-                &fresh
-            };
-            let key = cache.key(version_id, black_box(row));
-            match cache.get(&key, row) {
-                Some(score) => {
-                    black_box(score);
-                }
-                None => cache.insert(key, row, 0.5),
+    [CacheAdmission::Always, CacheAdmission::SeenTwice]
+        .into_iter()
+        .map(|admission| {
+            let mut cfg = fx.config.cache.clone();
+            cfg.admission = admission;
+            let mut cache = PredictionCache::new(&cfg);
+            assert!(cache.enabled(), "the default configuration enables the cache");
+            let version_id = 0x00C0_FFEE_u64;
+            let width = fx.width;
+            let rows = fx.rows.clone();
+            let hot = EVENTS / 2;
+            for (i, row) in rows.chunks_exact(width).take(hot).enumerate() {
+                let key = cache.key(version_id, row);
+                while cache.lookup(&key, row) != (Lookup::Miss { admit: true }) {}
+                cache.insert(key, row, i as f32 / hot as f32);
             }
-        }
-    })]
+            let mut fresh = rows[..width].to_vec();
+            let mut counter: u64 = 0;
+            let name = match admission {
+                CacheAdmission::Always => "key_and_lookup/always",
+                CacheAdmission::SeenTwice => "key_and_lookup/seen_twice",
+            };
+            Case::new("cache", name, None, EVENTS, move || {
+                for i in 0..EVENTS {
+                    let row: &[f32] = if i % 2 == 0 {
+                        let j = i / 2;
+                        &rows[j * width..(j + 1) * width]
+                    } else {
+                        // A row never seen before: two columns carry a counter (exact in f32 below 2^24).
+                        counter += 1;
+                        fresh[width - 2] = (counter >> 20) as f32;
+                        fresh[width - 1] = (counter & 0xF_FFFF) as f32;
+                        &fresh
+                    };
+                    let key = cache.key(version_id, black_box(row));
+                    match cache.lookup(&key, row) {
+                        Lookup::Hit(score) => {
+                            black_box(score);
+                        }
+                        Lookup::Miss { admit: true } => cache.insert(key, row, 0.5),
+                        Lookup::Miss { admit: false } => {}
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 /// `drift/observe`: one 256-row scored batch into the accumulator.

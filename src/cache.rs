@@ -5,30 +5,134 @@
 //! score. The hash is SipHash with random per-process keys, and every entry keeps its feature
 //! vector: a hit is served only when the vectors are equal, so neither chance nor an attacker who
 //! crafts colliding inputs (to borrow a benign transaction's score) can get a wrong score.
+//!
+//! Cost matters here: with a small model, one inference costs ~0.3 µs per row, so a cache that
+//! costs more than that per event makes the service slower. Two choices keep it cheap: the key
+//! is already a keyed hash, so the maps that hold keys use it as their hash ([`KeyHasher`])
+//! instead of hashing it again (moka re-hashes every key when its table grows or is cleaned,
+//! which profiling showed as the largest single cost); and an entry is one allocation (score
+//! and row bits in one `Arc<[u32]>`).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::CacheConfig;
+use crate::config::{CacheAdmission, CacheConfig};
 
 /// Cache key: (model version id, feature-vector hash).
 pub type CacheKey = (u64, u64);
 
-/// A cached score with the exact row it belongs to.
-#[derive(Debug)]
-pub struct CachedScore {
-    score: f32,
-    row: Box<[u32]>,
+/// A cached score with the exact row it belongs to, in one allocation: element 0 is the
+/// score's bit pattern, the rest are the row's (see [`bits`]).
+type CachedScore = Arc<[u32]>;
+
+/// Hasher for [`CacheKey`]s (and anything else keyed by them): the row part is already a
+/// SipHash output under per-process random keys, so it is used as the hash, mixed with the
+/// version id. Hash flooding stays impossible: nobody outside the process can predict a key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `CacheKey` (tuples of u64 call `write_u64`); a correct fallback anyway.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = self.0.rotate_left(31) ^ v;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// [`BuildHasher`] of [`KeyHasher`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildKeyHasher;
+
+impl BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
 }
 
 /// Bounded (entries) and time-limited (TTL) prediction cache. Disabled caches answer every
-/// lookup with a miss and store nothing.
+/// lookup with a miss and store nothing. Owned by the one thread that scores (lookups update
+/// the admission filter, so they take `&mut self`).
 #[derive(Clone)]
 pub struct PredictionCache {
-    inner: Option<moka::sync::Cache<CacheKey, Arc<CachedScore>>>,
+    inner: Option<moka::sync::Cache<CacheKey, CachedScore, BuildKeyHasher>>,
     hasher: RandomState,
+    /// `cache.admission = "seen_twice"`: remembers recent first sightings.
+    doorkeeper: Option<Doorkeeper>,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lookup {
+    /// The cached score of exactly this row.
+    Hit(f32),
+    /// Not cached; `admit` says whether the score should be inserted once computed.
+    Miss { admit: bool },
+}
+
+/// The admission filter of `seen_twice` (TinyLFU's "doorkeeper"): a Bloom filter of recent
+/// sightings in two generations. A key is "seen" when either generation has it; each
+/// generation takes `max_entries` new keys, then the older one is dropped. So it remembers at
+/// least the last `max_entries` distinct vectors (the most the cache itself can hold) in about
+/// 8 bits per entry, with two probes (about 3% false positives at a full generation: such a
+/// vector is inserted at its first sighting, which is harmless).
+#[derive(Clone)]
+struct Doorkeeper {
+    current: Vec<u64>,
+    previous: Vec<u64>,
+    /// Bit index mask (the number of bits is a power of two).
+    mask: u64,
+    added: u64,
+    generation: u64,
+}
+
+impl Doorkeeper {
+    fn new(max_entries: u64) -> Self {
+        // 8 bits per entry, between 4 Ki bits and 64 Mi bits (8 MiB) per generation.
+        let bits = max_entries.saturating_mul(8).clamp(1 << 12, 1 << 26).next_power_of_two();
+        let words = (bits / 64) as usize;
+        Self { current: vec![0; words], previous: vec![0; words], mask: bits - 1, added: 0, generation: max_entries }
+    }
+
+    fn probes(&self, hash: u64) -> [u64; 2] {
+        [hash & self.mask, (hash >> 32 | hash << 32).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7 & self.mask]
+    }
+
+    fn test(set: &[u64], bit: u64) -> bool {
+        set[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+    }
+
+    /// Whether `hash` was seen recently; records this sighting.
+    fn seen_then_mark(&mut self, hash: u64) -> bool {
+        let probes = self.probes(hash);
+        if probes.iter().all(|&b| Self::test(&self.current, b)) {
+            return true;
+        }
+        let seen_before = probes.iter().all(|&b| Self::test(&self.previous, b));
+        for b in probes {
+            self.current[(b / 64) as usize] |= 1 << (b % 64);
+        }
+        self.added += 1;
+        if self.added >= self.generation {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.fill(0);
+            self.added = 0;
+        }
+        seen_before
+    }
 }
 
 /// Bit pattern of a feature value; `-0.0` and `0.0` are equal so that equal inputs hit.
@@ -42,12 +146,15 @@ fn bits(v: f32) -> u32 {
 
 impl PredictionCache {
     pub fn new(cfg: &CacheConfig) -> Self {
-        Self::with_limits(cfg.enabled, cfg.max_entries, cfg.ttl)
+        Self::with_limits(cfg.enabled, cfg.max_entries, cfg.ttl, cfg.admission)
     }
 
-    pub fn with_limits(enabled: bool, max_entries: u64, ttl: Duration) -> Self {
-        let inner = enabled.then(|| moka::sync::Cache::builder().max_capacity(max_entries).time_to_live(ttl).build());
-        Self { inner, hasher: RandomState::new() }
+    pub fn with_limits(enabled: bool, max_entries: u64, ttl: Duration, admission: CacheAdmission) -> Self {
+        let inner = enabled.then(|| {
+            moka::sync::Cache::builder().max_capacity(max_entries).time_to_live(ttl).build_with_hasher(BuildKeyHasher)
+        });
+        let doorkeeper = (enabled && admission == CacheAdmission::SeenTwice).then(|| Doorkeeper::new(max_entries));
+        Self { inner, hasher: RandomState::new(), doorkeeper }
     }
 
     pub fn enabled(&self) -> bool {
@@ -64,16 +171,32 @@ impl PredictionCache {
         (version_id, h.finish())
     }
 
-    /// The cached score of exactly `row` (checked element by element), if any.
-    pub fn get(&self, key: &CacheKey, row: &[f32]) -> Option<f32> {
-        let cached = self.inner.as_ref()?.get(key)?;
-        (cached.row.len() == row.len() && cached.row.iter().zip(row).all(|(a, b)| *a == bits(*b)))
-            .then_some(cached.score)
+    /// The cached score of exactly `row` (checked element by element), or whether to insert
+    /// its score once computed. With `seen_twice` admission, a vector not seen recently is a
+    /// miss without asking the cache (it was never inserted), and is remembered.
+    pub fn lookup(&mut self, key: &CacheKey, row: &[f32]) -> Lookup {
+        let Some(cache) = &self.inner else { return Lookup::Miss { admit: false } };
+        if let Some(d) = &mut self.doorkeeper {
+            if !d.seen_then_mark(BuildKeyHasher.hash_one(key)) {
+                return Lookup::Miss { admit: false };
+            }
+        }
+        let hit = cache.get(key).and_then(|cached| {
+            let (score, cached_row) = cached.split_first()?;
+            (cached_row.len() == row.len() && cached_row.iter().zip(row).all(|(a, b)| *a == bits(*b)))
+                .then_some(f32::from_bits(*score))
+        });
+        match hit {
+            Some(score) => Lookup::Hit(score),
+            None => Lookup::Miss { admit: true },
+        }
     }
 
+    /// Caches `score` for `row` (call it for misses that [`Lookup::Miss`] said to admit).
     pub fn insert(&self, key: CacheKey, row: &[f32], score: f32) {
         if let Some(c) = &self.inner {
-            c.insert(key, Arc::new(CachedScore { score, row: row.iter().map(|v| bits(*v)).collect() }));
+            let entry: CachedScore = std::iter::once(score.to_bits()).chain(row.iter().map(|v| bits(*v))).collect();
+            c.insert(key, entry);
         }
     }
 
@@ -94,12 +217,21 @@ mod tests {
     use super::*;
 
     fn cache(max: u64, ttl: Duration) -> PredictionCache {
-        PredictionCache::with_limits(true, max, ttl)
+        PredictionCache::with_limits(true, max, ttl, CacheAdmission::Always)
+    }
+
+    impl PredictionCache {
+        fn get(&mut self, key: &CacheKey, row: &[f32]) -> Option<f32> {
+            match self.lookup(key, row) {
+                Lookup::Hit(score) => Some(score),
+                Lookup::Miss { .. } => None,
+            }
+        }
     }
 
     #[test]
     fn hit_after_insert_same_version_only() {
-        let c = cache(100, Duration::from_secs(60));
+        let mut c = cache(100, Duration::from_secs(60));
         let row = [1.0f32, 2.5, 0.0];
         let k1 = c.key(1, &row);
         assert_eq!(c.get(&k1, &row), None);
@@ -115,7 +247,7 @@ mod tests {
     #[test]
     fn a_colliding_key_with_another_row_is_a_miss() {
         // Simulate a hash collision: the same key presented with a different row.
-        let c = cache(100, Duration::from_secs(60));
+        let mut c = cache(100, Duration::from_secs(60));
         let row = [1.0f32, 2.0];
         let key = c.key(1, &row);
         c.insert(key, &row, 0.9);
@@ -125,7 +257,7 @@ mod tests {
 
     #[test]
     fn negative_zero_hits_positive_zero() {
-        let c = cache(10, Duration::from_secs(60));
+        let mut c = cache(10, Duration::from_secs(60));
         assert_eq!(c.key(7, &[0.0, 1.0]), c.key(7, &[-0.0, 1.0]));
         c.insert(c.key(7, &[0.0, 1.0]), &[0.0, 1.0], 0.5);
         assert_eq!(c.get(&c.key(7, &[-0.0, 1.0]), &[-0.0, 1.0]), Some(0.5));
@@ -133,7 +265,7 @@ mod tests {
 
     #[test]
     fn bounded_entries() {
-        let c = cache(50, Duration::from_secs(60));
+        let mut c = cache(50, Duration::from_secs(60));
         for i in 0..1000 {
             let row = [i as f32];
             c.insert(c.key(1, &row), &row, i as f32);
@@ -143,7 +275,7 @@ mod tests {
 
     #[test]
     fn ttl_expires_entries() {
-        let c = cache(10, Duration::from_millis(50));
+        let mut c = cache(10, Duration::from_millis(50));
         let row = [3.0];
         let k = c.key(1, &row);
         c.insert(k, &row, 0.5);
@@ -153,12 +285,89 @@ mod tests {
     }
 
     #[test]
+    fn scores_round_trip_bit_exactly() {
+        let mut c = cache(10, Duration::from_secs(60));
+        for (i, score) in [0.0f32, -0.0, 1.0, 0.123_456_79, f32::MIN_POSITIVE, 0.999_999_94].into_iter().enumerate() {
+            let row = [i as f32, 2.0];
+            c.insert(c.key(1, &row), &row, score);
+            assert_eq!(c.get(&c.key(1, &row), &row).map(f32::to_bits), Some(score.to_bits()));
+        }
+    }
+
+    #[test]
+    fn key_hasher_spreads_keys_and_separates_versions() {
+        use std::hash::Hash;
+        let mut c = cache(10, Duration::from_secs(60));
+        let hash = |k: &CacheKey| {
+            let mut h = BuildKeyHasher.build_hasher();
+            k.hash(&mut h);
+            h.finish()
+        };
+        let row = [1.0f32, 2.0];
+        let (k1, k2) = (c.key(1, &row), c.key(2, &row));
+        assert_ne!(hash(&k1), hash(&k2), "same row, two versions: two hashes");
+        // The low bits (bucket index) of nearby rows' hashes are spread: 4096 rows into 64
+        // buckets leave no bucket empty and none with more than three times its share.
+        let mut buckets = [0u32; 64];
+        for i in 0..4096 {
+            buckets[(hash(&c.key(1, &[i as f32])) % 64) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&b| b > 0 && b < 3 * 64), "{buckets:?}");
+    }
+
+    #[test]
     fn disabled_cache_never_hits() {
-        let c = PredictionCache::with_limits(false, 10, Duration::from_secs(1));
+        let mut c = PredictionCache::with_limits(false, 10, Duration::from_secs(1), CacheAdmission::SeenTwice);
         let row = [3.0];
         let k = c.key(1, &row);
         c.insert(k, &row, 0.5);
         assert_eq!(c.get(&k, &row), None);
         assert!(!c.enabled());
+    }
+
+    #[test]
+    fn seen_twice_inserts_from_the_second_sighting_on() {
+        let mut c = PredictionCache::with_limits(true, 1000, Duration::from_secs(60), CacheAdmission::SeenTwice);
+        let row = [4.0f32, 2.0];
+        let k = c.key(1, &row);
+        assert_eq!(c.lookup(&k, &row), Lookup::Miss { admit: false }, "first sighting: not admitted");
+        assert_eq!(c.lookup(&k, &row), Lookup::Miss { admit: true }, "second sighting: admitted");
+        c.insert(k, &row, 0.25);
+        assert_eq!(c.lookup(&k, &row), Lookup::Hit(0.25));
+        // Another version of the same row is a first sighting again.
+        let k2 = c.key(2, &row);
+        assert_eq!(c.lookup(&k2, &row), Lookup::Miss { admit: false });
+    }
+
+    #[test]
+    fn always_admits_at_the_first_sighting() {
+        let mut c = cache(1000, Duration::from_secs(60));
+        let row = [4.0f32, 2.0];
+        let k = c.key(1, &row);
+        assert_eq!(c.lookup(&k, &row), Lookup::Miss { admit: true });
+    }
+
+    #[test]
+    fn doorkeeper_remembers_at_least_max_entries_and_forgets_old_ones() {
+        let max = 1000u64;
+        let mut c = PredictionCache::with_limits(true, max, Duration::from_secs(60), CacheAdmission::SeenTwice);
+        let keys: Vec<CacheKey> = (0..3 * max).map(|i| c.key(1, &[i as f32])).collect();
+        let mut admitted_early = 0;
+        for k in &keys[..max as usize] {
+            if c.lookup(k, &[0.0]) != (Lookup::Miss { admit: false }) {
+                admitted_early += 1; // Bloom false positives
+            }
+        }
+        assert!(admitted_early < max / 20, "{admitted_early} of {max} distinct vectors admitted at first sight");
+        // The last `max` distinct vectors are all remembered (no false negatives).
+        for k in &keys[..max as usize] {
+            assert_eq!(c.lookup(k, &[0.0]), Lookup::Miss { admit: true });
+        }
+        // Two more generations of new vectors push the first ones out.
+        for k in &keys[max as usize..] {
+            c.lookup(k, &[0.0]);
+        }
+        let remembered = keys[..max as usize].iter().filter(|k| c.lookup(k, &[0.0]) != (Lookup::Miss { admit: false })).count();
+        assert!(remembered < max as usize / 10, "{remembered} of {max} old vectors still remembered");
     }
 }

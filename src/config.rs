@@ -216,11 +216,13 @@ pub struct RawCache {
     pub max_entries: u64,
     /// How long a cached prediction stays valid.
     pub ttl: String,
+    /// `seen_twice` (default): a vector is cached from its second sighting on; `always`: from its first.
+    pub admission: String,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
-        Self { enabled: true, max_entries: 100_000, ttl: "10m".into() }
+        Self { enabled: true, max_entries: 100_000, ttl: "10m".into(), admission: "seen_twice".into() }
     }
 }
 
@@ -404,10 +406,21 @@ pub struct BatchConfig {
     pub queue_depth: usize,
 }
 
+/// Which scored vectors enter the prediction cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheAdmission {
+    /// From a vector's second sighting on (recent sightings are remembered in a small bit set):
+    /// a stream of distinct vectors costs no cache inserts. For cheap models.
+    SeenTwice,
+    /// Every scored vector. For models whose inference costs more than a cache insert.
+    Always,
+}
+
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub enabled: bool,
     pub max_entries: u64,
+    pub admission: CacheAdmission,
     pub ttl: Duration,
 }
 
@@ -778,6 +791,17 @@ impl RawConfig {
             in_range("cache.max_entries", c.max_entries, 1, 1_000_000_000, p);
         }
         let ttl = duration("cache.ttl", &c.ttl, p);
+        let admission = match c.admission.as_str() {
+            "seen_twice" => CacheAdmission::SeenTwice,
+            "always" => CacheAdmission::Always,
+            other => {
+                p.push(ConfigProblem {
+                    key: "cache.admission".into(),
+                    message: format!("`{other}` is not `seen_twice` or `always`"),
+                });
+                CacheAdmission::SeenTwice
+            }
+        };
 
         let d = self.delivery;
         let mode = match d.mode.as_str() {
@@ -902,7 +926,7 @@ impl RawConfig {
                 memory_arena: m.memory_arena,
             },
             batch: BatchConfig { max_batch_size: b.max_batch_size, max_batch_delay, queue_depth: b.queue_depth },
-            cache: CacheConfig { enabled: c.enabled, max_entries: c.max_entries, ttl },
+            cache: CacheConfig { enabled: c.enabled, max_entries: c.max_entries, admission, ttl },
             delivery: DeliveryConfig {
                 mode,
                 commit_interval,

@@ -157,7 +157,18 @@ impl Builder {
             self.pending = Some(batch);
             return Handoff::Closed;
         };
-        match tx.send_timeout(batch, timeout) {
+        // No wait: try_send. (send_timeout with a zero timeout spins through crossbeam's whole
+        // back-off before it looks at the deadline; called on every poll turn while a batch
+        // waits, that spinning was a tenth of the service's CPU.)
+        let result = if timeout.is_zero() {
+            tx.try_send(batch).map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(b) => crossbeam_channel::SendTimeoutError::Timeout(b),
+                crossbeam_channel::TrySendError::Disconnected(b) => crossbeam_channel::SendTimeoutError::Disconnected(b),
+            })
+        } else {
+            tx.send_timeout(batch, timeout)
+        };
+        match result {
             Ok(()) => Handoff::Done,
             Err(crossbeam_channel::SendTimeoutError::Timeout(batch)) => {
                 self.pending = Some(batch);

@@ -15,7 +15,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::batcher::Batch;
-use crate::cache::{CacheKey, PredictionCache};
+use crate::cache::{BuildKeyHasher, CacheKey, Lookup, PredictionCache};
 use crate::config::{ExecutionProvider, GraphOptimization, ModelConfig};
 pub use manifest::Manifest;
 
@@ -302,9 +302,10 @@ pub struct Scorer {
     cache: PredictionCache,
     miss_rows: Vec<f32>,
     miss_index: Vec<usize>,
-    miss_keys: Vec<CacheKey>,
+    /// Key of each miss, and whether its score goes into the cache.
+    miss_keys: Vec<(CacheKey, bool)>,
     /// First miss of each key in the current batch: a repeat within the batch reuses its score.
-    first_miss: HashMap<CacheKey, usize>,
+    first_miss: HashMap<CacheKey, usize, BuildKeyHasher>,
     /// (row, position in the miss list) of in-batch repeats.
     repeats: Vec<(usize, usize)>,
     out: Vec<f32>,
@@ -326,7 +327,7 @@ impl Scorer {
             miss_rows: Vec::new(),
             miss_index: Vec::new(),
             miss_keys: Vec::new(),
-            first_miss: HashMap::new(),
+            first_miss: HashMap::with_hasher(BuildKeyHasher),
             repeats: Vec::new(),
             out: Vec::new(),
         }
@@ -362,14 +363,19 @@ impl Scorer {
         self.repeats.clear();
         for i in 0..n {
             let key = self.cache.key(info.version_id, batch.row(i));
-            if let Some(score) = self.cache.get(&key, batch.row(i)) {
-                batch.scores[i] = score;
-                batch.cache_hits[i] = true;
-                continue;
-            }
+            let admit = match self.cache.lookup(&key, batch.row(i)) {
+                Lookup::Hit(score) => {
+                    batch.scores[i] = score;
+                    batch.cache_hits[i] = true;
+                    continue;
+                }
+                Lookup::Miss { admit } => admit,
+            };
             // The same vector earlier in this batch: it is being inferred already.
             if let Some(&m) = self.first_miss.get(&key) {
                 if batch.row(self.miss_index[m]) == batch.row(i) {
+                    // Seen before this batch too: its score goes into the cache.
+                    self.miss_keys[m].1 |= admit;
                     self.repeats.push((i, m));
                     batch.cache_hits[i] = true;
                     continue;
@@ -377,7 +383,7 @@ impl Scorer {
             }
             self.first_miss.entry(key).or_insert(self.miss_index.len());
             self.miss_index.push(i);
-            self.miss_keys.push(key);
+            self.miss_keys.push((key, admit));
         }
         let m = self.miss_index.len();
         let mut counts = ScoreCounts { cache_hits: n - m, cache_misses: m, inference: std::time::Duration::ZERO };
@@ -398,7 +404,10 @@ impl Scorer {
         for (j, &i) in self.miss_index.iter().enumerate() {
             let score = self.out[j];
             batch.scores[i] = score;
-            self.cache.insert(self.miss_keys[j], batch.row(i), score);
+            let (key, admit) = self.miss_keys[j];
+            if admit {
+                self.cache.insert(key, batch.row(i), score);
+            }
         }
         for &(i, m) in &self.repeats {
             batch.scores[i] = self.out[m];
@@ -410,7 +419,7 @@ impl Scorer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{CacheAdmission, Config};
 
     /// The ONNX Runtime library `make test` provides (ORT_DYLIB_PATH), or the virtualenv's.
     fn ort_library() -> PathBuf {
@@ -505,7 +514,7 @@ mod tests {
     fn repeats_within_one_batch_are_inferred_once() {
         let model = Model::load(&model_config()).expect("model");
         let mut scorer =
-            Scorer::new(model, PredictionCache::with_limits(true, 100, std::time::Duration::from_secs(60)));
+            Scorer::new(model, PredictionCache::with_limits(true, 100, std::time::Duration::from_secs(60), CacheAdmission::Always));
         let mut batch = Batch::new(36, 4);
         let a: Vec<f32> = (0..36).map(|i| i as f32 / 36.0).collect();
         let b: Vec<f32> = (0..36).map(|i| (35 - i) as f32 / 36.0).collect();
@@ -525,11 +534,11 @@ mod tests {
         let rows: Vec<f32> = (0..3 * 36).map(|i| (i % 5) as f32 / 5.0).collect();
         let mut with = Scorer::new(
             Model::load(&model_config()).expect("model"),
-            PredictionCache::with_limits(true, 10, std::time::Duration::from_secs(60)),
+            PredictionCache::with_limits(true, 10, std::time::Duration::from_secs(60), CacheAdmission::Always),
         );
         let mut without = Scorer::new(
             Model::load(&model_config()).expect("model"),
-            PredictionCache::with_limits(false, 10, std::time::Duration::from_secs(60)),
+            PredictionCache::with_limits(false, 10, std::time::Duration::from_secs(60), CacheAdmission::Always),
         );
         let mut a = Batch::new(36, 3);
         let mut b = Batch::new(36, 3);
@@ -564,7 +573,7 @@ mod tests {
         let model = Model::load(&model_config()).expect("model");
         let f = model.info.num_columns;
         let mut scorer =
-            Scorer::new(model, PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60)));
+            Scorer::new(model, PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60), CacheAdmission::Always));
         let mut batch = Batch::new(f, 4);
         for r in 0..3 {
             let (_, row, _) = batch.push_row();

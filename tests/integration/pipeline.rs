@@ -121,7 +121,8 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
 }
 
 /// Each kind of bad input goes to the dead-letter topic with its key, bytes, headers and the
-/// reason headers, while the valid events around it still score. Repeats hit the cache.
+/// reason headers, while the valid events around it still score. Repeats hit the cache from
+/// their third sighting on (default admission `seen_twice`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_inputs_are_dead_lettered_and_valid_ones_still_score() {
     let bootstrap = Broker::shared().bootstrap();
@@ -177,10 +178,18 @@ async fn malformed_inputs_are_dead_lettered_and_valid_ones_still_score() {
         streamscore::synth::encode_transaction(&tx, &mut value);
         again.push((key.clone(), value, headers.clone(), *p));
     }
-    common::produce_values(&bootstrap, &topics.input, again).await;
+    // Default admission (`seen_twice`): the second sighting is scored and cached, the third hits.
+    common::produce_values(&bootstrap, &topics.input, again.clone()).await;
     assert!(running.wait_outcomes((total + 50) as u64, TIMEOUT).await, "repeats not scored");
+    let hits_after_second_sighting = running.cache_hits();
+    common::produce_values(&bootstrap, &topics.input, again).await;
+    assert!(running.wait_outcomes((total + 100) as u64, TIMEOUT).await, "repeats not scored");
     let summary = running.stop().await;
-    assert!(summary.cache_hits >= 50, "cache hits {}", summary.cache_hits);
+    assert!(
+        summary.cache_hits >= hits_after_second_sighting + 50,
+        "third sightings: cache hits {} after {hits_after_second_sighting}",
+        summary.cache_hits
+    );
 
     let dlq = common::consume_n(&bootstrap, &topics.dlq, bad_count, TIMEOUT).await;
     assert_eq!(dlq.len(), bad_count, "dead letters");
@@ -206,8 +215,8 @@ async fn malformed_inputs_are_dead_lettered_and_valid_ones_still_score() {
             assert!(headers.iter().any(|(k, v)| k == name && v == value), "input header {name} kept");
         }
     }
-    let scored = common::consume_n(&bootstrap, &topics.scored, 450, TIMEOUT).await;
-    assert_eq!(scored.len(), 450, "every valid input scored");
+    let scored = common::consume_n(&bootstrap, &topics.scored, 500, TIMEOUT).await;
+    assert_eq!(scored.len(), 500, "every valid input scored");
     let schema = service::scored_schema();
     let hits = scored.iter().map(|m| service::decode_framed(m, &schema)).filter(|s| s.bool("cache_hit")).count();
     assert!(hits >= 50, "cache_hit marked on repeats: {hits}");

@@ -158,6 +158,10 @@ impl InProcess {
         self.stats.outcomes()
     }
 
+    pub fn cache_hits(&self) -> u64 {
+        self.stats.cache_hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Waits until this instance has produced `n` outcomes.
     pub async fn wait_outcomes(&self, n: u64, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
