@@ -2,7 +2,8 @@
 //!
 //! Everything that can be decided once (field positions, column offsets, type checks against the
 //! reader schema) is decided in [`FeatureExtractor::new`]; [`FeatureExtractor::extract`] is the
-//! per-event hot path and allocates nothing except the identity strings it returns.
+//! per-event hot path and allocates nothing (identity strings up to [`IdText::INLINE`] bytes,
+//! which covers UUIDs and typical ids, are stored inline).
 
 use std::collections::HashMap;
 
@@ -17,11 +18,97 @@ use crate::outcome::{DeadLetterReason, Rejection};
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RowIdentity {
     /// `event_id` (a UUID, as its hyphenated lowercase text).
-    pub event_id: String,
+    pub event_id: IdText,
     /// `transaction_id`.
-    pub transaction_id: String,
+    pub transaction_id: IdText,
     /// `event_time`, milliseconds since the Unix epoch (UTC).
     pub event_time_ms: i64,
+}
+
+/// An identity string that lives inline up to [`IdText::INLINE`] bytes (a hyphenated UUID is
+/// 36): copying an event's ids into its batch entry costs no allocation. Longer text (allowed,
+/// the schema does not bound it) goes to the heap. Reads as `&str` through `Deref`.
+#[derive(Clone)]
+pub struct IdText(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    Inline { len: u8, bytes: [u8; IdText::INLINE] },
+    Heap(Box<str>),
+}
+
+impl IdText {
+    pub const INLINE: usize = 46;
+
+    pub fn new(text: &str) -> Self {
+        let b = text.as_bytes();
+        if b.len() <= Self::INLINE {
+            let mut bytes = [0u8; Self::INLINE];
+            bytes[..b.len()].copy_from_slice(b);
+            Self(IdRepr::Inline { len: b.len() as u8, bytes })
+        } else {
+            Self(IdRepr::Heap(text.into()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // The inline bytes are a copy of a `&str`'s first `len` bytes: valid UTF-8.
+            IdRepr::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            IdRepr::Heap(s) => s,
+        }
+    }
+}
+
+impl Default for IdText {
+    fn default() -> Self {
+        Self::new("")
+    }
+}
+
+impl std::ops::Deref for IdText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for IdText {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl PartialEq for IdText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for IdText {}
+
+impl PartialEq<str> for IdText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for IdText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Debug for IdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for IdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The manifest does not fit the reader schema.
@@ -212,12 +299,12 @@ impl FeatureExtractor {
 
         let identity = RowIdentity {
             event_id: match field(fields, self.event_id, EVENT_ID) {
-                Some(Value::Uuid(u)) => u.to_string(),
-                Some(Value::String(s)) => s.clone(),
+                Some(Value::Uuid(u)) => IdText::new(u.hyphenated().encode_lower(&mut apache_avro::Uuid::encode_buffer())),
+                Some(Value::String(s)) => IdText::new(s),
                 other => return Err(identity_missing(EVENT_ID, other)),
             },
             transaction_id: match field(fields, self.transaction_id, TRANSACTION_ID) {
-                Some(Value::String(s)) => s.clone(),
+                Some(Value::String(s)) => IdText::new(s),
                 other => return Err(identity_missing(TRANSACTION_ID, other)),
             },
             event_time_ms: match field(fields, self.event_time, EVENT_TIME) {
@@ -528,6 +615,18 @@ pub(crate) mod tests {
                 event_time_ms: 5 * MS_PER_HOUR + 59 * 60_000,
             }
         );
+    }
+
+    #[test]
+    fn id_text_is_inline_up_to_its_limit_and_reads_back_exactly() {
+        for text in ["", "tx-1", EVENT_UUID, &"é".repeat(23), &"x".repeat(IdText::INLINE), &"y".repeat(200)] {
+            let id = IdText::new(text);
+            assert_eq!(id.as_str(), text);
+            assert_eq!(&*id, text);
+            assert_eq!(id, IdText::from(text));
+            assert_eq!(format!("{id}"), text);
+            assert_eq!(matches!(id.0, IdRepr::Inline { .. }), text.len() <= IdText::INLINE, "{text}");
+        }
     }
 
     #[test]

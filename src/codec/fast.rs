@@ -30,7 +30,7 @@ use apache_avro::types::Value;
 use apache_avro::util::{max_allocation_bytes, DEFAULT_MAX_ALLOCATION_BYTES};
 use apache_avro::{Schema, Uuid};
 
-use crate::features::{FeatureExtractor, RowIdentity};
+use crate::features::{FeatureExtractor, IdText, RowIdentity};
 use crate::model::manifest::{FeatureSpec, Manifest, OnNull, Transform};
 use crate::outcome::{DeadLetterReason, Rejection};
 
@@ -1086,8 +1086,8 @@ fn resolve<'a>(conv: &Conv, w: Written<'a>) -> Option<Resolved<'a>> {
 
 #[derive(Default)]
 struct Ids {
-    event_id: Option<String>,
-    transaction_id: Option<String>,
+    event_id: Option<IdText>,
+    transaction_id: Option<IdText>,
     event_time: Option<i64>,
 }
 
@@ -1110,14 +1110,14 @@ impl Row<'_> {
             Some(Ident::EventId) => {
                 self.ids.event_id = match value {
                     // What `Uuid::to_string` writes, without the formatting machinery.
-                    Resolved::Uuid(u) => Some(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()).to_owned()),
-                    Resolved::Text(s) => Some(s.to_owned()),
+                    Resolved::Uuid(u) => Some(IdText::new(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()))),
+                    Resolved::Text(s) => Some(IdText::new(s)),
                     _ => None,
                 }
             }
             Some(Ident::TransactionId) => {
                 self.ids.transaction_id = match value {
-                    Resolved::Text(s) => Some(s.to_owned()),
+                    Resolved::Text(s) => Some(IdText::new(s)),
                     _ => None,
                 }
             }
