@@ -108,7 +108,7 @@ impl Doorkeeper {
     }
 
     fn probes(&self, hash: u64) -> [u64; 2] {
-        [hash & self.mask, (hash >> 32 | hash << 32).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7 & self.mask]
+        [hash & self.mask, hash.rotate_left(32).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7 & self.mask]
     }
 
     fn test(set: &[u64], bit: u64) -> bool {
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn bounded_entries() {
-        let mut c = cache(50, Duration::from_secs(60));
+        let c = cache(50, Duration::from_secs(60));
         for i in 0..1000 {
             let row = [i as f32];
             c.insert(c.key(1, &row), &row, i as f32);
@@ -301,13 +301,8 @@ mod tests {
 
     #[test]
     fn key_hasher_spreads_keys_and_separates_versions() {
-        use std::hash::Hash;
-        let mut c = cache(10, Duration::from_secs(60));
-        let hash = |k: &CacheKey| {
-            let mut h = BuildKeyHasher.build_hasher();
-            k.hash(&mut h);
-            h.finish()
-        };
+        let c = cache(10, Duration::from_secs(60));
+        let hash = |k: &CacheKey| BuildKeyHasher.hash_one(k);
         let row = [1.0f32, 2.0];
         let (k1, k2) = (c.key(1, &row), c.key(2, &row));
         assert_ne!(hash(&k1), hash(&k2), "same row, two versions: two hashes");

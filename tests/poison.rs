@@ -901,7 +901,7 @@ proptest! {
         check_invariants(&payload, &result);
         if txn.scoreable() {
             let (identity, _) = result.map_err(|r| TestCaseError::fail(r.to_string()))?;
-            prop_assert_eq!(identity.transaction_id, txn.transaction_id);
+            prop_assert_eq!(identity.transaction_id.as_str(), txn.transaction_id.as_str());
             prop_assert_eq!(identity.event_time_ms, txn.event_time);
         } else {
             prop_assert_eq!(label(&result), "invalid_feature");
