@@ -11,7 +11,9 @@ Steps (all seeded, so a rerun with the same pins reproduces the same files):
   3. train StandardScaler + MLPClassifier(32, 16); report ROC AUC on a held-out split;
   4. export to ONNX with skl2onnx (input `features` float32 [N, F], outputs `label` int64 [N]
      and `probabilities` float32 [N, 2]) and check onnxruntime against predict_proba;
-  5. write model.onnx and manifest.json (features, columns, threshold, reference histograms).
+  5. write model.onnx and manifest.json (features, columns, threshold, reference histograms);
+  6. write the validation gate's dataset validation.jsonl and the manifest's `validation` object
+     (models/make_validation.py; docs/model-validation.md).
 """
 
 from __future__ import annotations
@@ -310,8 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(manifest, f, indent=2)
         f.write("\n")
     sf.load_manifest(args.out)  # round-trip: columns derive, sha256 matches
-    print(f"wrote {model_path} ({os.path.getsize(model_path)} bytes, sha256 {manifest['sha256']}) "
-          f"and manifest.json; total {time.time() - t0:.1f}s")
+    print(f"wrote {model_path} ({os.path.getsize(model_path)} bytes, sha256 {manifest['sha256']}) and manifest.json")
+
+    # 6. The validation gate's dataset and limits (the manifest gains its `validation` object).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_validation
+
+    v = make_validation.make(args.out)
+    print(f"wrote {make_validation.DATASET} ({v['rows']} rows): ROC AUC {v['roc_auc']:.4f}, precision "
+          f"{v['precision']:.3f}, recall {v['recall']:.3f} at the threshold; total {time.time() - t0:.1f}s")
     return 0
 
 

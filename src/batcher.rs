@@ -8,6 +8,12 @@
 //!
 //! Batches are recycled: the sink hands a finished batch back and [`Batch::clear`] keeps every
 //! buffer's capacity, so the `[n, F]` feature buffer is allocated once per batch slot, not per event.
+//!
+//! With `batch.mode = "adaptive"` the size and the delay are not fixed: [`adaptive`] steers them
+//! toward `batch.latency_target` from the timings each batch collects on its way
+//! ([`BatchTiming`]), with `max_batch_size` and `max_batch_delay` as upper bounds.
+
+pub mod adaptive;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,7 +70,26 @@ pub struct Batch {
     pub rows: usize,
     /// When the first input arrived (the deadline runs from here).
     pub first_at: Option<Instant>,
+    /// When each input arrived, parallel to `entries` (processing latency at acknowledgement).
+    pub received: Vec<Instant>,
+    /// When the batch passed each stage.
+    pub timing: BatchTiming,
     width: usize,
+}
+
+/// When a batch passed each stage: what adaptive batching learns from (one set per batch).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchTiming {
+    /// The size target in force when the batch was sealed.
+    pub target_size: usize,
+    /// Sealed by the source (from here on it waits for, or is worked on by, later stages).
+    pub sealed_at: Option<Instant>,
+    /// Taken by the inference stage.
+    pub inference_started: Option<Instant>,
+    /// The inference stage's own time on it (cache, ONNX Runtime, drift).
+    pub inference: Duration,
+    /// Taken by the sink.
+    pub sink_started: Option<Instant>,
 }
 
 impl Batch {
@@ -80,6 +105,8 @@ impl Batch {
             model: None,
             rows: 0,
             first_at: None,
+            received: Vec::with_capacity(capacity),
+            timing: BatchTiming::default(),
             width,
         }
     }
@@ -107,6 +134,8 @@ impl Batch {
         self.model = None;
         self.rows = 0;
         self.first_at = None;
+        self.received.clear();
+        self.timing = BatchTiming::default();
     }
 
     /// Appends a zeroed feature row and returns its slices, for the feature stage to fill in place.
@@ -128,12 +157,13 @@ impl Batch {
         }
     }
 
-    /// Records an input's entry; starts the deadline clock with the first one.
+    /// Records an input's entry, received at `now`; starts the deadline clock with the first one.
     pub fn push_entry(&mut self, entry: Entry, now: Instant) {
         if self.first_at.is_none() {
             self.first_at = Some(now);
         }
         self.entries.push(entry);
+        self.received.push(now);
     }
 
     /// Row `i` of the feature buffer.
@@ -142,8 +172,9 @@ impl Batch {
     }
 }
 
-/// When a batch is complete.
-#[derive(Debug, Clone, Copy)]
+/// When a batch is complete. Fixed mode: from the configuration; adaptive mode: the controller's
+/// current targets ([`adaptive::AdaptiveBatching::policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPolicy {
     pub max_size: usize,
     pub max_delay: Duration,
@@ -217,6 +248,7 @@ mod tests {
             Duration::from_millis(1)
         );
         assert!(p.is_due(&b, t0 + Duration::from_millis(5)));
+        assert_eq!(b.received, vec![t0, t0 + Duration::from_millis(4)], "arrival of each input");
         assert_eq!(p.wait_budget(&b, t0 + Duration::from_millis(9), Duration::from_millis(100)), Duration::ZERO);
     }
 
@@ -238,7 +270,7 @@ mod tests {
         assert_eq!(b.missing, vec![false, true, false, false, false, false]);
         let cap = b.features.capacity();
         b.clear();
-        assert!(b.is_empty() && b.rows == 0 && b.first_at.is_none());
+        assert!(b.is_empty() && b.rows == 0 && b.first_at.is_none() && b.received.is_empty());
         assert_eq!(b.features.capacity(), cap, "clear keeps the buffer");
         let (_, row, missing) = b.push_row();
         assert_eq!(row, &[0.0, 0.0, 0.0], "a reused row starts zeroed");

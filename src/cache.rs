@@ -367,7 +367,8 @@ mod tests {
         for k in &keys[max as usize..] {
             c.lookup(k, &[0.0]);
         }
-        let remembered = keys[..max as usize].iter().filter(|k| c.lookup(k, &[0.0]) != (Lookup::Miss { admit: false })).count();
+        let remembered =
+            keys[..max as usize].iter().filter(|k| c.lookup(k, &[0.0]) != (Lookup::Miss { admit: false })).count();
         assert!(remembered < max as usize / 10, "{remembered} of {max} old vectors still remembered");
     }
 }

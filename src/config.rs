@@ -172,6 +172,10 @@ pub struct RawModel {
     pub graph_optimization_level: String,
     /// ONNX Runtime's CPU memory arena (faster allocation, memory kept for reuse).
     pub memory_arena: bool,
+    /// Ed25519 public key files (hex, base64 or PEM); when set, a `manifest.json.sig` must verify against one.
+    pub trusted_public_keys: Vec<String>,
+    /// Refuse a model whose manifest has no valid signature from a trusted key.
+    pub require_signature: bool,
 }
 
 impl Default for RawModel {
@@ -186,6 +190,8 @@ impl Default for RawModel {
             device_id: 0,
             graph_optimization_level: "all".into(),
             memory_arena: true,
+            trusted_public_keys: Vec::new(),
+            require_signature: false,
         }
     }
 }
@@ -193,17 +199,30 @@ impl Default for RawModel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawBatch {
-    /// Most rows in one inference call.
+    /// `fixed` (default): batches close at `max_batch_size` or `max_batch_delay`. `adaptive`:
+    /// size and delay follow `latency_target`, with those two as upper bounds.
+    pub mode: String,
+    /// Most rows in one inference call (adaptive: the upper bound of the size target).
     pub max_batch_size: usize,
-    /// Longest wait after a batch's first row before it is scored anyway.
+    /// Longest wait after a batch's first row before it is scored anyway (adaptive: the upper
+    /// bound of the delay).
     pub max_batch_delay: String,
+    /// adaptive: the latency the batch size and delay are steered toward, from an input's
+    /// arrival at the source to its outcome acknowledged by the broker.
+    pub latency_target: String,
     /// Batches queued between stages; a full queue stops consumption (backpressure).
     pub queue_depth: usize,
 }
 
 impl Default for RawBatch {
     fn default() -> Self {
-        Self { max_batch_size: 256, max_batch_delay: "5ms".into(), queue_depth: 4 }
+        Self {
+            mode: "fixed".into(),
+            max_batch_size: 256,
+            max_batch_delay: "5ms".into(),
+            latency_target: "10ms".into(),
+            queue_depth: 4,
+        }
     }
 }
 
@@ -397,12 +416,29 @@ pub struct ModelConfig {
     pub device_id: i32,
     pub graph_optimization_level: GraphOptimization,
     pub memory_arena: bool,
+    /// Ed25519 public keys a manifest signature must verify against (empty: signatures not checked).
+    pub trusted_public_keys: Vec<PathBuf>,
+    /// Refuse models without a valid signature.
+    pub require_signature: bool,
+}
+
+/// How micro-batches are sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchMode {
+    /// Close at `max_batch_size` inputs or `max_batch_delay` after the first one.
+    Fixed,
+    /// Size and delay steered toward `latency_target` (see `batcher::adaptive`); the fixed
+    /// settings are their upper bounds.
+    Adaptive,
 }
 
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
+    pub mode: BatchMode,
     pub max_batch_size: usize,
     pub max_batch_delay: Duration,
+    /// adaptive: arrival at the source → outcome acknowledged, the latency batches are sized for.
+    pub latency_target: Duration,
     pub queue_depth: usize,
 }
 
@@ -777,6 +813,23 @@ impl RawConfig {
                 GraphOptimization::All
             }
         };
+        if m.trusted_public_keys.iter().any(|k| k.trim().is_empty()) {
+            p.push(ConfigProblem { key: "model.trusted_public_keys".into(), message: "lists an empty path".into() });
+        }
+        if m.require_signature && m.trusted_public_keys.is_empty() {
+            p.push(ConfigProblem {
+                key: "model.require_signature".into(),
+                message: "is true but model.trusted_public_keys is empty: no signature could be verified".into(),
+            });
+        }
+        if (m.require_signature || !m.trusted_public_keys.is_empty()) && !m.verify_checksum {
+            p.push(ConfigProblem {
+                key: "model.verify_checksum".into(),
+                message: "must be true when signatures are checked: the signature covers the model file only through \
+                          the manifest's sha256"
+                    .into(),
+            });
+        }
 
         let b = self.batch;
         in_range("batch.max_batch_size", b.max_batch_size, 1, 65_536, p);
@@ -784,6 +837,26 @@ impl RawConfig {
         let max_batch_delay = duration("batch.max_batch_delay", &b.max_batch_delay, p);
         if max_batch_delay > Duration::from_secs(10) {
             p.push(ConfigProblem { key: "batch.max_batch_delay".into(), message: "must be at most 10s".into() });
+        }
+        let batch_mode = match b.mode.as_str() {
+            "fixed" => BatchMode::Fixed,
+            "adaptive" => BatchMode::Adaptive,
+            other => {
+                p.push(ConfigProblem {
+                    key: "batch.mode".into(),
+                    message: format!("`{other}` is not a mode; use `fixed` or `adaptive`"),
+                });
+                BatchMode::Fixed
+            }
+        };
+        // Checked in both modes: a bad value should not wait for the day someone switches mode.
+        let parse_problems = p.len();
+        let latency_target = duration("batch.latency_target", &b.latency_target, p);
+        if p.len() == parse_problems && (latency_target.is_zero() || latency_target > Duration::from_secs(60)) {
+            p.push(ConfigProblem {
+                key: "batch.latency_target".into(),
+                message: "must be greater than zero and at most 60s".into(),
+            });
         }
 
         let c = self.cache;
@@ -924,8 +997,16 @@ impl RawConfig {
                 device_id: m.device_id,
                 graph_optimization_level,
                 memory_arena: m.memory_arena,
+                trusted_public_keys: m.trusted_public_keys.iter().map(PathBuf::from).collect(),
+                require_signature: m.require_signature,
             },
-            batch: BatchConfig { max_batch_size: b.max_batch_size, max_batch_delay, queue_depth: b.queue_depth },
+            batch: BatchConfig {
+                mode: batch_mode,
+                max_batch_size: b.max_batch_size,
+                max_batch_delay,
+                latency_target,
+                queue_depth: b.queue_depth,
+            },
             cache: CacheConfig { enabled: c.enabled, max_entries: c.max_entries, admission, ttl },
             delivery: DeliveryConfig {
                 mode,
@@ -1097,6 +1178,62 @@ mod tests {
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"delivery.transaction_timeout"), "{p:?}");
         assert!(keys.contains(&"kafka.producer.\"transactional.id\""), "{p:?}");
+    }
+
+    #[test]
+    fn batch_mode_defaults_to_fixed_and_adaptive_is_parsed() {
+        let c = load("", &[]).expect("defaults");
+        assert_eq!(c.batch.mode, BatchMode::Fixed);
+        assert_eq!(c.batch.latency_target, Duration::from_millis(10));
+        let c = load("[batch]\nmode = \"adaptive\"\nlatency_target = \"25ms\"\nmax_batch_size = 1024\n", &[])
+            .expect("valid");
+        assert_eq!(c.batch.mode, BatchMode::Adaptive);
+        assert_eq!(c.batch.latency_target, Duration::from_millis(25));
+        assert_eq!(c.batch.max_batch_size, 1024);
+        let c = load("", &[("STREAMSCORE_BATCH__MODE", "adaptive"), ("STREAMSCORE_BATCH__LATENCY_TARGET", "7ms")])
+            .expect("env overrides");
+        assert_eq!(c.batch.mode, BatchMode::Adaptive);
+        assert_eq!(c.batch.latency_target, Duration::from_millis(7));
+    }
+
+    #[test]
+    fn bad_batch_mode_and_latency_target_are_all_reported() {
+        for (text, why) in [
+            ("[batch]\nmode = \"dynamic\"\nlatency_target = \"0ms\"\n", "zero target"),
+            ("[batch]\nmode = \"Adaptive\"\nlatency_target = \"soon\"\n", "unparseable target"),
+            ("[batch]\nmode = \"\"\nlatency_target = \"2m\"\n", "target above 60s"),
+        ] {
+            let p = problems(load(text, &[]));
+            let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, vec!["batch.mode", "batch.latency_target"], "{why}: {p:?}");
+        }
+        // A bad target is reported in fixed mode too, and together with problems elsewhere.
+        let p = problems(load("[batch]\nlatency_target = \"-1ms\"\nmax_batch_size = 0\n", &[]));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"batch.latency_target") && keys.contains(&"batch.max_batch_size"), "{p:?}");
+        let p = problems(load("", &[("STREAMSCORE_BATCH__MODE", "auto")]));
+        assert_eq!(p[0].key, "batch.mode");
+        assert!(p[0].message.contains("`fixed` or `adaptive`"), "{p:?}");
+        let p = problems(load("[batch]\nmode = 1\n", &[]));
+        assert_eq!(p[0].key, "batch", "a wrong type names the section: {p:?}");
+    }
+
+    #[test]
+    fn signature_settings_are_checked_together() {
+        let c =
+            load("[model]\ntrusted_public_keys = [\"keys/a.pub\", \"keys/b.pem\"]\nrequire_signature = true\n", &[])
+                .expect("valid");
+        assert_eq!(c.model.trusted_public_keys, vec![PathBuf::from("keys/a.pub"), PathBuf::from("keys/b.pem")]);
+        assert!(c.model.require_signature);
+        let d = load("", &[]).expect("defaults");
+        assert!(d.model.trusted_public_keys.is_empty() && !d.model.require_signature);
+
+        let p = problems(load("[model]\nrequire_signature = true\n", &[]));
+        assert_eq!(p[0].key, "model.require_signature", "{p:?}");
+        let p = problems(load("[model]\ntrusted_public_keys = [\"k.pub\"]\nverify_checksum = false\n", &[]));
+        assert_eq!(p[0].key, "model.verify_checksum", "{p:?}");
+        let c = load("", &[("STREAMSCORE_MODEL__TRUSTED_PUBLIC_KEYS", "[\"/etc/streamscore/ci.pub\"]")]).expect("env");
+        assert_eq!(c.model.trusted_public_keys, vec![PathBuf::from("/etc/streamscore/ci.pub")]);
     }
 
     #[test]

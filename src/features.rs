@@ -299,7 +299,9 @@ impl FeatureExtractor {
 
         let identity = RowIdentity {
             event_id: match field(fields, self.event_id, EVENT_ID) {
-                Some(Value::Uuid(u)) => IdText::new(u.hyphenated().encode_lower(&mut apache_avro::Uuid::encode_buffer())),
+                Some(Value::Uuid(u)) => {
+                    IdText::new(u.hyphenated().encode_lower(&mut apache_avro::Uuid::encode_buffer()))
+                }
                 Some(Value::String(s)) => IdText::new(s),
                 other => return Err(identity_missing(EVENT_ID, other)),
             },

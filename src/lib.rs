@@ -12,7 +12,8 @@
 //! - [`source`]: the Kafka consumer group; decoding and feature extraction into batches.
 //! - [`codec`]: Confluent wire format, writer schemas (registry or local), Avro decode/encode.
 //! - [`features`]: manifest-driven extraction of the model's float32 input row.
-//! - [`batcher`]: the micro-batch policy (size or deadline from the first row).
+//! - [`batcher`]: the micro-batch policy: size or deadline from the first row, or adaptive
+//!   sizing toward a latency target.
 //! - [`model`]: manifest, ONNX Runtime session, inference over a batch.
 //! - [`cache`]: prediction cache keyed by (model version, feature-vector hash).
 //! - [`sink`]: the producer for scored and dead-letter records; delivery acks feed [`offsets`].
@@ -22,6 +23,7 @@
 //! - [`pipeline`]: wires the stages; start-up and graceful shutdown.
 //! - [`synth`]: the synthetic transaction generator (demo, `produce`, tests).
 //! - [`demo`]: the zero-infrastructure demo on librdkafka's in-process mock cluster.
+//! - [`validate`]: the validation gate a candidate model passes before it is promoted.
 
 pub mod batcher;
 pub mod cache;
@@ -38,3 +40,4 @@ pub mod sink;
 pub mod source;
 pub mod synth;
 pub mod telemetry;
+pub mod validate;

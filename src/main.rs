@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 clean stop; 1 runtime failure (model, broker, undeliverable outcome);
 //! 2 invalid command line or configuration; 130 second interrupt (immediate exit).
+//! `validate`: 0 every check passed; 1 a check failed or the candidate was refused; 2 the gate
+//! could not run (command line, configuration, runtime library, unreadable dataset).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +16,8 @@ use rdkafka::ClientConfig;
 
 use streamscore::config::{Config, LogFormat};
 use streamscore::demo::{self, DemoOptions, TrafficOptions};
+use streamscore::model::verify;
+use streamscore::validate::{self, LimitOverrides, ValidateOptions};
 use streamscore::{pipeline, telemetry};
 
 #[derive(Parser)]
@@ -76,6 +80,64 @@ enum Command {
         #[arg(long = "property", short = 'X', value_parser = parse_property)]
         properties: Vec<(String, String)>,
     },
+    /// Validation gate: load a candidate model as the service does (with signature and checksum
+    /// verification), score its labelled dataset and check parity, quality and latency limits
+    /// (docs/model-validation.md). Exit 0 = passed, 1 = failed, 2 = could not run.
+    Validate {
+        /// Model version directory (manifest.json, model.onnx, the dataset).
+        #[arg(long)]
+        model: PathBuf,
+        /// Labelled dataset (JSON lines); default: the manifest's `validation.dataset`.
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Configuration file: its [model] section (ONNX Runtime library and session settings,
+        /// trusted keys) and schemas.reader_schema apply; model.dir is replaced by --model.
+        #[arg(long, short, env = "STREAMSCORE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Trust this Ed25519 public key too (repeatable; added to model.trusted_public_keys).
+        #[arg(long = "trusted-public-key")]
+        trusted_public_keys: Vec<PathBuf>,
+        /// Refuse the candidate unless its manifest is signed by a trusted key.
+        #[arg(long)]
+        require_signature: bool,
+        /// Rows per inference call (replaces validation.batch_size).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Replaces validation.max_abs_score_diff.
+        #[arg(long)]
+        max_abs_score_diff: Option<f64>,
+        /// Replaces validation.min_roc_auc.
+        #[arg(long)]
+        min_roc_auc: Option<f64>,
+        /// Replaces validation.min_precision.
+        #[arg(long)]
+        min_precision: Option<f64>,
+        /// Replaces validation.min_recall.
+        #[arg(long)]
+        min_recall: Option<f64>,
+        /// Replaces validation.max_batch_latency_ms (p99 per batch).
+        #[arg(long)]
+        max_batch_latency_ms: Option<f64>,
+    },
+    /// Create an Ed25519 key pair for signing model manifests: OUT.key (secret, hex, mode 0600)
+    /// and OUT.pub (public, hex; list it in model.trusted_public_keys).
+    Keygen {
+        /// Path prefix of the two files; existing files are never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign DIR/manifest.json with an Ed25519 secret key: writes DIR/manifest.json.sig.
+    Sign {
+        /// Model version directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Secret key: hex seed (from `keygen`) or PEM PKCS#8 (`openssl genpkey -algorithm ed25519`).
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -92,6 +154,32 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Validate {
+            model,
+            dataset,
+            json,
+            config,
+            trusted_public_keys,
+            require_signature,
+            batch_size,
+            max_abs_score_diff,
+            min_roc_auc,
+            min_precision,
+            min_recall,
+            max_batch_latency_ms,
+        } => {
+            let overrides = LimitOverrides {
+                batch_size,
+                max_abs_score_diff,
+                min_roc_auc,
+                min_precision,
+                min_recall,
+                max_batch_latency_ms,
+            };
+            run_validate(model, dataset, json, config, trusted_public_keys, require_signature, overrides)
+        }
+        Command::Keygen { out } => keygen(&out),
+        Command::Sign { model, key } => sign(&model, &key),
         Command::Run { config } => {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -162,6 +250,119 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `streamscore validate`: exit 0 passed, 1 failed or refused, 2 could not run.
+fn run_validate(
+    model: PathBuf,
+    dataset: Option<PathBuf>,
+    json: bool,
+    config: Option<PathBuf>,
+    trusted_public_keys: Vec<PathBuf>,
+    require_signature: bool,
+    overrides: LimitOverrides,
+) -> ExitCode {
+    // The report and the final error line say everything; the model's own log lines (its
+    // refusal, the signature status, a GPU fallback) would repeat them (RUST_LOG shows them).
+    telemetry::init_tracing(LogFormat::Human, "error,streamscore::model=off");
+    let mut cfg = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cfg.model.dir = model;
+    cfg.model.trusted_public_keys.extend(trusted_public_keys);
+    cfg.model.require_signature |= require_signature;
+    let opts = ValidateOptions {
+        dataset,
+        reader_schema: cfg.schemas.reader_schema.clone(),
+        max_message_bytes: cfg.schemas.max_message_bytes,
+        overrides,
+    };
+    match validate::validate(&cfg.model, &opts) {
+        Ok(report) => {
+            let text = if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => text + "\n",
+                    Err(e) => {
+                        eprintln!("error: cannot write the report as JSON: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                report.render_text()
+            };
+            // A closed pipe (`| head`) is not worth a panic; the exit code still tells the result.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `streamscore keygen --out PREFIX`: PREFIX.key (secret seed, hex, 0600) and PREFIX.pub.
+fn keygen(out: &std::path::Path) -> ExitCode {
+    let key = verify::generate_signing_key();
+    let with_suffix = |suffix: &str| {
+        let mut p = out.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let (secret, public) = (with_suffix(".key"), with_suffix(".pub"));
+    let write = |path: &std::path::Path, text: String, mode: u32| -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        opts.open(path)?.write_all(text.as_bytes())
+    };
+    if let Err(e) = write(&secret, format!("{}\n", verify::secret_key_hex(&key)), 0o600) {
+        eprintln!("error: cannot create {}: {e}", secret.display());
+        return ExitCode::from(1);
+    }
+    if let Err(e) = write(&public, format!("{}\n", verify::public_key_hex(&key.verifying_key())), 0o644) {
+        eprintln!("error: cannot create {}: {e}", public.display());
+        return ExitCode::from(1);
+    }
+    println!(
+        "wrote {} (secret: keep it in your CI secret store) and {} (list it in model.trusted_public_keys)",
+        secret.display(),
+        public.display()
+    );
+    ExitCode::SUCCESS
+}
+
+/// `streamscore sign --model DIR --key KEY`: writes DIR/manifest.json.sig.
+fn sign(model: &std::path::Path, key_path: &std::path::Path) -> ExitCode {
+    let key = match std::fs::read(key_path).map_err(|e| e.to_string()).and_then(|b| verify::parse_secret_key(&b)) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: secret key {}: {e}", key_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    match verify::sign_manifest(model, &key) {
+        Ok(path) => {
+            println!("wrote {} (public key {})", path.display(), verify::public_key_hex(&key.verifying_key()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot sign {}: {e}", model.join("manifest.json").display());
+            ExitCode::from(1)
         }
     }
 }

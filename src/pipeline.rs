@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, info_span, warn};
 
+use crate::batcher::adaptive::{AdaptiveBatching, AdaptiveController};
 use crate::batcher::Batch;
 use crate::cache::PredictionCache;
 use crate::codec::{self, Decoder, SchemaStore};
-use crate::config::{Config, DeliveryMode, KafkaConfig};
+use crate::config::{BatchMode, Config, DeliveryMode, KafkaConfig};
 use crate::drift::{DriftAccumulator, DriftWindow};
 use crate::features::FeatureExtractor;
 use crate::model::{Model, ModelError, ModelInfo, Scorer};
@@ -68,10 +69,12 @@ pub struct Shared {
     rewind: AtomicBool,
     /// The shutdown drain is over: inference and sink drop what they still hold.
     pub abandon: AtomicBool,
+    /// `batch.mode = "adaptive"`: the controller the sink feeds and the source reads.
+    pub batching: Option<AdaptiveBatching>,
 }
 
 impl Shared {
-    pub fn new(stats: Arc<RunStats>) -> Arc<Self> {
+    pub fn new(stats: Arc<RunStats>, batching: Option<AdaptiveBatching>) -> Arc<Self> {
         Arc::new(Self {
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
@@ -82,6 +85,7 @@ impl Shared {
             group_metadata: Mutex::new(None),
             rewind: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
+            batching,
         })
     }
 
@@ -162,8 +166,22 @@ pub async fn run_with_stats(
     // apache-avro pre-allocates a string's or array's claimed length; a hostile 20-byte value could
     // claim gigabytes. Nothing decoded can be larger than the message it came in.
     apache_avro::util::max_allocation_bytes(cfg.schemas.max_message_bytes.max(1024));
-    let shared = Shared::new(stats.clone());
+    // The recorder first: the adaptive controller publishes its initial targets as gauges.
     let handle = telemetry::prometheus();
+    let batching = (cfg.batch.mode == BatchMode::Adaptive).then(|| {
+        info!(
+            latency_target = ?cfg.batch.latency_target,
+            max_batch_size = cfg.batch.max_batch_size,
+            max_batch_delay = ?cfg.batch.max_batch_delay,
+            "adaptive batching"
+        );
+        AdaptiveBatching::new(AdaptiveController::new(
+            cfg.batch.latency_target,
+            cfg.batch.max_batch_size,
+            cfg.batch.max_batch_delay,
+        ))
+    });
+    let shared = Shared::new(stats.clone(), batching);
     info!(
         brokers = %cfg.kafka.bootstrap_servers,
         group = %cfg.kafka.group_id,
@@ -425,6 +443,9 @@ fn spawn_inference(
                 if shared.abandon.load(Ordering::Acquire) {
                     break;
                 }
+                // Before the injected delay: a deliberately slow model is slow inference.
+                let started = Instant::now();
+                batch.timing.inference_started = Some(started);
                 if let Some(d) = injected_delay {
                     std::thread::sleep(d);
                 }
@@ -453,6 +474,7 @@ fn spawn_inference(
                         acc.observe(&batch.features[..n], &batch.missing[..n], &batch.scores);
                     }
                 }
+                batch.timing.inference = started.elapsed();
                 if output.send(batch).is_err() {
                     break;
                 }

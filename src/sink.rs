@@ -7,8 +7,8 @@
 //! counter, and the batch is acknowledged to the tracker when the last of its records is.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -17,7 +17,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
-use crate::batcher::{Batch, EntryKind};
+use crate::batcher::adaptive::BatchFeedback;
+use crate::batcher::{Batch, BatchTiming, EntryKind};
 use crate::codec::{encode_scored, ScoredRecord};
 use crate::config::Config;
 use crate::outcome::DeadLetterReason;
@@ -58,9 +59,20 @@ pub struct BatchAck {
     dead_lettered: [u64; DeadLetterReason::ALL.len()],
     /// Kafka timestamps of the inputs (ms), for end-to-end latency at acknowledgement.
     timestamps: Vec<i64>,
+    /// When the source received each input, for processing latency at acknowledgement.
+    received: Vec<Instant>,
+    /// Inputs in the batch and when it passed each stage (adaptive batching's feedback).
+    inputs: usize,
+    timing: BatchTiming,
+    /// When the sink had handed every record of the batch to the producer (set once they all
+    /// are; a delivery report could in principle settle the batch before it is set).
+    produced: OnceLock<Instant>,
 }
 
 /// What a produced record reports back to when the broker answers.
+// One `Arc<Ack>` per batch (or drift report), shared by its records: boxing the large variant
+// would only add a second allocation per batch.
+#[allow(clippy::large_enum_variant)]
 pub enum Ack {
     Batch(BatchAck),
     /// Drift reports: a failure is logged and counted, it holds back no offsets.
@@ -110,14 +122,17 @@ impl ProducerContext for SinkContext {
             && !batch.failed.load(Ordering::Acquire)
             && !self.transactional
         {
-            settle(batch, &self.shared.stats);
+            settle(batch, &self.shared);
             self.shared.tracker.ack(batch.seq);
         }
     }
 }
 
-/// Counts a fully acknowledged batch (metrics once per batch, latency per input).
-fn settle(b: &BatchAck, stats: &RunStats) {
+/// Counts a fully acknowledged batch (metrics once per batch, latency per input) and feeds its
+/// timings to adaptive batching.
+fn settle(b: &BatchAck, shared: &Shared) {
+    let acked = Instant::now();
+    let stats = &shared.stats;
     stats.scored.fetch_add(b.scored, Ordering::Relaxed);
     metrics::counter!(names::EVENTS_SCORED).increment(b.scored);
     for (i, n) in b.dead_lettered.iter().enumerate() {
@@ -133,6 +148,16 @@ fn settle(b: &BatchAck, stats: &RunStats) {
         latency.record(s);
     }
     stats.latency.record_all(seconds);
+    let processing = metrics::histogram!(names::PROCESSING_SECONDS);
+    for r in &b.received {
+        processing.record(acked.saturating_duration_since(*r).as_secs_f64());
+    }
+    if let Some(batching) = &shared.batching {
+        let produced = b.produced.get().copied().unwrap_or(acked);
+        if let Some(feedback) = BatchFeedback::from_timing(&b.timing, b.inputs, produced, acked) {
+            batching.observe(&feedback);
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -244,6 +269,7 @@ fn run(parts: SinkParts) {
         if parts.shared.abandon.load(std::sync::atomic::Ordering::Acquire) {
             break;
         }
+        batch.timing.sink_started = Some(Instant::now());
         let result = match &parts.transactions {
             Some(settings) => produce_transaction(&parts, settings, &mut txn_state, &mut batch, &mut buf),
             None => {
@@ -365,7 +391,7 @@ fn produce_transaction(
     state.consecutive_aborts = 0;
     metrics::counter!(names::TRANSACTIONS, "result" => "committed").increment(1);
     if let Ack::Batch(b) = &*ack {
-        settle(b, &parts.shared.stats);
+        settle(b, &parts.shared);
     }
     parts.shared.tracker.ack(batch.seq);
     Ok(())
@@ -424,9 +450,13 @@ fn produce_batch(
         scored: 0,
         dead_lettered: [0; DeadLetterReason::ALL.len()],
         timestamps: Vec::with_capacity(batch.entries.len()),
+        received: Vec::with_capacity(batch.entries.len()),
+        inputs: batch.entries.len(),
+        timing: batch.timing,
+        produced: OnceLock::new(),
     };
     let mut dropped = 0u64;
-    for e in &batch.entries {
+    for (i, e) in batch.entries.iter().enumerate() {
         if is_stale(e) {
             dropped += 1;
             continue;
@@ -436,6 +466,7 @@ fn produce_batch(
             EntryKind::Rejected { rejection, .. } => ack.dead_lettered[RunStats::reason_index(rejection.reason)] += 1,
         }
         ack.timestamps.extend(e.timestamp_ms);
+        ack.received.extend(batch.received.get(i));
     }
     let to_send = batch.entries.len() - dropped as usize;
     ack.remaining = AtomicUsize::new(to_send);
@@ -532,6 +563,9 @@ fn produce_batch(
                 send(&parts.producer, record)?;
             }
         }
+    }
+    if let Ack::Batch(b) = &*ack {
+        let _ = b.produced.set(Instant::now());
     }
     Ok(Some(ack))
 }

@@ -101,6 +101,8 @@ struct Builder {
     /// Since when both the waiting and the open batch have been full.
     full_since: Option<Instant>,
     next_seq: u64,
+    /// The size target of the policy in force (recorded in each sealed batch for adaptive batching).
+    target_size: usize,
     to_inference: Option<Sender<Batch>>,
     recycled: Receiver<Batch>,
     width: usize,
@@ -163,7 +165,9 @@ impl Builder {
         let result = if timeout.is_zero() {
             tx.try_send(batch).map_err(|e| match e {
                 crossbeam_channel::TrySendError::Full(b) => crossbeam_channel::SendTimeoutError::Timeout(b),
-                crossbeam_channel::TrySendError::Disconnected(b) => crossbeam_channel::SendTimeoutError::Disconnected(b),
+                crossbeam_channel::TrySendError::Disconnected(b) => {
+                    crossbeam_channel::SendTimeoutError::Disconnected(b)
+                }
             })
         } else {
             tx.send_timeout(batch, timeout)
@@ -196,6 +200,8 @@ impl Builder {
         let mut batch = std::mem::replace(&mut self.batch, fresh);
         self.next_seq += 1;
         batch.seq = self.next_seq;
+        batch.timing.sealed_at = Some(Instant::now());
+        batch.timing.target_size = self.target_size;
         shared.tracker.register(batch.seq, &self.last_offsets);
         self.last_offsets.clear();
         shared.stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -389,6 +395,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
             repause: false,
             full_since: None,
             next_seq: 0,
+            target_size: capacity,
             to_inference: Some(parts.to_inference),
             recycled: parts.recycled,
             width,
@@ -417,7 +424,9 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
 }
 
 fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, shared: &Shared) {
-    let policy = BatchPolicy::new(cfg.batch.max_batch_size, cfg.batch.max_batch_delay);
+    let fixed = BatchPolicy::new(cfg.batch.max_batch_size, cfg.batch.max_batch_delay);
+    // The hard bound, in both modes: how far a batch may grow while inference has no room.
+    let max_size = fixed.max_size;
     let mut next_commit = Instant::now() + cfg.delivery.commit_interval;
     let mut last_poll_error: Option<Instant> = None;
     let ctx = consumer.context();
@@ -427,6 +436,9 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
         *shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()) = consumer.group_metadata();
     }
     while !shared.stopping() {
+        // Fixed mode: the configuration. Adaptive: the controller's current targets (two atomic
+        // loads per turn; the sink updates them once per acknowledged batch).
+        let policy = shared.batching.as_ref().map_or(fixed, |a| a.policy());
         let now = Instant::now();
         if !transactional && now >= next_commit {
             commit(&consumer, &shared.tracker, None);
@@ -442,7 +454,8 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
         // polling goes on only to serve the group protocol.
         let budget = {
             let mut b = ctx.builder();
-            let both_full = b.pending.is_some() && b.batch.len() >= policy.max_size;
+            b.target_size = policy.max_size;
+            let both_full = b.pending.is_some() && b.batch.len() >= max_size;
             let wait = if b.paused || both_full { BACKPRESSURE_WAIT } else { Duration::ZERO };
             match b.push_pending(wait) {
                 Handoff::Closed => break,
@@ -475,29 +488,40 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
                 }
             }
         };
-        match consumer.poll(budget) {
-            None => {}
+        // Whether this poll found nothing already fetched (adaptive mode's seal, below).
+        let caught_up = match consumer.poll(budget) {
+            None => true,
             Some(Ok(msg)) => {
                 // Possible while paused (already fetched, or a partition assigned meanwhile):
                 // it joins the open batch, which waits for the pending one.
                 let mut b = ctx.builder();
                 accept(&mut b, &msg, cfg, decoder, shared);
+                false
             }
             // Transient errors (broker down, rebalance in progress) are retried by librdkafka;
             // log at most once per 10 s so an outage does not flood the log.
             Some(Err(e)) if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) => {
                 warn!(error = %e, "consumer error (librdkafka retries on its own)");
                 last_poll_error = Some(Instant::now());
+                true
             }
-            Some(Err(_)) => {}
-        }
+            Some(Err(_)) => true,
+        };
         let mut b = ctx.builder();
         // A due batch is sealed at once when inference has room. When it has none, the batch
         // keeps filling up to max_batch_size first: under load, batches grow to the size that
         // makes inference cheapest, and only a full batch waits (and pauses consumption).
+        // Adaptive mode: a batch whose delay is up still takes what the consumer has already
+        // fetched (up to the size target) before it is sealed: that input costs no waiting, and a
+        // delay near zero then gives batches of what arrived, not one batch per message.
         let room = b.to_inference.as_ref().is_some_and(|tx| !tx.is_full());
-        if b.pending.is_none() && policy.is_due(&b.batch, Instant::now()) && (room || b.batch.len() >= policy.max_size)
-        {
+        let len = b.batch.len();
+        let due = if shared.batching.is_some() {
+            len >= policy.max_size || (caught_up && policy.is_due(&b.batch, Instant::now()))
+        } else {
+            policy.is_due(&b.batch, Instant::now())
+        };
+        if b.pending.is_none() && due && (room || len >= max_size) {
             match b.seal(shared, Duration::ZERO) {
                 Handoff::Closed => break,
                 // The sealed batch waits in `pending`; the next turn decides about pausing.
@@ -568,6 +592,7 @@ fn rewind(consumer: &BaseConsumer<SourceContext>, b: &mut Builder, shared: &Shar
 
 /// Decodes one message into the open batch (a scored row or a dead-letter entry).
 fn accept(b: &mut Builder, msg: &BorrowedMessage<'_>, cfg: &Config, decoder: &Decoder, shared: &Shared) {
+    let received = Instant::now();
     let topic = b.topic(msg.topic());
     let (partition, offset) = (msg.partition(), msg.offset());
     b.note_offset(&topic, partition, offset);
@@ -610,7 +635,7 @@ fn accept(b: &mut Builder, msg: &BorrowedMessage<'_>, cfg: &Config, decoder: &De
         timestamp_ms: msg.timestamp().to_millis(),
         kind,
     };
-    b.batch.push_entry(entry, Instant::now());
+    b.batch.push_entry(entry, received);
 }
 
 /// A registry outage should not dead-letter good events: retry a few times with backoff first.

@@ -21,6 +21,9 @@ pub mod names {
     pub const BATCH_SIZE: &str = "streamscore_batch_size";
     pub const INFERENCE_SECONDS: &str = "streamscore_inference_seconds";
     pub const END_TO_END_SECONDS: &str = "streamscore_end_to_end_latency_seconds";
+    pub const PROCESSING_SECONDS: &str = "streamscore_processing_latency_seconds";
+    pub const BATCH_TARGET_SIZE: &str = "streamscore_batch_target_size";
+    pub const BATCH_TARGET_DELAY: &str = "streamscore_batch_target_delay_seconds";
     pub const CACHE_HITS: &str = "streamscore_cache_hits_total";
     pub const CACHE_MISSES: &str = "streamscore_cache_misses_total";
     pub const CONSUMER_LAG: &str = "streamscore_consumer_lag";
@@ -35,6 +38,7 @@ pub mod names {
     pub const REVOKED_DROPPED: &str = "streamscore_revoked_outcomes_dropped_total";
     pub const MODEL_INFO: &str = "streamscore_model_info";
     pub const READY: &str = "streamscore_ready";
+    pub const MODEL_LOAD_FAILURES: &str = crate::model::verify::MODEL_LOAD_FAILURES;
 }
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -45,10 +49,16 @@ pub fn prometheus() -> PrometheusHandle {
             let latency = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
             let inference = [0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1];
             let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+            // Finer below 25 ms: this is the latency the service itself adds (latency targets of a few ms).
+            let processing = [
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0,
+            ];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(names::END_TO_END_SECONDS.into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::INFERENCE_SECONDS.into()), &inference))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), &sizes));
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), &sizes))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::PROCESSING_SECONDS.into()), &processing));
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 Err(_) => PrometheusBuilder::new().build_recorder(),
@@ -75,6 +85,17 @@ fn describe() {
         Unit::Seconds,
         "Kafka timestamp of the input to its outcome acknowledged by the broker."
     );
+    describe_histogram!(
+        names::PROCESSING_SECONDS,
+        Unit::Seconds,
+        "Input received by the source to its outcome acknowledged by the broker (the latency streamscore adds)."
+    );
+    describe_gauge!(names::BATCH_TARGET_SIZE, "Adaptive batching: the current batch size target.");
+    describe_gauge!(
+        names::BATCH_TARGET_DELAY,
+        Unit::Seconds,
+        "Adaptive batching: the current longest wait after a batch's first input."
+    );
     describe_counter!(names::CACHE_HITS, "Rows served from the prediction cache.");
     describe_counter!(names::CACHE_MISSES, "Rows that needed inference.");
     describe_gauge!(
@@ -98,6 +119,10 @@ fn describe() {
     describe_counter!(names::REVOKED_DROPPED, "Outcomes not produced because their partition was revoked before they were (the new owner re-processes the inputs).");
     describe_gauge!(names::MODEL_INFO, "1 for the model version being served.");
     describe_gauge!(names::READY, "1 when the model is loaded and the consumer has joined its group.");
+    describe_counter!(
+        names::MODEL_LOAD_FAILURES,
+        "Models refused at load, by reason (checksum, signature, mismatch, manifest, model_file, load, warmup, runtime)."
+    );
 }
 
 /// Sets up `tracing` once per process (later calls are no-ops).

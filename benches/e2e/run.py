@@ -20,7 +20,15 @@ One run, one broker, same data and model for every contender:
  5. a latency run: a fresh streamscore on a fresh topic while `streamscore produce --rate R`
     offers R ≈ half of streamscore's measured saturation throughput for --latency-seconds;
     p50/p99 come from streamscore's own end-to-end latency histogram (Kafka timestamp → outcome
-    acknowledged), interpolated linearly inside the histogram's buckets.
+    acknowledged), interpolated linearly inside the histogram's buckets, and from its processing
+    latency histogram (input received by the source → outcome acknowledged: what streamscore
+    adds, without the load generator's linger and queueing);
+ 6. a batching comparison (`--skip batching` leaves it out): the same offered rate for
+    --batching-seconds each with fixed batches of 64, 256 (the default) and 1024 and with
+    adaptive batching (latency_target 10 ms, max_batch_size 1024), each on a fresh topic and
+    group: latency (end-to-end and processing), CPU-s per million events, scored/s, mean batch;
+    then each setting's saturation throughput on the preloaded plain topic (fresh group each;
+    `--skip batching-saturation` leaves that half out).
 
 How each figure is measured (the harness polls every 50 ms):
  - window: from the first consumed input to the N-th output acknowledged by the broker.
@@ -38,7 +46,8 @@ How each figure is measured (the harness polls every 50 ms):
  - ORT share = (ORT-alone CPU seconds per row × rows streamscore sent to ONNX Runtime, i.e. cache
    misses) / streamscore's CPU seconds. Cross-check: streamscore's own
    `streamscore_inference_seconds_sum` (wall time inside its ONNX Runtime calls) / its CPU seconds.
-Every contender uses batches of 256 (streamscore's default batch.max_batch_size) and models/fraud_mlp/1.
+Every contender uses batches of 256 (streamscore's default batch.max_batch_size) and models/fraud_mlp/1,
+except the batching comparison, which varies streamscore's [batch] settings.
 
 The table is printed and written to bench-results/e2e-<date>.md.
 """
@@ -273,8 +282,21 @@ class Result(dict):
     pass
 
 
+# The batching comparison: label → [batch] settings (TOML values).
+BATCHING = [
+    ("fixed 64", {"max_batch_size": 64}),
+    ("fixed 256 (default)", {"max_batch_size": 256}),
+    ("fixed 1024", {"max_batch_size": 1024}),
+    ("adaptive, target 10 ms", {"mode": '"adaptive"', "latency_target": '"10ms"', "max_batch_size": 1024}),
+]
+
+
+def batch_toml(batch: dict | None) -> str:
+    return "".join(f"{k} = {v}\n" for k, v in (batch or {"max_batch_size": BATCH}).items())
+
+
 def streamscore_config(workdir: str, bootstrap: str, group: str, topic_in: str, prefix: str,
-                       consumer_extra: list[str] = ()) -> tuple[str, str]:
+                       consumer_extra: list[str] = (), batch: dict | None = None) -> tuple[str, str]:
     port = free_port()
     extra = "".join(f'"{kv.split("=", 1)[0]}" = "{kv.split("=", 1)[1]}"\n' for kv in consumer_extra)
     path = os.path.join(workdir, f"{prefix}.toml")
@@ -304,8 +326,7 @@ dir = "{MODEL_DIR}"
 onnxruntime_library = "{ORT_LIB}"
 
 [batch]
-max_batch_size = {BATCH}
-
+{batch_toml(batch)}
 [telemetry]
 http_bind = "127.0.0.1:{port}"
 log_level = "warn"
@@ -313,10 +334,21 @@ log_level = "warn"
     return path, f"http://127.0.0.1:{port}/metrics"
 
 
-def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix: str, timeout: float) -> Result:
+def batch_figures(m: dict) -> dict:
+    """Mean batch size and, in adaptive mode, the controller's targets at the end of a run."""
+    count = total(m, "streamscore_batch_size_count")
+    out = {"mean_batch": total(m, "streamscore_batch_size_sum") / count if count else None}
+    if "streamscore_batch_target_size" in m:
+        out["target_size"] = total(m, "streamscore_batch_target_size")
+        out["target_delay_ms"] = total(m, "streamscore_batch_target_delay_seconds") * 1e3
+    return out
+
+
+def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix: str, timeout: float,
+                    batch: dict | None = None) -> Result:
     create_topics(broker.bootstrap, [f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"], ARGS.partitions)
     cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic_in, prefix,
-                                          ARGS.streamscore_consumer)
+                                          ARGS.streamscore_consumer, batch)
     logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
     proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
                             stdout=logf, stderr=subprocess.STDOUT,
@@ -363,6 +395,7 @@ def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix:
             cache_misses=total(m, "streamscore_cache_misses_total"),
             inference_s=total(m, "streamscore_inference_seconds_sum"),
             pauses=total(m, "streamscore_backpressure_pauses_total"),
+            **batch_figures(m),
         )
         res["cpu_s_per_m"] = res["cpu_s"] / n * 1e6
     except Exception as e:  # reported, not faked
@@ -445,13 +478,23 @@ def run_ort_alone(broker: Broker, topic: str, n: int) -> Result:
     return res
 
 
-def run_latency(broker: Broker, workdir: str, rate: float, seconds: float) -> Result:
+def buckets_of(m: dict, name: str) -> list[tuple[float, float]]:
+    out = []
+    for labels, v in m.get(name + "_bucket", []):
+        le = re.search(r'le="([^"]+)"', labels).group(1)
+        out.append((float("inf") if le == "+Inf" else float(le), v))
+    return sorted(out)
+
+
+def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name: str = "latency",
+                batch: dict | None = None) -> Result:
+    """A fresh streamscore on a fresh topic while `streamscore produce --rate` offers `rate` for `seconds`."""
     n = int(rate * seconds)
-    topic = "bench.latency.in"
-    prefix = "bench.latency.streamscore"
+    topic = f"bench.{name}.in"
+    prefix = f"bench.{name}.streamscore"
     create_topics(broker.bootstrap, [topic, f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"], ARGS.partitions)
     cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic, prefix,
-                                          ARGS.streamscore_consumer)
+                                          ARGS.streamscore_consumer, batch)
     logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
     proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
                             stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
@@ -471,6 +514,7 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float) -> Re
                 raise RuntimeError("streamscore not ready within 60 s")
             time.sleep(0.1)
         time.sleep(1.0)
+        cpu0 = proc_cpu(proc.pid)
         t0 = time.time()
         producer = preload(broker.bootstrap, topic, n, rate=rate, seed=7, wait=False)
         deadline = time.time() + seconds * 3 + 60
@@ -480,20 +524,26 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float) -> Re
             if outputs >= n:
                 break
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"latency run: {outputs:.0f} of {n} outputs (exit {proc.poll()})")
+                raise RuntimeError(f"{name} run: {outputs:.0f} of {n} outputs (exit {proc.poll()})")
             time.sleep(0.2)
+        t1, cpu1 = time.time(), proc_cpu(proc.pid)
         out, err = producer.communicate(timeout=30)
         m_prod = re.search(r"\(([\d.]+)/s\)", out)
         q = histogram_quantiles(m, "streamscore_end_to_end_latency_seconds")
+        qp = histogram_quantiles(m, "streamscore_processing_latency_seconds")
+        ms = lambda v: v * 1e3 if v is not None else None  # noqa: E731
         res.update(achieved_rate=float(m_prod.group(1)) if m_prod else n / (time.time() - t0),
-                   p50_ms=q[0.5] * 1e3 if q[0.5] is not None else None,
-                   p99_ms=q[0.99] * 1e3 if q[0.99] is not None else None,
+                   scored_per_s=n / (t1 - t0),
+                   cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+                   p50_ms=ms(q[0.5]), p99_ms=ms(q[0.99]),
+                   proc_p50_ms=ms(qp[0.5]), proc_p99_ms=ms(qp[0.99]),
                    rss_mb=proc_hwm_mb(proc.pid),
                    pauses=total(m, "streamscore_backpressure_pauses_total"),
-                   buckets=[(le, c) for le, c in sorted(
-                       (float("inf") if re.search(r'le="([^"]+)"', l).group(1) == "+Inf"
-                        else float(re.search(r'le="([^"]+)"', l).group(1)), v)
-                       for l, v in m.get("streamscore_end_to_end_latency_seconds_bucket", []))])
+                   buckets=buckets_of(m, "streamscore_end_to_end_latency_seconds"),
+                   proc_buckets=buckets_of(m, "streamscore_processing_latency_seconds"),
+                   **batch_figures(m))
+        if res["cpu_s"] is not None:
+            res["cpu_s_per_m"] = res["cpu_s"] / n * 1e6
     except Exception as e:
         res["error"] = str(e)
     finally:
@@ -513,7 +563,66 @@ def fmt(v, spec=",.0f", none="—"):
     return format(v, spec)
 
 
-def report(results: dict, ort: Result, lat: Result | None, meta: dict) -> str:
+def batching_report(batching: dict, rate: float) -> list[str]:
+    L = ["## Batching: fixed sizes vs adaptive", ""]
+    if "error" in batching:
+        return L + [f"FAILED: {batching['error']}", ""]
+
+    def settings(batch: dict) -> str:
+        return ", ".join(f"{k} = {str(v).strip(chr(34))}" for k, v in batch.items())
+
+    def targets(r: dict) -> str:
+        if r.get("target_size") is None:
+            return "—"
+        return f"{r['target_size']:.0f} / {r['target_delay_ms']:.2f} ms"
+
+    L.append(f"At {rate:,.0f} events/s offered (the latency run's rate) for {ARGS.batching_seconds:.0f} s per setting, "
+             f"each on a fresh topic and group, same data (seed 7):")
+    L.append("")
+    L.append("| setting | [batch] | scored/s | end-to-end p50 ms | end-to-end p99 ms | processing p50 ms | processing p99 ms "
+             "| CPU-s per M events | mean batch | adaptive size / delay at the end | notes |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for label, b in batching.items():
+        r = b.get("rate") or {}
+        notes = []
+        if "error" in r:
+            notes.append("FAILED: " + r["error"].replace("\n", " ")[:300])
+        if r.get("pauses"):
+            notes.append(f"{r['pauses']:.0f} backpressure pauses")
+        L.append(f"| {label} | {settings(b['batch'])} | {fmt(r.get('scored_per_s'))} | {fmt(r.get('p50_ms'), '.1f')} | "
+                 f"{fmt(r.get('p99_ms'), '.1f')} | {fmt(r.get('proc_p50_ms'), '.1f')} | {fmt(r.get('proc_p99_ms'), '.1f')} | "
+                 f"{fmt(r.get('cpu_s_per_m'), '.2f')} | {fmt(r.get('mean_batch'), '.0f')} | {targets(r)} | {'; '.join(notes)} |")
+    L.append("")
+    if any("sat" in b for b in batching.values()):
+        L.append(f"Saturation: each setting on the preloaded plain topic (N = {ARGS.events:,}), fresh group:")
+        L.append("")
+        L.append("| setting | events/s | window s | CPU-s per M events | mean batch | adaptive size / delay at the end | notes |")
+        L.append("|---|---:|---:|---:|---:|---|---|")
+        for label, b in batching.items():
+            r = b.get("sat")
+            if r is None:
+                continue
+            notes = []
+            if "error" in r:
+                notes.append("FAILED: " + r["error"].replace("\n", " ")[:300])
+            if r.get("pauses"):
+                notes.append(f"{r['pauses']:.0f} backpressure pauses")
+            L.append(f"| {label} | {fmt(r.get('events_per_s'))} | {fmt(r.get('window_s'), '.2f')} | "
+                     f"{fmt(r.get('cpu_s_per_m'), '.2f')} | {fmt(r.get('mean_batch'), '.0f')} | {targets(r)} | "
+                     f"{'; '.join(notes)} |")
+        L.append("")
+    L.append("End-to-end latency runs from the input's Kafka timestamp (includes the load generator's linger.ms=5 and "
+             "its queueing); processing latency from the moment streamscore's source received the input "
+             "(`streamscore_processing_latency_seconds`, buckets 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 50 ms, …); both "
+             "to the outcome acknowledged by the broker, interpolated inside the buckets. CPU-s per M events: "
+             "streamscore's CPU from the generator's start until the last output, per million events offered. "
+             "Adaptive size / delay: the `streamscore_batch_target_size` / `_delay_seconds` gauges at the end.")
+    L.append("")
+    return L
+
+
+def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching: dict | None = None,
+           batching_rate: float = 0.0) -> str:
     L = []
     L.append(f"# streamscore end-to-end benchmark, {meta['date']}")
     L.append("")
@@ -595,6 +704,11 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict) -> str:
         row(f"streamscore p99 latency at {lat['offered_rate']:,.0f} events/s offered", lat["p99_ms"],
             f"≤ {TARGET_P99_MS:.0f} ms (max_batch_delay + 5 ms)", lat["p99_ms"] is not None and lat["p99_ms"] <= TARGET_P99_MS,
             spec=".1f", suffix=" ms")
+        row("streamscore p50 processing latency (received → acknowledged), same run", lat.get("proc_p50_ms"),
+            "(context)", True, spec=".1f", suffix=" ms")
+        row("streamscore p99 processing latency (received → acknowledged), same run", lat.get("proc_p99_ms"),
+            f"≤ {TARGET_P99_MS:.0f} ms (what streamscore adds)",
+            lat.get("proc_p99_ms") is not None and lat["proc_p99_ms"] <= TARGET_P99_MS, spec=".1f", suffix=" ms")
     elif lat:
         L.append(f"| latency run | FAILED: {lat['error'][:300]} | | |")
     for wl in ("plain", "repeats"):
@@ -624,9 +738,14 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict) -> str:
                  f"Peak RSS in the latency run: {fmt(lat.get('rss_mb'), '.0f')} MB; backpressure pauses: "
                  f"{fmt(lat.get('pauses'), '.0f')}. Cumulative buckets: "
                  + ", ".join(f"≤{le * 1e3:g} ms: {c:.0f}" for le, c in lat["buckets"] if le != float("inf"))
-                 + f", total {lat['buckets'][-1][1]:.0f}."
+                 + f", total {lat['buckets'][-1][1]:.0f}. Processing latency (received by streamscore's source → "
+                 f"acknowledged, `streamscore_processing_latency_seconds`), cumulative: "
+                 + ", ".join(f"≤{le * 1e3:g} ms: {c:.0f}" for le, c in lat.get("proc_buckets", []) if le != float("inf"))
+                 + "."
                  + (f" Extra consumer properties: {', '.join(ARGS.streamscore_consumer)}." if ARGS.streamscore_consumer else ""))
         L.append("")
+    if batching:
+        L.extend(batching_report(batching, batching_rate))
     L.append("How figures are computed: see benches/README.md (end-to-end harness). Events/s = N / window from the "
              "first input consumed to the N-th output acknowledged; CPU = utime+stime of the contender process (all "
              "threads) over that window; cores busy = CPU-s / window; ORT share = ORT-alone CPU-s per row × rows inferred (cache misses) / "
@@ -646,7 +765,10 @@ def main() -> int:
     ap.add_argument("--streamscore-consumer", action="append", default=[], metavar="KEY=VALUE",
                     help="extra librdkafka consumer property ([kafka.consumer]) for every streamscore run (diagnostics), "
                          "e.g. fetch.wait.max.ms=10; named in the report")
-    ap.add_argument("--skip", default="", help="comma list of: peer, passthrough, ort, latency, repeats")
+    ap.add_argument("--batching-seconds", type=float, default=10.0,
+                    help="seconds per setting of the batching comparison at the latency run's rate")
+    ap.add_argument("--skip", default="",
+                    help="comma list of: peer, passthrough, ort, latency, repeats, batching, batching-saturation")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "bench-results"))
     ARGS = ap.parse_args()
     skip = set(filter(None, ARGS.skip.split(",")))
@@ -680,6 +802,8 @@ def main() -> int:
     broker = Broker(workdir)
     results: dict = {}
     ort = lat = None
+    batching: dict = {}
+    rate = 0.0
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
@@ -728,22 +852,37 @@ def main() -> int:
                 ort = run_ort_alone(broker, topic, n)
                 log(f"ort_alone {json.dumps(ort)}")
 
+        sat = results[("plain", "streamscore")].get("events_per_s")
+        rate = ARGS.latency_rate or (round(sat / 2, -2) if sat else 0)
         if "latency" not in skip:
-            sat = results[("plain", "streamscore")].get("events_per_s")
-            rate = ARGS.latency_rate or (round(sat / 2, -2) if sat else 0)
             if rate:
                 log(f"latency run at {rate:.0f} events/s for {ARGS.latency_seconds:.0f} s ...")
                 lat = run_latency(broker, workdir, rate, ARGS.latency_seconds)
                 log(f"latency {json.dumps({k: v for k, v in lat.items() if k != 'buckets'})}")
             else:
                 lat = Result(error="no saturation figure from the plain streamscore run")
+
+        if "batching" not in skip:
+            if not rate:
+                batching["error"] = "no saturation figure from the plain streamscore run"
+            for i, (label, batch) in enumerate(BATCHING if rate else []):
+                log(f"batching: {label} at {rate:.0f} events/s for {ARGS.batching_seconds:.0f} s ...")
+                r = run_latency(broker, workdir, rate, ARGS.batching_seconds, name=f"batching{i}", batch=batch)
+                batching[label] = {"batch": batch, "rate": r}
+                log(f"batching: {label} {json.dumps({k: v for k, v in r.items() if 'buckets' not in k})}")
+            if rate and "batching-saturation" not in skip:
+                for i, (label, batch) in enumerate(BATCHING):
+                    log(f"batching: {label}, saturation on bench.plain.in ...")
+                    r = run_streamscore(broker, workdir, "bench.plain.in", n, f"bench.batching{i}.sat", timeout_fast, batch)
+                    batching[label]["sat"] = r
+                    log(f"batching: {label} saturation {json.dumps(r)}")
     except KeyboardInterrupt:
         log("interrupted")
         return 130
     finally:
         broker.stop()
 
-    text = report(results, ort, lat, meta)
+    text = report(results, ort, lat, meta, batching, rate)
     print(text)
     os.makedirs(ARGS.out_dir, exist_ok=True)
     base = os.path.join(ARGS.out_dir, f"e2e-{started.strftime('%Y-%m-%d')}")
@@ -755,7 +894,9 @@ def main() -> int:
         f.write(text)
     print(f"written to {os.path.relpath(path, os.getcwd())}")
     log(f"logs kept in {workdir}")
-    failed = any("error" in r for r in results.values()) or (ort and "error" in ort) or (lat and "error" in lat)
+    failed = any("error" in r for r in results.values()) or (ort and "error" in ort) or (lat and "error" in lat) \
+        or "error" in batching or any("error" in r for b in batching.values() if isinstance(b, dict)
+                                      for k, r in b.items() if k in ("rate", "sat"))
     return 1 if failed else 0
 
 

@@ -47,7 +47,51 @@ pub struct Manifest {
     pub columns: Vec<String>,
     /// Training-data histograms, for drift monitoring.
     pub reference: Reference,
+    /// The validation gate's dataset and limits (`streamscore validate`, docs/model-validation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationSpec>,
 }
+
+/// What `streamscore validate` checks a candidate against: a labelled dataset committed with the
+/// model and the limits it must meet. Limits left out are reported as not configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSpec {
+    /// JSON lines of labelled transactions with reference scores, relative to the manifest's directory.
+    pub dataset: String,
+    /// Lowercase hex SHA-256 of `dataset`: makes the manifest (and its signature) cover the dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_sha256: Option<String>,
+    /// Largest allowed `|score - reference_score|` over the dataset (training/serving parity).
+    #[serde(default = "default_max_abs_score_diff")]
+    pub max_abs_score_diff: f64,
+    /// Smallest allowed ROC AUC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_roc_auc: Option<f64>,
+    /// Smallest allowed precision at `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_precision: Option<f64>,
+    /// Smallest allowed recall at `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_recall: Option<f64>,
+    /// Rows per inference call during validation.
+    #[serde(default = "default_validation_batch_size")]
+    pub batch_size: usize,
+    /// Largest allowed p99 inference time of one batch of `batch_size` rows, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_latency_ms: Option<f64>,
+}
+
+fn default_max_abs_score_diff() -> f64 {
+    1e-5
+}
+
+fn default_validation_batch_size() -> usize {
+    256
+}
+
+/// The largest `validation.batch_size` accepted (the service's `batch.max_batch_size` limit).
+pub const MAX_VALIDATION_BATCH_SIZE: usize = 65_536;
 
 /// The ONNX graph input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,9 +277,15 @@ impl Manifest {
     /// Reads `dir/manifest.json`, parses it strictly and validates it.
     pub fn from_dir(dir: &Path) -> Result<Manifest, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path: path.clone(), source })?;
-        let manifest = Self::from_json(&text).map_err(|source| ManifestError::Parse { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|source| ManifestError::Read { path: path.clone(), source })?;
+        Self::from_slice(&path, &bytes)
+    }
+
+    /// Parses strictly and validates manifest bytes read from `path` (named in errors). The
+    /// loader reads the file once and checks its signature over the same bytes it parses here.
+    pub fn from_slice(path: &Path, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = serde_json::from_slice(bytes)
+            .map_err(|source| ManifestError::Parse { path: path.to_path_buf(), source })?;
         manifest.validate().map_err(|e| match e {
             ManifestError::Invalid { problems, .. } => {
                 ManifestError::Invalid { manifest: path.display().to_string(), problems }
@@ -354,6 +404,9 @@ impl Manifest {
             check_histogram(&format!("reference.columns[{i}] ({:?})", h.name), h, &mut p);
         }
         check_histogram("reference.score", &self.reference.score, &mut p);
+        if let Some(v) = &self.validation {
+            v.check(&mut p);
+        }
 
         if p.is_empty() {
             Ok(())
@@ -385,11 +438,66 @@ impl Manifest {
     pub fn verify_checksum(&self, dir: &Path) -> Result<(), ManifestError> {
         let path = self.model_path(dir);
         let actual = sha256_file(&path).map_err(|source| ManifestError::ModelFile { path: path.clone(), source })?;
+        self.check_model_sha256(&path, actual)
+    }
+
+    /// Compares the model file's bytes, already read from `path`, with `sha256`: the loader
+    /// hashes the very bytes it hands to ONNX Runtime.
+    pub fn verify_model_bytes(&self, path: &Path, bytes: &[u8]) -> Result<(), ManifestError> {
+        self.check_model_sha256(path, sha256_hex(bytes))
+    }
+
+    fn check_model_sha256(&self, path: &Path, actual: String) -> Result<(), ManifestError> {
         if actual.eq_ignore_ascii_case(&self.sha256) {
             Ok(())
         } else {
-            Err(ManifestError::Checksum { path, expected: self.sha256.clone(), actual })
+            Err(ManifestError::Checksum { path: path.to_path_buf(), expected: self.sha256.clone(), actual })
         }
+    }
+}
+
+impl ValidationSpec {
+    /// Appends every problem of the `validation` object to `p`.
+    fn check(&self, p: &mut Vec<String>) {
+        let dataset = Path::new(&self.dataset);
+        if self.dataset.trim().is_empty() {
+            p.push("validation.dataset is empty".to_string());
+        } else if dataset.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            p.push(format!("validation.dataset {:?} must be a relative path inside the model directory", self.dataset));
+        }
+        if let Some(sha) = &self.dataset_sha256 {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                p.push(format!(
+                    "validation.dataset_sha256 {sha:?} is not 64 hex characters (use `sha256sum {}`)",
+                    self.dataset
+                ));
+            }
+        }
+        if !(self.max_abs_score_diff.is_finite() && self.max_abs_score_diff >= 0.0) {
+            p.push(format!("validation.max_abs_score_diff {} is not a finite number >= 0", self.max_abs_score_diff));
+        }
+        for (key, v) in
+            [("min_roc_auc", self.min_roc_auc), ("min_precision", self.min_precision), ("min_recall", self.min_recall)]
+        {
+            if let Some(v) = v {
+                if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                    p.push(format!("validation.{key} {v} is not in [0, 1]"));
+                }
+            }
+        }
+        if !(1..=MAX_VALIDATION_BATCH_SIZE).contains(&self.batch_size) {
+            p.push(format!("validation.batch_size {} is not in 1..={MAX_VALIDATION_BATCH_SIZE}", self.batch_size));
+        }
+        if let Some(ms) = self.max_batch_latency_ms {
+            if !(ms.is_finite() && ms > 0.0) {
+                p.push(format!("validation.max_batch_latency_ms {ms} is not a number > 0"));
+            }
+        }
+    }
+
+    /// Path of the dataset.
+    pub fn dataset_path(&self, dir: &Path) -> PathBuf {
+        dir.join(&self.dataset)
     }
 }
 
@@ -418,6 +526,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Lowercase hex SHA-256 of bytes in memory.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -577,6 +690,53 @@ mod tests {
             let p = problems(&parse(v));
             assert!(p.iter().any(|s| s.contains("relative path")), "{p:?}");
         }
+    }
+
+    #[test]
+    fn validation_object_is_optional_defaulted_and_checked() {
+        let m = parse(small_manifest_json());
+        assert_eq!(m.validation, None);
+        // Absent stays absent when written back (older readers keep working).
+        assert!(!serde_json::to_string(&m).unwrap().contains("validation"));
+
+        let mut v = small_manifest_json();
+        v["validation"] = json!({"dataset": "validation.jsonl", "min_roc_auc": 0.8});
+        let m = parse(v);
+        m.validate().unwrap();
+        let spec = m.validation.as_ref().unwrap();
+        assert_eq!((spec.batch_size, spec.max_abs_score_diff), (256, 1e-5));
+        assert_eq!((spec.min_roc_auc, spec.min_precision, spec.max_batch_latency_ms), (Some(0.8), None, None));
+        assert_eq!(spec.dataset_path(Path::new("/m")), Path::new("/m/validation.jsonl"));
+
+        let mut v = small_manifest_json();
+        v["validation"] = json!({"dataset": "../elsewhere.jsonl", "dataset_sha256": "xyz", "max_abs_score_diff": -1.0,
+            "min_roc_auc": 1.5, "min_recall": -0.1, "batch_size": 0, "max_batch_latency_ms": 0.0});
+        let p = problems(&parse(v));
+        let all = p.join("\n");
+        for want in [
+            "validation.dataset \"../elsewhere.jsonl\" must be a relative path",
+            "validation.dataset_sha256",
+            "validation.max_abs_score_diff -1",
+            "validation.min_roc_auc 1.5",
+            "validation.min_recall -0.1",
+            "validation.batch_size 0",
+            "validation.max_batch_latency_ms 0",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in {all}");
+        }
+
+        let mut v = small_manifest_json();
+        v["validation"] = json!({"dataset": "v.jsonl", "min_auc": 0.8});
+        assert!(serde_json::from_value::<Manifest>(v).is_err(), "unknown validation keys are rejected");
+    }
+
+    #[test]
+    fn model_bytes_are_checked_against_the_sha256() {
+        let mut m = parse(small_manifest_json());
+        m.sha256 = sha256_hex(b"hello");
+        m.verify_model_bytes(Path::new("model.onnx"), b"hello").unwrap();
+        let err = m.verify_model_bytes(Path::new("model.onnx"), b"hell").unwrap_err();
+        assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
     }
 
     #[test]

@@ -2,8 +2,14 @@
 //!
 //! ONNX Runtime is loaded at run time (`ort` with `load-dynamic`) from the library of the
 //! pinned `onnxruntime` PyPI wheel: `model.onnxruntime_library` in the config or `ORT_DYLIB_PATH`.
+//!
+//! Loading verifies before it trusts ([`Model::load`]): the manifest's signature (when keys are
+//! configured, see [`verify`]), the model file's sha256, and the graph's declared input and
+//! output against the manifest. A refused model is an error for the caller, which keeps serving
+//! whatever it served before, and is counted in [`verify::MODEL_LOAD_FAILURES`] by reason.
 
 pub mod manifest;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -31,12 +37,32 @@ pub enum ModelError {
     RuntimeLoad { path: PathBuf, detail: String },
     #[error("model manifest: {0}")]
     Manifest(#[from] manifest::ManifestError),
+    #[error("model signature: {0}")]
+    Signature(#[from] verify::VerifyError),
     #[error("cannot load model {path}: {detail}")]
     Load { path: PathBuf, detail: String },
     #[error("model {path} does not match its manifest: {detail}")]
     Mismatch { path: PathBuf, detail: String },
     #[error("inference failed on a batch of {rows} rows: {detail}")]
     Inference { rows: usize, detail: String },
+}
+
+impl ModelError {
+    /// Why a model was refused at load: the `reason` label of [`verify::MODEL_LOAD_FAILURES`]
+    /// (`runtime`, `manifest`, `model_file`, `checksum`, `signature`, `load`, `mismatch`, `warmup`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::RuntimeMissing(_) | Self::RuntimeLoad { .. } => "runtime",
+            Self::Manifest(manifest::ManifestError::Checksum { .. }) => "checksum",
+            Self::Manifest(manifest::ManifestError::ModelFile { .. }) => "model_file",
+            Self::Manifest(_) => "manifest",
+            Self::Signature(_) => "signature",
+            Self::Load { .. } => "load",
+            Self::Mismatch { .. } => "mismatch",
+            // At load, inference runs only as the warm-up.
+            Self::Inference { .. } => "warmup",
+        }
+    }
 }
 
 static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -95,51 +121,57 @@ pub struct ModelInfo {
 pub struct Model {
     pub manifest: Manifest,
     pub info: Arc<ModelInfo>,
+    /// What the signature check found at load.
+    pub signature: verify::SignatureStatus,
     session: Session,
     output_column: usize,
     output_width: usize,
 }
 
 impl Model {
-    /// Loads and checks the model in `cfg.dir`: manifest, checksum, declared input/output, and a
-    /// warm-up run (so the first real batch does not pay for lazy initialisation).
+    /// Loads and checks the model in `cfg.dir`: the manifest's signature (when trusted keys are
+    /// configured), the manifest itself, the model file's sha256, the declared input and output,
+    /// and a warm-up run (so the first real batch does not pay for lazy initialisation).
+    ///
+    /// The manifest and the model file are each read once: the signature is checked over the
+    /// bytes that are parsed, and the checksum over the bytes ONNX Runtime loads (from memory,
+    /// so a file swapped after the check is never run). A refusal is logged and counted in
+    /// [`verify::MODEL_LOAD_FAILURES`] with its [`reason`](ModelError::reason).
     pub fn load(cfg: &ModelConfig) -> Result<Model, ModelError> {
-        let env = init_onnxruntime(cfg.onnxruntime_library.as_deref())?;
-        let manifest = Manifest::from_dir(&cfg.dir)?;
-        if cfg.verify_checksum {
-            manifest.verify_checksum(&cfg.dir)?;
+        let loaded = Self::load_verified(cfg);
+        if let Err(e) = &loaded {
+            let reason = e.reason();
+            metrics::counter!(verify::MODEL_LOAD_FAILURES, "reason" => reason).increment(1);
+            tracing::error!(dir = %cfg.dir.display(), reason, error = %e, "model refused");
         }
+        loaded
+    }
+
+    fn load_verified(cfg: &ModelConfig) -> Result<Model, ModelError> {
+        // Artifacts first: they are cheaper to check than a runtime to load, and a refused
+        // candidate should say why even where the runtime is missing.
+        let keys = verify::load_trusted_keys(&cfg.trusted_public_keys)?;
+        let manifest_path = cfg.dir.join(manifest::MANIFEST_FILE);
+        let manifest_bytes = std::fs::read(&manifest_path)
+            .map_err(|source| manifest::ManifestError::Read { path: manifest_path.clone(), source })?;
+        let signature = verify::verify_manifest_signature(&cfg.dir, &manifest_bytes, &keys, cfg.require_signature)?;
+        let manifest = Manifest::from_slice(&manifest_path, &manifest_bytes)?;
         let path = manifest.model_path(&cfg.dir);
-        let (session, execution_provider) = build_session(env, cfg, &path)?;
+        let model_bytes =
+            std::fs::read(&path).map_err(|source| manifest::ManifestError::ModelFile { path: path.clone(), source })?;
+        if cfg.verify_checksum {
+            manifest.verify_model_bytes(&path, &model_bytes)?;
+        }
+        if let verify::SignatureStatus::Verified { key } = &signature {
+            tracing::info!(manifest = %manifest_path.display(), key = %key.display(), "model manifest signature verified");
+        }
+
+        let env = init_onnxruntime(cfg.onnxruntime_library.as_deref())?;
+        let (session, execution_provider) = build_session(env, cfg, &path, &model_bytes)?;
+        drop(model_bytes);
         let f = manifest.num_columns();
-        let mismatch = |detail: String| ModelError::Mismatch { path: path.clone(), detail };
-        let input = session.inputs().iter().find(|i| i.name() == manifest.input.name).ok_or_else(|| {
-            mismatch(format!("no input named `{}` (inputs: {})", manifest.input.name, names(session.inputs())))
-        })?;
-        if session.inputs().len() != 1 {
-            return Err(mismatch(format!("expected exactly one input, found {}", names(session.inputs()))));
-        }
-        check_float_tensor(input.dtype(), Some(f as i64))
-            .map_err(|d| mismatch(format!("input `{}`: {d}", input.name())))?;
-        let output = session.outputs().iter().find(|o| o.name() == manifest.output.name).ok_or_else(|| {
-            mismatch(format!("no output named `{}` (outputs: {})", manifest.output.name, names(session.outputs())))
-        })?;
-        let shape = check_float_tensor(output.dtype(), None)
-            .map_err(|d| mismatch(format!("output `{}`: {d}", output.name())))?;
-        let output_width = match shape.as_slice() {
-            [_] => 1,
-            [_, w] if *w > 0 => *w as usize,
-            [_, _] => 0, // dynamic width: checked on the first run
-            other => {
-                return Err(mismatch(format!("output `{}` has shape {other:?}; expected [N] or [N, C]", output.name())))
-            }
-        };
-        if output_width > 0 && manifest.output.column >= output_width {
-            return Err(mismatch(format!(
-                "output column {} but the output has {output_width} columns",
-                manifest.output.column
-            )));
-        }
+        let output_width =
+            check_io(&session, &manifest).map_err(|detail| ModelError::Mismatch { path: path.clone(), detail })?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&manifest.name, &manifest.version, &manifest.sha256).hash(&mut hasher);
@@ -151,10 +183,12 @@ impl Model {
             num_columns: f,
             execution_provider,
         });
-        let mut model = Model { output_column: manifest.output.column, manifest, info, session, output_width };
-        // Warm-up: one row of zeros exercises the whole graph and checks the output shape.
+        let mut model =
+            Model { output_column: manifest.output.column, manifest, info, signature, session, output_width };
+        // Warm-up: two rows of zeros exercise the whole graph and check the output shape for a
+        // batch (a graph that only works for one row fails here, not on the first real batch).
         let mut scores = Vec::new();
-        model.infer(&vec![0.0; f], 1, &mut scores)?;
+        model.infer(&vec![0.0; 2 * f], 2, &mut scores)?;
         Ok(model)
     }
 
@@ -206,10 +240,15 @@ impl Model {
 /// Builds the session on the configured execution provider. A GPU provider that cannot be
 /// registered (CPU-only ONNX Runtime library, no CUDA, no device) falls back to CPU with a
 /// warning; the returned name says which one is active.
+///
+/// The session is built from `bytes` (the model file as read and checksummed), not from the
+/// path; `path` only names the model in errors. Models with external data files are therefore
+/// not supported (none of ours are).
 fn build_session(
     env: &ort::environment::Environment,
     cfg: &ModelConfig,
     path: &Path,
+    bytes: &[u8],
 ) -> Result<(Session, &'static str), ModelError> {
     use ort::ep::ExecutionProvider as _;
     let load_err = |e: ort::Error| ModelError::Load { path: path.to_path_buf(), detail: e.to_string() };
@@ -265,7 +304,7 @@ fn build_session(
             .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(cfg.memory_arena).build()])
             .map_err(|e| load_err(e.into()))?;
     }
-    let session = builder.commit_from_file(path).map_err(load_err)?;
+    let session = builder.commit_from_memory(bytes).map_err(load_err)?;
     tracing::info!(execution_provider = active, device = cfg.device_id, "ONNX Runtime session ready");
     Ok((session, active))
 }
@@ -274,26 +313,102 @@ fn names(outlets: &[ort::value::Outlet]) -> String {
     outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// Checks that a declared value is a float32 tensor (with `cols` columns when given); returns its shape.
-fn check_float_tensor(dtype: &ort::value::ValueType, cols: Option<i64>) -> Result<Vec<i64>, String> {
+/// Checks the graph's declared input and output against the manifest; returns the output's
+/// static width (1 for `[N]`, 0 when the width is dynamic and is checked on the first run).
+///
+/// Input: exactly one, named `input.name`, float32 `[N, F]` with `N` dynamic and `F` the
+/// manifest's column count (or dynamic). Output: named `output.name`, float32 `[N]` or `[N, C]`
+/// with `N` dynamic and `output.column < C` when `C` is static.
+fn check_io(session: &Session, manifest: &Manifest) -> Result<usize, String> {
+    let f = manifest.num_columns() as i64;
+    let input = session.inputs().iter().find(|i| i.name() == manifest.input.name).ok_or_else(|| {
+        format!(
+            "no input named `{}` (inputs: {}); fix input.name in the manifest",
+            manifest.input.name,
+            names(session.inputs())
+        )
+    })?;
+    if session.inputs().len() != 1 {
+        return Err(format!(
+            "expected exactly one input, found {} ({}); streamscore feeds one float32 [N, F] tensor",
+            session.inputs().len(),
+            names(session.inputs())
+        ));
+    }
+    let dims = float_tensor_dims(input.dtype()).map_err(|d| format!("input `{}`: {d}", input.name()))?;
+    match dims.as_slice() {
+        [n, _] if *n >= 0 => {
+            return Err(format!(
+                "input `{}` has a fixed batch dimension of {n}; streamscore scores batches of any size: export \
+                 with a dynamic first dimension (e.g. skl2onnx FloatTensorType([None, {f}]))",
+                input.name()
+            ))
+        }
+        [_, w] if *w == f || *w < 0 => {}
+        [_, w] => {
+            return Err(format!(
+                "input `{}` has {w} columns but the manifest lists {f} columns; the manifest's features do not \
+                 belong to this model",
+                input.name()
+            ))
+        }
+        other => {
+            return Err(format!(
+                "input `{}` has shape {}; expected rank 2 [N, {f}] (N dynamic, {f} = manifest columns)",
+                input.name(),
+                shape(other)
+            ))
+        }
+    }
+    let output = session.outputs().iter().find(|o| o.name() == manifest.output.name).ok_or_else(|| {
+        format!(
+            "no output named `{}` (outputs: {}); fix output.name in the manifest",
+            manifest.output.name,
+            names(session.outputs())
+        )
+    })?;
+    let dims = float_tensor_dims(output.dtype()).map_err(|d| format!("output `{}`: {d}", output.name()))?;
+    let width = match dims.as_slice() {
+        [n] | [n, _] if *n >= 0 => {
+            return Err(format!(
+                "output `{}` has a fixed batch dimension of {n}; export with a dynamic first dimension",
+                output.name()
+            ))
+        }
+        [_] => 1,
+        [_, w] if *w > 0 => *w as usize,
+        [_, _] => 0,
+        other => return Err(format!("output `{}` has shape {}; expected [N] or [N, C]", output.name(), shape(other))),
+    };
+    // `column` is ignored for [N] outputs (the doc's rule); for [N, C] it must exist.
+    if dims.len() == 2 && width > 0 && manifest.output.column >= width {
+        return Err(format!(
+            "output.column is {} but output `{}` has {width} columns (0..{})",
+            manifest.output.column,
+            output.name(),
+            width - 1
+        ));
+    }
+    Ok(width)
+}
+
+/// The dimensions of a declared float32 tensor (negative = dynamic).
+fn float_tensor_dims(dtype: &ort::value::ValueType) -> Result<Vec<i64>, String> {
     match dtype {
         ort::value::ValueType::Tensor { ty, shape, .. } => {
             if *ty != ort::value::TensorElementType::Float32 {
                 return Err(format!("element type is {ty:?}, expected float32"));
             }
-            let dims: Vec<i64> = shape.iter().copied().collect();
-            if let Some(c) = cols {
-                match dims.as_slice() {
-                    [_, w] if *w == c || *w < 0 => {}
-                    other => {
-                        return Err(format!("shape {other:?}, expected [N, {c}] (N dynamic, {c} = manifest columns)"))
-                    }
-                }
-            }
-            Ok(dims)
+            Ok(shape.iter().copied().collect())
         }
         other => Err(format!("is {other:?}, expected a float32 tensor (export with zipmap disabled)")),
     }
+}
+
+/// `[N, 36]` style text of declared dimensions.
+fn shape(dims: &[i64]) -> String {
+    let d: Vec<String> = dims.iter().map(|&d| if d < 0 { "N".to_string() } else { d.to_string() }).collect();
+    format!("[{}]", d.join(", "))
 }
 
 /// Scores batches: cache lookups first, then one ONNX Runtime call over the misses.
@@ -513,8 +628,10 @@ mod tests {
     #[test]
     fn repeats_within_one_batch_are_inferred_once() {
         let model = Model::load(&model_config()).expect("model");
-        let mut scorer =
-            Scorer::new(model, PredictionCache::with_limits(true, 100, std::time::Duration::from_secs(60), CacheAdmission::Always));
+        let mut scorer = Scorer::new(
+            model,
+            PredictionCache::with_limits(true, 100, std::time::Duration::from_secs(60), CacheAdmission::Always),
+        );
         let mut batch = Batch::new(36, 4);
         let a: Vec<f32> = (0..36).map(|i| i as f32 / 36.0).collect();
         let b: Vec<f32> = (0..36).map(|i| (35 - i) as f32 / 36.0).collect();
@@ -566,14 +683,322 @@ mod tests {
         cfg.dir = dir.path().to_path_buf();
         let err = Model::load(&cfg).err().expect("checksum mismatch refused");
         assert!(err.to_string().contains("sha256") || err.to_string().contains("checksum"), "{err}");
+        assert_eq!(err.reason(), "checksum");
+    }
+
+    // ---- verified artifacts --------------------------------------------------------------
+
+    /// A copy of the shipped model directory (manifest + model) to tamper with.
+    fn model_copy() -> (tempfile::TempDir, ModelConfig) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud_mlp/1");
+        for f in ["manifest.json", "model.onnx"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).expect("copy");
+        }
+        let mut cfg = model_config();
+        cfg.dir = dir.path().to_path_buf();
+        (dir, cfg)
+    }
+
+    fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = dir.join(manifest::MANIFEST_FILE);
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+
+    fn refused(cfg: &ModelConfig) -> ModelError {
+        match Model::load(cfg) {
+            Ok(_) => panic!("model in {} was loaded but must be refused", cfg.dir.display()),
+            Err(e) => e,
+        }
+    }
+
+    /// Writes a new key pair's public key into `dir` and returns (signing key, public key path).
+    fn key_pair(dir: &Path, name: &str) -> (ed25519_dalek::SigningKey, PathBuf) {
+        let key = verify::generate_signing_key();
+        let path = dir.join(name);
+        std::fs::write(&path, verify::public_key_hex(&key.verifying_key())).unwrap();
+        (key, path)
+    }
+
+    #[test]
+    fn truncated_model_file_is_refused_by_checksum_or_by_the_runtime() {
+        let (dir, mut cfg) = model_copy();
+        let bytes = std::fs::read(dir.path().join("model.onnx")).unwrap();
+        std::fs::write(dir.path().join("model.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+        let err = refused(&cfg);
+        assert_eq!(err.reason(), "checksum", "{err}");
+        assert!(err.to_string().contains("model.onnx") && err.to_string().contains("re-export"), "{err}");
+        // Without the checksum, ONNX Runtime itself refuses the truncated graph.
+        cfg.verify_checksum = false;
+        let err = refused(&cfg);
+        assert_eq!(err.reason(), "load", "{err}");
+        std::fs::remove_file(dir.path().join("model.onnx")).unwrap();
+        assert_eq!(refused(&cfg).reason(), "model_file");
+    }
+
+    #[test]
+    fn manifest_with_another_valid_looking_sha_is_refused() {
+        let (dir, cfg) = model_copy();
+        edit_manifest(dir.path(), |m| m["sha256"] = serde_json::json!(manifest::sha256_hex(b"another model")));
+        let err = refused(&cfg);
+        assert_eq!(err.reason(), "checksum", "{err}");
+        assert!(err.to_string().contains(&manifest::sha256_hex(b"another model")), "{err}");
+    }
+
+    #[test]
+    fn signed_manifest_loads_and_any_change_after_signing_is_refused() {
+        let (dir, mut cfg) = model_copy();
+        let (key, public) = key_pair(dir.path(), "release.pub");
+        verify::sign_manifest(dir.path(), &key).unwrap();
+        cfg.trusted_public_keys = vec![public];
+        cfg.require_signature = true;
+        Model::load(&cfg).expect("signed by a trusted key: loads");
+
+        // Tampered manifest (a lower threshold), signature left as it was.
+        edit_manifest(dir.path(), |m| m["threshold"] = serde_json::json!(0.01));
+        let err = refused(&cfg);
+        assert_eq!(err.reason(), "signature", "{err}");
+        assert!(err.to_string().contains("release.pub") && err.to_string().contains(verify::SIGNATURE_FILE), "{err}");
+    }
+
+    #[test]
+    fn signature_by_an_untrusted_key_is_refused() {
+        let (dir, mut cfg) = model_copy();
+        let (_trusted, public) = key_pair(dir.path(), "trusted.pub");
+        let (stranger, _) = key_pair(dir.path(), "stranger.pub");
+        verify::sign_manifest(dir.path(), &stranger).unwrap();
+        cfg.trusted_public_keys = vec![public];
+        let err = refused(&cfg);
+        assert_eq!(err.reason(), "signature", "{err}");
+        assert!(matches!(err, ModelError::Signature(verify::VerifyError::BadSignature { .. })), "{err}");
+    }
+
+    #[test]
+    fn missing_signature_is_refused_only_when_required() {
+        let (dir, mut cfg) = model_copy();
+        let (_key, public) = key_pair(dir.path(), "release.pub");
+        cfg.trusted_public_keys = vec![public];
+        Model::load(&cfg).expect("unsigned is accepted when signatures are optional");
+        cfg.require_signature = true;
+        let err = refused(&cfg);
+        assert!(matches!(err, ModelError::Signature(verify::VerifyError::Unsigned { .. })), "{err}");
+        // A configured key file that cannot be read is refused too, naming the file.
+        cfg.trusted_public_keys = vec![dir.path().join("nope.pub")];
+        let err = refused(&cfg);
+        assert!(err.to_string().contains("nope.pub"), "{err}");
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let (dir, cfg) = model_copy();
+        edit_manifest(dir.path(), |m| m["sha256"] = serde_json::json!(manifest::sha256_hex(b"x")));
+        metrics::with_local_recorder(&recorder, || {
+            let _ = Model::load(&cfg);
+            let _ = Model::load(&cfg);
+        });
+        let text = handle.render();
+        assert!(text.contains(&format!("{}{{reason=\"checksum\"}} 2", verify::MODEL_LOAD_FAILURES)), "{text}");
+    }
+
+    type ManifestEdit = Box<dyn Fn(&mut serde_json::Value)>;
+
+    #[test]
+    fn declared_io_that_does_not_match_the_manifest_is_refused() {
+        let cases: Vec<(&str, ManifestEdit, &str)> = vec![
+            ("input name", Box::new(|m| m["input"]["name"] = serde_json::json!("x")), "no input named `x`"),
+            ("output name", Box::new(|m| m["output"]["name"] = serde_json::json!("score")), "no output named `score`"),
+            ("output type", Box::new(|m| m["output"]["name"] = serde_json::json!("label")), "expected float32"),
+            ("output column", Box::new(|m| m["output"]["column"] = serde_json::json!(2)), "output.column is 2"),
+            (
+                "column count",
+                Box::new(|m| {
+                    // Drop the last feature (new_device + its flag) and its columns: a valid
+                    // manifest for a 34-column model.
+                    m["features"].as_array_mut().unwrap().pop();
+                    let cols = m["columns"].as_array_mut().unwrap();
+                    cols.truncate(cols.len() - 2);
+                    let hist = m["reference"]["columns"].as_array_mut().unwrap();
+                    hist.truncate(hist.len() - 2);
+                }),
+                "36 columns but the manifest lists 34",
+            ),
+        ];
+        for (what, edit, want) in cases {
+            let (dir, cfg) = model_copy();
+            edit_manifest(dir.path(), edit);
+            let err = refused(&cfg);
+            assert_eq!(err.reason(), "mismatch", "{what}: {err}");
+            assert!(err.to_string().contains(want), "{what}: {err}");
+        }
+    }
+
+    // A minimal ONNX protobuf writer, for graphs whose declared I/O the shipped model cannot show.
+    mod onnx {
+        fn varint(out: &mut Vec<u8>, mut v: u64) {
+            while v >= 0x80 {
+                out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+        fn int(out: &mut Vec<u8>, field: u64, v: i64) {
+            varint(out, field << 3);
+            varint(out, v as u64);
+        }
+        fn bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+            varint(out, (field << 3) | 2);
+            varint(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+        pub const FLOAT: i64 = 1;
+        pub const DOUBLE: i64 = 11;
+        /// ValueInfoProto: a tensor of `elem` with `dims` (None = dynamic `N`).
+        pub fn tensor(name: &str, elem: i64, dims: &[Option<i64>]) -> Vec<u8> {
+            let mut shape = Vec::new();
+            for d in dims {
+                let mut dim = Vec::new();
+                match d {
+                    Some(v) => int(&mut dim, 1, *v),
+                    None => bytes(&mut dim, 2, b"N"),
+                }
+                bytes(&mut shape, 1, &dim);
+            }
+            let mut t = Vec::new();
+            int(&mut t, 1, elem);
+            bytes(&mut t, 2, &shape);
+            let mut ty = Vec::new();
+            bytes(&mut ty, 1, &t);
+            let mut vi = Vec::new();
+            bytes(&mut vi, 1, name.as_bytes());
+            bytes(&mut vi, 2, &ty);
+            vi
+        }
+        /// ModelProto (IR 8, opset 14) with one node `op(inputs) -> output`.
+        pub fn model(
+            op: &str,
+            inputs: &[Vec<u8>],
+            input_names: &[&str],
+            output: Vec<u8>,
+            output_name: &str,
+        ) -> Vec<u8> {
+            let mut node = Vec::new();
+            for n in input_names {
+                bytes(&mut node, 1, n.as_bytes());
+            }
+            bytes(&mut node, 2, output_name.as_bytes());
+            bytes(&mut node, 4, op.as_bytes());
+            let mut graph = Vec::new();
+            bytes(&mut graph, 1, &node);
+            bytes(&mut graph, 2, b"g");
+            for i in inputs {
+                bytes(&mut graph, 11, i);
+            }
+            bytes(&mut graph, 12, &output);
+            let mut opset = Vec::new();
+            bytes(&mut opset, 1, b"");
+            int(&mut opset, 2, 14);
+            let mut m = Vec::new();
+            int(&mut m, 1, 8);
+            bytes(&mut m, 8, &opset);
+            bytes(&mut m, 7, &graph);
+            m
+        }
+    }
+
+    /// The shipped manifest over a hand-made graph (its sha256 updated).
+    fn crafted(model: Vec<u8>) -> (tempfile::TempDir, ModelConfig) {
+        let (dir, cfg) = model_copy();
+        let sha = manifest::sha256_hex(&model);
+        std::fs::write(dir.path().join("model.onnx"), model).unwrap();
+        edit_manifest(dir.path(), |m| m["sha256"] = serde_json::json!(sha));
+        (dir, cfg)
+    }
+
+    #[test]
+    fn graph_shapes_and_types_are_checked_at_load() {
+        use onnx::{model, tensor, DOUBLE, FLOAT};
+        let n = None;
+        let f = Some(36);
+        // The baseline: Identity over float32 [N, 36] loads (the score is column 1 of the input).
+        let (_d, cfg) = crafted(model(
+            "Identity",
+            &[tensor("features", FLOAT, &[n, f])],
+            &["features"],
+            tensor("probabilities", FLOAT, &[n, f]),
+            "probabilities",
+        ));
+        let mut m = Model::load(&cfg).expect("a well-formed identity graph loads");
+        let mut out = Vec::new();
+        let rows: Vec<f32> = (0..72).map(|i| i as f32).collect();
+        m.infer(&rows, 2, &mut out).unwrap();
+        assert_eq!(out, vec![1.0, 37.0]);
+
+        let cases = [
+            (
+                "fixed batch",
+                model(
+                    "Identity",
+                    &[tensor("features", FLOAT, &[Some(1), f])],
+                    &["features"],
+                    tensor("probabilities", FLOAT, &[Some(1), f]),
+                    "probabilities",
+                ),
+                "fixed batch dimension of 1",
+            ),
+            (
+                "rank 3",
+                model(
+                    "Identity",
+                    &[tensor("features", FLOAT, &[n, f, Some(1)])],
+                    &["features"],
+                    tensor("probabilities", FLOAT, &[n, f, Some(1)]),
+                    "probabilities",
+                ),
+                "expected rank 2",
+            ),
+            (
+                "float64 input",
+                model(
+                    "Identity",
+                    &[tensor("features", DOUBLE, &[n, f])],
+                    &["features"],
+                    tensor("probabilities", DOUBLE, &[n, f]),
+                    "probabilities",
+                ),
+                "element type is Float64, expected float32",
+            ),
+            (
+                "two inputs",
+                model(
+                    "Add",
+                    &[tensor("features", FLOAT, &[n, f]), tensor("bias", FLOAT, &[n, f])],
+                    &["features", "bias"],
+                    tensor("probabilities", FLOAT, &[n, f]),
+                    "probabilities",
+                ),
+                "expected exactly one input",
+            ),
+        ];
+        for (what, bytes, want) in cases {
+            let (_d, cfg) = crafted(bytes);
+            let err = refused(&cfg);
+            assert_eq!(err.reason(), "mismatch", "{what}: {err}");
+            assert!(err.to_string().contains(want), "{what}: {err}");
+        }
     }
 
     #[test]
     fn scorer_serves_repeats_from_the_cache_and_marks_them() {
         let model = Model::load(&model_config()).expect("model");
         let f = model.info.num_columns;
-        let mut scorer =
-            Scorer::new(model, PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60), CacheAdmission::Always));
+        let mut scorer = Scorer::new(
+            model,
+            PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60), CacheAdmission::Always),
+        );
         let mut batch = Batch::new(f, 4);
         for r in 0..3 {
             let (_, row, _) = batch.push_row();

@@ -1,6 +1,7 @@
 //! The single integration test binary: one process, one shared Tansu broker
 //! (see `common::broker`), one module per area.
 
+mod adaptive;
 mod common;
 mod exactly_once;
 mod faults;
