@@ -20,24 +20,8 @@ fn repo() -> &'static Path {
 
 /// The ONNX Runtime library `make test` provides (ORT_DYLIB_PATH), or the virtualenv's.
 fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let lib = repo().join(".venv/lib");
-    std::fs::read_dir(&lib)
-        .ok()
-        .and_then(|dirs| {
-            dirs.flatten().find_map(|d| {
-                std::fs::read_dir(d.path().join("site-packages/onnxruntime/capi"))
-                    .ok()?
-                    .flatten()
-                    .map(|f| f.path())
-                    .find(|p| {
-                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
-                    })
-            })
-        })
-        .unwrap_or_else(|| panic!("no libonnxruntime.so.* under {}: run `make setup`", lib.display()))
+    streamscore::model::project_onnxruntime_library(repo())
+        .unwrap_or_else(|| panic!("no libonnxruntime.so.* under .venv: run `make setup`"))
 }
 
 struct Run {

@@ -65,6 +65,22 @@ impl ModelError {
     }
 }
 
+/// The ONNX Runtime library where `make setup` installs it: `ORT_DYLIB_PATH` when set, else the
+/// `libonnxruntime.so.*` of the `onnxruntime` wheel in `<project>/.venv`. For tests, benches and
+/// tools run from a checkout; the service itself takes the library from its configuration.
+pub fn project_onnxruntime_library(project: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    std::fs::read_dir(project.join(".venv/lib")).ok()?.flatten().find_map(|d| {
+        std::fs::read_dir(d.path().join("site-packages/onnxruntime/capi"))
+            .ok()?
+            .flatten()
+            .map(|f| f.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+    })
+}
+
 static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process. `ort` panics if it is used without a loadable library,
@@ -538,24 +554,9 @@ mod tests {
 
     /// The ONNX Runtime library `make test` provides (ORT_DYLIB_PATH), or the virtualenv's.
     fn ort_library() -> PathBuf {
-        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-            return PathBuf::from(p);
-        }
-        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
-        std::fs::read_dir(&lib)
-            .ok()
-            .and_then(|dirs| {
-                dirs.flatten().find_map(|d| {
-                    std::fs::read_dir(d.path().join("site-packages/onnxruntime/capi"))
-                        .ok()?
-                        .flatten()
-                        .map(|f| f.path())
-                        .find(|p| {
-                            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
-                        })
-                })
-            })
-            .unwrap_or_else(|| panic!("no libonnxruntime.so.* under {}: run `make test`", lib.display()))
+        let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+        project_onnxruntime_library(project)
+            .unwrap_or_else(|| panic!("no libonnxruntime.so.* under .venv: run `make test`"))
     }
 
     fn model_config() -> ModelConfig {

@@ -26,20 +26,8 @@ pub fn root() -> PathBuf {
 
 /// The ONNX Runtime library of the project's virtualenv (`make test` sets ORT_DYLIB_PATH).
 pub fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return PathBuf::from(p);
-    }
-    let lib = root().join(".venv/lib");
-    let found =
-        std::fs::read_dir(&lib).ok().and_then(|dirs| {
-            dirs.flatten().find_map(|d| {
-                let capi = d.path().join("site-packages/onnxruntime/capi");
-                std::fs::read_dir(capi).ok()?.flatten().map(|f| f.path()).find(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
-                })
-            })
-        });
-    found.unwrap_or_else(|| panic!("libonnxruntime.so.* not found under {}: run `make test`", lib.display()))
+    streamscore::model::project_onnxruntime_library(&root())
+        .unwrap_or_else(|| panic!("no libonnxruntime.so.* under .venv: run `make test`"))
 }
 
 /// The four topics of one test, with random names.
