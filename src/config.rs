@@ -87,6 +87,8 @@ pub struct RawKafka {
     pub monitoring_topic: String,
     /// librdkafka `client.id`.
     pub client_id: String,
+    /// Group members this instance runs, each on its own thread (poll, decode, batching).
+    pub consumer_threads: usize,
     /// librdkafka properties for both consumer and producer (TLS/SASL go here).
     pub common: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only.
@@ -105,6 +107,7 @@ impl Default for RawKafka {
             dead_letter_topic: "transactions.dlq".into(),
             monitoring_topic: "streamscore.monitoring".into(),
             client_id: "streamscore".into(),
+            consumer_threads: 1,
             common: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -343,6 +346,8 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     pub monitoring_topic: String,
     pub client_id: String,
+    /// Group members (consumer threads) of this instance; 1 unless configured.
+    pub consumer_threads: usize,
     pub common: BTreeMap<String, String>,
     pub consumer: BTreeMap<String, String>,
     pub producer: BTreeMap<String, String>,
@@ -888,6 +893,18 @@ impl RawConfig {
                 DeliveryMode::AtLeastOnce
             }
         };
+        in_range("kafka.consumer_threads", k.consumer_threads, 1, 64, p);
+        if mode == DeliveryMode::ExactlyOnce && k.consumer_threads > 1 {
+            // One transactional producer carries one member's group metadata in every commit.
+            p.push(ConfigProblem {
+                key: "kafka.consumer_threads".into(),
+                message: format!(
+                    "is {} but delivery.mode = \"exactly_once\" needs 1 (its transactions carry one group \
+                     member's metadata); scale out with more instances instead",
+                    k.consumer_threads
+                ),
+            });
+        }
         let commit_interval = duration("delivery.commit_interval", &d.commit_interval, p);
         let drain_timeout = duration("delivery.drain_timeout", &d.drain_timeout, p);
         let produce_timeout = duration("delivery.produce_timeout", &d.produce_timeout, p);
@@ -975,6 +992,7 @@ impl RawConfig {
                 dead_letter_topic: k.dead_letter_topic,
                 monitoring_topic: k.monitoring_topic,
                 client_id: k.client_id,
+                consumer_threads: k.consumer_threads,
                 common: k.common,
                 consumer: k.consumer,
                 producer: k.producer,
@@ -1242,5 +1260,20 @@ mod tests {
             load("[schemas]\nregistry_url = \"http://r:8081\"\nregistry_password = \"hunter2\"\n", &[]).expect("valid");
         let dbg = format!("{:?}", c.schemas);
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn consumer_threads_default_to_one_and_exactly_once_needs_one() {
+        assert_eq!(load("", &[]).expect("defaults").kafka.consumer_threads, 1);
+        let c = load("[kafka]\nconsumer_threads = 4\n", &[]).expect("four members");
+        assert_eq!(c.kafka.consumer_threads, 4);
+        let c = load("", &[("STREAMSCORE_KAFKA__CONSUMER_THREADS", "2")]).expect("env override");
+        assert_eq!(c.kafka.consumer_threads, 2);
+        for bad in ["[kafka]\nconsumer_threads = 0\n", "[kafka]\nconsumer_threads = 65\n"] {
+            let p = problems(load(bad, &[]));
+            assert!(p.iter().any(|p| p.key == "kafka.consumer_threads"), "{bad}: {p:?}");
+        }
+        let p = problems(load("[kafka]\nconsumer_threads = 2\n[delivery]\nmode = \"exactly_once\"\n", &[]));
+        assert!(p.iter().any(|p| p.key == "kafka.consumer_threads" && p.message.contains("exactly_once")), "{p:?}");
     }
 }

@@ -14,7 +14,7 @@
 //! path, and nothing past the failure is committed.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,8 @@ pub struct Shared {
     pub abandon: AtomicBool,
     /// `batch.mode = "adaptive"`: the controller the sink feeds and the source reads.
     pub batching: Option<AdaptiveBatching>,
+    /// Sequence numbers of sealed batches, unique across the instance's consumer threads.
+    next_seq: AtomicU64,
 }
 
 impl Shared {
@@ -86,7 +88,14 @@ impl Shared {
             rewind: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
             batching,
+            next_seq: AtomicU64::new(0),
         })
+    }
+
+    /// The next batch sequence number (1, 2, …), unique in this instance. Per partition, batches
+    /// are registered in consumption order by the one consumer thread that owns the partition.
+    pub fn next_batch_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// After an aborted transaction: every in-flight batch becomes stale (new ownership epochs)
@@ -261,8 +270,14 @@ pub async fn run_with_stats(
     // Decoding goes straight to the feature row through a plan per writer schema (the generic
     // decode + extract path is the fallback for schemas the plan does not cover).
     let width = features.num_columns();
-    let decoder =
-        Decoder::with_features(store.clone(), cfg.schemas.max_message_bytes, &model.manifest, Arc::new(features));
+    // One decoder per consumer thread (each plans writer schemas for itself; they share the
+    // schema store).
+    let features = Arc::new(features);
+    let decoders: Vec<Decoder> = (0..cfg.kafka.consumer_threads)
+        .map(|_| {
+            Decoder::with_features(store.clone(), cfg.schemas.max_message_bytes, &model.manifest, features.clone())
+        })
+        .collect();
     let drift_schema =
         codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
     let (scored_schema_id, drift_schema_id) = if cfg.schemas.registry.is_some() {
@@ -322,14 +337,19 @@ pub async fn run_with_stats(
             abort_every: injected_abort_every(),
         }),
     })?;
-    let source = source::spawn(source::SourceParts {
-        config: cfg.clone(),
-        decoder,
-        width,
-        shared: shared.clone(),
-        to_inference,
-        recycled: recycle_rx,
-    })?;
+    let mut sources = Vec::with_capacity(decoders.len());
+    for (member, decoder) in decoders.into_iter().enumerate() {
+        sources.push(source::spawn(source::SourceParts {
+            config: cfg.clone(),
+            decoder,
+            width,
+            shared: shared.clone(),
+            to_inference: to_inference.clone(),
+            recycled: recycle_rx.clone(),
+            member,
+        })?);
+    }
+    drop((to_inference, recycle_rx));
 
     let last_drift: Arc<Mutex<Vec<(String, f64)>>> = Arc::default();
     let reporter = drift.clone().map(|acc| {
@@ -355,9 +375,11 @@ pub async fn run_with_stats(
     // whatever inference and the sink still hold after that is abandoned (not committed, so it
     // is consumed again after a restart), and the final flush gets what is left of the budget.
     let drain_deadline = Instant::now() + cfg.delivery.drain_timeout;
-    let joined = tokio::task::spawn_blocking(move || source.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
-        shared.fail(PipelineError::Internal("the source thread panicked".into()));
+    for source in sources {
+        let joined = tokio::task::spawn_blocking(move || source.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            shared.fail(PipelineError::Internal("a source thread panicked".into()));
+        }
     }
     shared.abandon.store(true, Ordering::Release);
     for (name, handle) in [("inference", inference), ("sink", sink)] {

@@ -45,13 +45,17 @@ const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// Retries of a schema lookup while the registry is unreachable, before dead-lettering.
 const REGISTRY_RETRIES: u32 = 3;
 
-/// librdkafka consumer properties: ours first, then the user's pass-through ones.
-pub fn consumer_config(cfg: &Config) -> ClientConfig {
+/// librdkafka consumer properties of group member `member` (0-based) of this instance: ours
+/// first, then the user's pass-through ones. With several consumer threads, each member's
+/// `client.id` (and `group.instance.id`, when static membership is configured) gets `-<member>`.
+pub fn consumer_config(cfg: &Config, member: usize) -> ClientConfig {
     let k = &cfg.kafka;
+    let several = k.consumer_threads > 1;
+    let client_id = if several { format!("{}-{member}", k.client_id) } else { k.client_id.clone() };
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.bootstrap_servers)
         .set("group.id", &k.group_id)
-        .set("client.id", &k.client_id)
+        .set("client.id", client_id)
         // Offsets are stored and committed explicitly, only for acknowledged outcomes.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -70,7 +74,11 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         c.set("isolation.level", "read_committed");
     }
     for (key, value) in k.common.iter().chain(k.consumer.iter()) {
-        c.set(key, value);
+        if several && key == "group.instance.id" {
+            c.set(key, format!("{value}-{member}"));
+        } else {
+            c.set(key, value);
+        }
     }
     c
 }
@@ -84,6 +92,8 @@ pub struct SourceParts {
     pub shared: Arc<Shared>,
     pub to_inference: Sender<Batch>,
     pub recycled: Receiver<Batch>,
+    /// Which of the instance's `kafka.consumer_threads` group members this is (0-based).
+    pub member: usize,
 }
 
 /// The open batch and what it takes to seal it, shared by the poll loop and the rebalance
@@ -100,7 +110,6 @@ struct Builder {
     repause: bool,
     /// Since when both the waiting and the open batch have been full.
     full_since: Option<Instant>,
-    next_seq: u64,
     /// The size target of the policy in force (recorded in each sealed batch for adaptive batching).
     target_size: usize,
     to_inference: Option<Sender<Batch>>,
@@ -141,6 +150,11 @@ impl Builder {
             Some((_, last)) => *last = (*last).max(offset),
             None => self.last_offsets.push(((topic.clone(), partition), offset)),
         }
+    }
+
+    /// The partitions this member owns (other members of this instance commit their own).
+    fn owned(&self) -> Vec<TopicPartition> {
+        self.epochs.iter().map(|(tp, _)| tp.clone()).collect()
     }
 
     fn epoch(&self, topic: &Arc<str>, partition: i32, shared: &Shared) -> u64 {
@@ -198,8 +212,7 @@ impl Builder {
         }
         let fresh = self.recycled.try_recv().unwrap_or_else(|_| Batch::new(self.width, self.capacity));
         let mut batch = std::mem::replace(&mut self.batch, fresh);
-        self.next_seq += 1;
-        batch.seq = self.next_seq;
+        batch.seq = shared.next_batch_seq();
         batch.timing.sealed_at = Some(Instant::now());
         batch.timing.target_size = self.target_size;
         shared.tracker.register(batch.seq, &self.last_offsets);
@@ -245,6 +258,15 @@ struct SourceContext {
     drain_timeout: Duration,
     /// exactly_once: offsets are committed inside the sink's transactions, never by the consumer.
     transactional: bool,
+    /// This member's index, as the `member` label of its metrics.
+    member: String,
+}
+
+impl SourceContext {
+    /// Publishes how many partitions this member owns.
+    fn publish_assignment(&self, owned: usize) {
+        metrics::gauge!(names::ASSIGNED_PARTITIONS, "member" => self.member.clone()).set(owned as f64);
+    }
 }
 
 impl SourceContext {
@@ -294,6 +316,7 @@ impl ConsumerContext for SourceContext {
                     b.epochs.retain(|(t, _)| *t != tp);
                     b.epochs.push((tp, epoch));
                 }
+                self.publish_assignment(b.epochs.len());
                 // New partitions of a paused consumer start fetching: pause them too.
                 b.repause = b.paused;
                 drop(b);
@@ -325,7 +348,9 @@ impl ConsumerContext for SourceContext {
                 }
                 // From here on the sink drops unproduced outcomes of these partitions.
                 self.shared.tracker.forget(&revoked);
-                self.builder().epochs.retain(|(tp, _)| !revoked.contains(tp));
+                let mut b = self.builder();
+                b.epochs.retain(|(tp, _)| !revoked.contains(tp));
+                self.publish_assignment(b.epochs.len());
             }
             Rebalance::Error(e) => error!(error = %e, "rebalance error"),
         }
@@ -394,7 +419,6 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
             paused: false,
             repause: false,
             full_since: None,
-            next_seq: 0,
             target_size: capacity,
             to_inference: Some(parts.to_inference),
             recycled: parts.recycled,
@@ -407,8 +431,9 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
         shared: parts.shared.clone(),
         drain_timeout: cfg.delivery.drain_timeout,
         transactional: cfg.delivery.mode == DeliveryMode::ExactlyOnce,
+        member: parts.member.to_string(),
     };
-    let consumer: BaseConsumer<SourceContext> = consumer_config(&cfg)
+    let consumer: BaseConsumer<SourceContext> = consumer_config(&cfg, parts.member)
         .create_with_context(context)
         .map_err(|e| PipelineError::Kafka(format!("cannot create the consumer (check kafka.* settings): {e}")))?;
     let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
@@ -418,7 +443,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
     let decoder = parts.decoder;
     let shared = parts.shared;
     std::thread::Builder::new()
-        .name("streamscore-source".into())
+        .name(format!("streamscore-source-{}", parts.member))
         .spawn(move || run(consumer, &cfg, &decoder, &shared))
         .map_err(|e| PipelineError::Internal(format!("cannot start the source thread: {e}")))
 }
@@ -441,7 +466,8 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
         let policy = shared.batching.as_ref().map_or(fixed, |a| a.policy());
         let now = Instant::now();
         if !transactional && now >= next_commit {
-            commit(&consumer, &shared.tracker, None);
+            let owned = ctx.builder().owned();
+            commit(&consumer, &shared.tracker, Some(&owned));
             next_commit = now + cfg.delivery.commit_interval;
         }
         if shared.take_rewind() {
@@ -550,7 +576,8 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
     // Commits the contiguous acknowledged prefix only: the tracker never offers an offset past
     // an outcome that failed or is still in flight. (exactly_once: the transactions did.)
     if !transactional {
-        commit(&consumer, &shared.tracker, None);
+        let owned = ctx.builder().owned();
+        commit(&consumer, &shared.tracker, Some(&owned));
     }
     consumer.unsubscribe();
     drop(consumer);

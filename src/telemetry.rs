@@ -32,6 +32,7 @@ pub mod names {
     pub const COMMITS: &str = "streamscore_offset_commits_total";
     pub const DELIVERY_FAILURES: &str = "streamscore_delivery_failures_total";
     pub const REBALANCES: &str = "streamscore_rebalances_total";
+    pub const ASSIGNED_PARTITIONS: &str = "streamscore_assigned_partitions";
     pub const TRANSACTIONS: &str = "streamscore_transactions_total";
     pub const BACKPRESSURE_PAUSES: &str = "streamscore_backpressure_pauses_total";
     pub const PAUSED: &str = "streamscore_consumption_paused";
@@ -113,6 +114,10 @@ fn describe() {
         "Outcomes the broker did not acknowledge (the service stops without committing past them)."
     );
     describe_counter!(names::REBALANCES, "Consumer group rebalances, by kind (assign/revoke).");
+    describe_gauge!(
+        names::ASSIGNED_PARTITIONS,
+        "Input partitions owned, by member (consumer thread) of this instance."
+    );
     describe_counter!(names::TRANSACTIONS, "exactly_once transactions, by result (committed/aborted).");
     describe_counter!(names::BACKPRESSURE_PAUSES, "Times consumption was paused because inference fell behind.");
     describe_gauge!(names::PAUSED, "1 while consumption is paused for backpressure.");

@@ -525,3 +525,61 @@ async fn user_errors_fail_at_start_with_clear_messages() {
         assert!(stderr.contains(key), "stderr names {key}: {stderr}");
     }
 }
+
+/// `kafka.consumer_threads = 3`: three group members in one instance split the input
+/// partitions (each owns some, per `streamscore_assigned_partitions{member}`), and every input
+/// still has exactly one outcome, in input order per partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_consumer_threads_split_the_partitions_and_keep_input_order() {
+    let n = 3000;
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::create(&bootstrap, 4).await;
+    let inputs = service::synthetic(n, 23, 1);
+    let placed = common::produce_values(&bootstrap, &topics.input, inputs.records.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = service::free_port();
+    let toml = service::config_toml(&bootstrap, &topics, &common::random_topic("g"), Schemas::Local, Some(port), "");
+    let bin =
+        Binary::start_with_env(&toml, port, dir.path(), "threads", &[("STREAMSCORE_KAFKA__CONSUMER_THREADS", "3")]);
+    bin.wait_metric("streamscore_events_scored_total", n as f64, TIMEOUT).await;
+    // Every member ends up owning partitions, and together they own the topic's four.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let owned = loop {
+        let page = common::http("GET", &format!("http://127.0.0.1:{port}/metrics"), None).body;
+        let owned: Vec<f64> = (0..3)
+            .map(|m| {
+                let prefix = format!("streamscore_assigned_partitions{{member=\"{m}\"}} ");
+                page.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0)
+            })
+            .collect();
+        if owned.iter().all(|&o| o >= 1.0) && owned.iter().sum::<f64>() == 4.0 {
+            break owned;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "partitions per member: {owned:?}\n{}", bin.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("partitions per member: {owned:?}");
+    drop(bin);
+
+    let offsets: HashMap<String, (i32, i64)> =
+        inputs.transactions.iter().zip(&placed).map(|(tx, p)| (tx.event_id.clone(), *p)).collect();
+    let schema = service::scored_schema();
+    let messages = common::consume_n(&bootstrap, &topics.scored, n, TIMEOUT).await;
+    assert_eq!(messages.len(), n);
+    let all =
+        common::consume_until_quiet(&bootstrap, &topics.scored, Duration::from_secs(1), Duration::from_secs(5)).await;
+    assert_eq!(all.len(), n, "nothing beyond one outcome per input on the scored topic");
+    let mut seen = HashSet::new();
+    let mut last_offset: HashMap<(i32, i32), i64> = HashMap::new();
+    for m in &messages {
+        let s = service::decode_framed(m, &schema);
+        let id = s.str("event_id");
+        assert!(seen.insert(id.clone()), "duplicate outcome for {id}");
+        let (partition, offset) = offsets[&id];
+        assert_eq!((s.long("source_partition") as i32, s.long("source_offset")), (partition, offset));
+        if let Some(prev) = last_offset.insert((partition, s.partition), offset) {
+            assert!(prev < offset, "input partition {partition}: offset {offset} after {prev}");
+        }
+    }
+    assert_eq!(seen.len(), n);
+}
