@@ -205,8 +205,9 @@ pub struct RawBatch {
     /// `fixed` (default): batches close at `max_batch_size` or `max_batch_delay`. `adaptive`:
     /// size and delay follow `latency_target`, with those two as upper bounds.
     pub mode: String,
-    /// Most rows in one inference call (adaptive: the upper bound of the size target).
-    pub max_batch_size: usize,
+    /// Most rows in one inference call (adaptive: the upper bound of the size target); `"auto"`:
+    /// by execution provider (CPU 256, GPU 2048).
+    pub max_batch_size: RawBatchSize,
     /// Longest wait after a batch's first row before it is scored anyway (adaptive: the upper
     /// bound of the delay).
     pub max_batch_delay: String,
@@ -217,11 +218,26 @@ pub struct RawBatch {
     pub queue_depth: usize,
 }
 
+/// `batch.max_batch_size`: a number of rows, or `"auto"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawBatchSize {
+    Rows(usize),
+    Word(String),
+}
+
+/// `max_batch_size = "auto"` with `execution_provider = "cpu"`: where a small MLP's cost per row
+/// has flattened out (see `benches/README.md`) while a batch still fills within a few ms.
+pub const CPU_DEFAULT_BATCH_SIZE: usize = 256;
+/// `max_batch_size = "auto"` with a GPU provider: a GPU call has a fixed cost of tens of µs
+/// (launch, copies), so it needs thousands of rows to be worth it.
+pub const GPU_DEFAULT_BATCH_SIZE: usize = 2048;
+
 impl Default for RawBatch {
     fn default() -> Self {
         Self {
             mode: "fixed".into(),
-            max_batch_size: 256,
+            max_batch_size: RawBatchSize::Word("auto".into()),
             max_batch_delay: "5ms".into(),
             latency_target: "10ms".into(),
             queue_depth: 4,
@@ -837,7 +853,23 @@ impl RawConfig {
         }
 
         let b = self.batch;
-        in_range("batch.max_batch_size", b.max_batch_size, 1, 65_536, p);
+        let max_batch_size = match &b.max_batch_size {
+            RawBatchSize::Rows(n) => {
+                in_range("batch.max_batch_size", *n, 1, 65_536, p);
+                *n
+            }
+            RawBatchSize::Word(w) if w == "auto" => match execution_provider {
+                ExecutionProvider::Cpu => CPU_DEFAULT_BATCH_SIZE,
+                ExecutionProvider::Cuda | ExecutionProvider::TensorRt => GPU_DEFAULT_BATCH_SIZE,
+            },
+            RawBatchSize::Word(w) => {
+                p.push(ConfigProblem {
+                    key: "batch.max_batch_size".into(),
+                    message: format!("`{w}` is neither a number of rows (1..=65536) nor `auto`"),
+                });
+                CPU_DEFAULT_BATCH_SIZE
+            }
+        };
         in_range("batch.queue_depth", b.queue_depth, 1, 1024, p);
         let max_batch_delay = duration("batch.max_batch_delay", &b.max_batch_delay, p);
         if max_batch_delay > Duration::from_secs(10) {
@@ -1020,7 +1052,7 @@ impl RawConfig {
             },
             batch: BatchConfig {
                 mode: batch_mode,
-                max_batch_size: b.max_batch_size,
+                max_batch_size,
                 max_batch_delay,
                 latency_target,
                 queue_depth: b.queue_depth,
@@ -1142,10 +1174,10 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_section() {
-        let p = problems(load("[batch]\nmax_batch_size = \"big\"\n[cache]\nenabled = 3\n", &[]));
+        let p = problems(load("[batch]\nqueue_depth = \"deep\"\n[cache]\nenabled = 3\n", &[]));
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["batch", "cache"], "{p:?}");
-        assert!(p[0].message.contains("max_batch_size") || p[0].message.contains("invalid type"), "{p:?}");
+        assert!(p[0].message.contains("queue_depth") || p[0].message.contains("invalid type"), "{p:?}");
     }
 
     #[test]
@@ -1275,5 +1307,24 @@ mod tests {
         }
         let p = problems(load("[kafka]\nconsumer_threads = 2\n[delivery]\nmode = \"exactly_once\"\n", &[]));
         assert!(p.iter().any(|p| p.key == "kafka.consumer_threads" && p.message.contains("exactly_once")), "{p:?}");
+    }
+
+    #[test]
+    fn auto_batch_size_follows_the_execution_provider() {
+        assert_eq!(load("", &[]).expect("defaults").batch.max_batch_size, CPU_DEFAULT_BATCH_SIZE);
+        let gpu = load("[model]\nexecution_provider = \"cuda\"\n", &[]).expect("cuda");
+        assert_eq!(gpu.batch.max_batch_size, GPU_DEFAULT_BATCH_SIZE);
+        let trt = load("[model]\nexecution_provider = \"tensorrt\"\n", &[]).expect("tensorrt");
+        assert_eq!(trt.batch.max_batch_size, GPU_DEFAULT_BATCH_SIZE);
+        // An explicit size wins on any provider, from the file or the environment.
+        let set = load("[model]\nexecution_provider = \"cuda\"\n[batch]\nmax_batch_size = 300\n", &[]).expect("set");
+        assert_eq!(set.batch.max_batch_size, 300);
+        let env = load("", &[("STREAMSCORE_BATCH__MAX_BATCH_SIZE", "777")]).expect("env");
+        assert_eq!(env.batch.max_batch_size, 777);
+        let env =
+            load("[batch]\nmax_batch_size = 64\n", &[("STREAMSCORE_BATCH__MAX_BATCH_SIZE", "auto")]).expect("env");
+        assert_eq!(env.batch.max_batch_size, CPU_DEFAULT_BATCH_SIZE);
+        let p = problems(load("[batch]\nmax_batch_size = \"lots\"\n", &[]));
+        assert!(p.iter().any(|p| p.key == "batch.max_batch_size" && p.message.contains("auto")), "{p:?}");
     }
 }
