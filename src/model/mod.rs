@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 
 use crate::batcher::Batch;
@@ -140,6 +140,10 @@ pub struct Model {
     /// What the signature check found at load.
     pub signature: verify::SignatureStatus,
     session: Session,
+    /// Asks ONNX Runtime for the manifest's output only: a graph's other outputs (an exported
+    /// classifier's `label` branch: ArgMax, Cast, ...) are neither computed nor copied back from
+    /// a GPU.
+    run_options: RunOptions<HasSelectedOutputs>,
     output_column: usize,
     output_width: usize,
 }
@@ -199,8 +203,18 @@ impl Model {
             num_columns: f,
             execution_provider,
         });
-        let mut model =
-            Model { output_column: manifest.output.column, manifest, info, signature, session, output_width };
+        let run_options = RunOptions::new()
+            .map_err(|e| ModelError::Load { path: path.clone(), detail: e.to_string() })?
+            .with_outputs(OutputSelector::no_default().with(manifest.output.name.as_str()));
+        let mut model = Model {
+            output_column: manifest.output.column,
+            manifest,
+            info,
+            signature,
+            session,
+            run_options,
+            output_width,
+        };
         // Warm-up: two rows of zeros exercise the whole graph and check the output shape for a
         // batch (a graph that only works for one row fails here, not on the first real batch).
         let mut scores = Vec::new();
@@ -219,7 +233,10 @@ impl Model {
         debug_assert_eq!(rows.len(), n * f);
         let err = |e: ort::Error| ModelError::Inference { rows: n, detail: e.to_string() };
         let input = TensorRef::from_array_view(([n, f], &rows[..n * f])).map_err(err)?;
-        let outputs = self.session.run(ort::inputs![self.manifest.input.name.as_str() => input]).map_err(err)?;
+        let outputs = self
+            .session
+            .run_with_options(ort::inputs![self.manifest.input.name.as_str() => input], &self.run_options)
+            .map_err(err)?;
         let value = outputs.get(&self.manifest.output.name).ok_or_else(|| ModelError::Inference {
             rows: n,
             detail: format!("output `{}` missing", self.manifest.output.name),
