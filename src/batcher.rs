@@ -33,11 +33,27 @@ pub struct Entry {
     /// Ownership epoch of the partition when the input was consumed; the sink drops outcomes
     /// of partitions revoked (or re-assigned) since.
     pub epoch: u64,
-    pub key: Option<Vec<u8>>,
+    /// The input's key, as a span of the batch's key bytes ([`Batch::key`]): copying keys into
+    /// one reused buffer costs no allocation per event.
+    pub key: Option<KeySpan>,
     pub headers: Option<OwnedHeaders>,
     /// Kafka message timestamp (ms since the epoch), the start of end-to-end latency.
     pub timestamp_ms: Option<i64>,
     pub kind: EntryKind,
+}
+
+/// Where an entry's key lies in [`Batch::keys`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpan {
+    start: usize,
+    len: usize,
+}
+
+impl KeySpan {
+    /// The key in `keys` (the key bytes of the batch that stored it).
+    pub fn of(self, keys: &[u8]) -> &[u8] {
+        &keys[self.start..self.start + self.len]
+    }
 }
 
 /// The input's fate so far.
@@ -74,6 +90,8 @@ pub struct Batch {
     pub received: Vec<Instant>,
     /// When the batch passed each stage.
     pub timing: BatchTiming,
+    /// Key bytes of the entries, back to back (see [`Entry::key`], [`Batch::store_key`]).
+    pub keys: Vec<u8>,
     width: usize,
 }
 
@@ -106,6 +124,7 @@ impl Batch {
             rows: 0,
             first_at: None,
             received: Vec::with_capacity(capacity),
+            keys: Vec::with_capacity(capacity * 16),
             timing: BatchTiming::default(),
             width,
         }
@@ -135,7 +154,20 @@ impl Batch {
         self.rows = 0;
         self.first_at = None;
         self.received.clear();
+        self.keys.clear();
         self.timing = BatchTiming::default();
+    }
+
+    /// Copies an input's key into the batch's key bytes, for [`Entry::key`].
+    pub fn store_key(&mut self, key: &[u8]) -> KeySpan {
+        let start = self.keys.len();
+        self.keys.extend_from_slice(key);
+        KeySpan { start, len: key.len() }
+    }
+
+    /// The key bytes of `span` (from [`Batch::store_key`] on this batch).
+    pub fn key(&self, span: KeySpan) -> &[u8] {
+        span.of(&self.keys)
     }
 
     /// Appends a zeroed feature row and returns its slices, for the feature stage to fill in place.
@@ -217,6 +249,20 @@ mod tests {
             timestamp_ms: None,
             kind: EntryKind::Rejected { rejection: Rejection::new(DeadLetterReason::Truncated, "x"), payload: None },
         }
+    }
+
+    #[test]
+    fn keys_are_stored_back_to_back_and_cleared_with_the_batch() {
+        let mut b = Batch::new(2, 4);
+        let spans: Vec<KeySpan> = [&b"acct-1"[..], b"", b"acct-22"].iter().map(|k| b.store_key(k)).collect();
+        assert_eq!(b.key(spans[0]), b"acct-1");
+        assert_eq!(b.key(spans[1]), b"");
+        assert_eq!(b.key(spans[2]), b"acct-22");
+        assert_eq!(spans[2].of(&b.keys), b"acct-22");
+        let capacity = b.keys.capacity();
+        b.clear();
+        assert!(b.keys.is_empty());
+        assert_eq!(b.keys.capacity(), capacity, "the buffer is reused");
     }
 
     #[test]

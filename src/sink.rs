@@ -491,7 +491,7 @@ fn produce_batch(
             continue;
         }
         let opaque = ack.clone();
-        let key = entry.key.as_deref();
+        let key = entry.key.map(|k| k.of(&batch.keys));
         match entry.kind {
             EntryKind::Row { row, identity } => {
                 let Some(model) = model.as_deref() else {

@@ -657,7 +657,7 @@ fn accept(b: &mut Builder, msg: &BorrowedMessage<'_>, cfg: &Config, decoder: &De
         partition,
         offset,
         epoch,
-        key: msg.key().map(<[u8]>::to_vec),
+        key: msg.key().map(|k| b.batch.store_key(k)),
         headers: msg.headers().map(|h| h.detach()),
         timestamp_ms: msg.timestamp().to_millis(),
         kind,
