@@ -8,6 +8,7 @@
 //! output against the manifest. A refused model is an error for the caller, which keeps serving
 //! whatever it served before, and is counted in [`verify::MODEL_LOAD_FAILURES`] by reason.
 
+pub mod deploy;
 pub mod manifest;
 pub mod verify;
 
