@@ -102,6 +102,10 @@ pub struct DeploymentState {
 /// A command and where its result goes (the sender may have given up waiting).
 pub type DeployRequest = (DeployCommand, std::sync::mpsc::Sender<Result<DeploymentState, DeployError>>);
 
+/// The control plane's end of the command channel; the inference thread polls the other end
+/// (`try_recv`) between batches.
+pub type DeploySender = crossbeam_channel::Sender<DeployRequest>;
+
 /// The deterministic routing hash of a key: FNV-1a 64, the same on every instance, platform
 /// and restart (a keyed hash would send one key to different versions on different instances).
 pub fn route_hash(key: &[u8]) -> u64 {
