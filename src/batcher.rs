@@ -80,8 +80,18 @@ pub struct Batch {
     pub scores: Vec<f32>,
     /// One flag per row: the score came from the prediction cache.
     pub cache_hits: Vec<bool>,
-    /// The model version that scored the rows, set by inference.
+    /// The champion version when the batch was scored, set by inference.
     pub model: Option<Arc<ModelInfo>>,
+    /// The versions that scored rows of this batch (index 0: the champion; 1: a canary), set by
+    /// inference; [`Batch::row_version`] indexes it.
+    pub versions: Vec<Arc<ModelInfo>>,
+    /// Per row: which of [`Batch::versions`] scored it (its outcome names that version).
+    pub row_version: Vec<u8>,
+    /// A challenger in shadow mode that scored every row too ([`Batch::shadow_scores`]); its
+    /// results go to the monitoring topic only.
+    pub shadow: Option<Arc<ModelInfo>>,
+    /// One shadow score per row when [`Batch::shadow`] is set, else empty.
+    pub shadow_scores: Vec<f32>,
     /// Number of decoded rows.
     pub rows: usize,
     /// When the first input arrived (the deadline runs from here).
@@ -121,6 +131,10 @@ impl Batch {
             scores: Vec::with_capacity(capacity),
             cache_hits: Vec::with_capacity(capacity),
             model: None,
+            versions: Vec::with_capacity(2),
+            row_version: Vec::with_capacity(capacity),
+            shadow: None,
+            shadow_scores: Vec::new(),
             rows: 0,
             first_at: None,
             received: Vec::with_capacity(capacity),
@@ -151,6 +165,10 @@ impl Batch {
         self.scores.clear();
         self.cache_hits.clear();
         self.model = None;
+        self.versions.clear();
+        self.row_version.clear();
+        self.shadow = None;
+        self.shadow_scores.clear();
         self.rows = 0;
         self.first_at = None;
         self.received.clear();
@@ -196,6 +214,11 @@ impl Batch {
         }
         self.entries.push(entry);
         self.received.push(now);
+    }
+
+    /// The version that scored row `i` (after inference).
+    pub fn row_model(&self, i: usize) -> Option<&Arc<ModelInfo>> {
+        self.versions.get(usize::from(*self.row_version.get(i)?))
     }
 
     /// Row `i` of the feature buffer.

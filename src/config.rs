@@ -68,6 +68,7 @@ pub struct RawConfig {
     pub delivery: RawDelivery,
     pub drift: RawDrift,
     pub telemetry: RawTelemetry,
+    pub admin: RawAdmin,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +180,16 @@ pub struct RawModel {
     pub trusted_public_keys: Vec<String>,
     /// Refuse a model whose manifest has no valid signature from a trusted key.
     pub require_signature: bool,
+    /// Model repository root holding `<name>/<version>/`; empty = the grandparent of `dir`
+    /// (`models` for `models/fraud_mlp/1`). `dir` must be `<repository>/<name>/<version>`.
+    pub repository: String,
+    /// How often the repository is scanned for new versions and changed manifests; `"0s"` = never.
+    pub watch_interval: String,
+    /// What the watcher does with a new version: `ignore`, `load` (verify, warm up, keep ready),
+    /// `shadow`, `canary` (at `canary_weight`) or `promote` (after the validation gate).
+    pub on_new_version: String,
+    /// Share of keys (0.0..=1.0) a new version serves when `on_new_version = "canary"`.
+    pub canary_weight: f64,
 }
 
 impl Default for RawModel {
@@ -195,6 +206,10 @@ impl Default for RawModel {
             memory_arena: true,
             trusted_public_keys: Vec::new(),
             require_signature: false,
+            repository: String::new(),
+            watch_interval: "5s".into(),
+            on_new_version: "load".into(),
+            canary_weight: 0.05,
         }
     }
 }
@@ -322,6 +337,28 @@ pub struct RawTelemetry {
     pub log_level: String,
     /// Name of this instance in drift reports; empty = host name.
     pub instance_id: String,
+}
+
+/// The admin API (docs/admin-api.md). Its bearer token is never a config key (it would be
+/// printed with the config): it comes from `token_file` or the `STREAMSCORE_ADMIN_TOKEN`
+/// environment variable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Serve the admin API (model versions: list, load, promote, canary, shadow, rollback, unload).
+    pub enabled: bool,
+    /// Address of the admin API; separate from `telemetry.http_bind` so that it is not exposed with `/metrics`.
+    pub bind: String,
+    /// File holding the bearer token (surrounding whitespace ignored); empty = `STREAMSCORE_ADMIN_TOKEN`.
+    pub token_file: String,
+    /// Requests per minute accepted by the whole admin API (token bucket, burst of the same size).
+    pub rate_limit_per_minute: u32,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { enabled: false, bind: "127.0.0.1:9465".into(), token_file: String::new(), rate_limit_per_minute: 60 }
+    }
 }
 
 impl Default for RawTelemetry {
@@ -506,6 +543,80 @@ pub struct TelemetryConfig {
     pub instance_id: String,
 }
 
+/// What the repository watcher does with a newly appeared version (or a changed manifest).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OnNewVersion {
+    /// Nothing: the version is listed as available.
+    Ignore,
+    /// Verify and warm it up beside the champion; it serves nothing until promoted.
+    Load,
+    /// Make it the shadow challenger.
+    Shadow,
+    /// Make it the canary challenger at this weight.
+    Canary(f64),
+    /// Promote it to champion after the validation gate (never forced).
+    Promote,
+}
+
+impl OnNewVersion {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ignore => "ignore",
+            Self::Load => "load",
+            Self::Shadow => "shadow",
+            Self::Canary(_) => "canary",
+            Self::Promote => "promote",
+        }
+    }
+}
+
+/// The model repository: `<root>/<name>/<version>/manifest.json`, `name` being the served model's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepositoryConfig {
+    pub root: PathBuf,
+    /// The served model's directory name (`model.dir` is `<root>/<name>/<version>`).
+    pub name: String,
+    /// Zero: not watched.
+    pub watch_interval: Duration,
+    pub on_new_version: OnNewVersion,
+}
+
+/// The admin API's bearer token. Neither `Debug` nor anything else prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The shortest token accepted: a guessable token would make the API's authentication moot.
+    pub const MIN_LEN: usize = 16;
+
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The secret itself: only for the constant-time comparison.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The environment variable holding the admin token when `admin.token_file` is empty.
+pub const ADMIN_TOKEN_ENV: &str = "STREAMSCORE_ADMIN_TOKEN";
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    /// Always present when `enabled`.
+    pub token: Option<AdminToken>,
+    pub rate_limit_per_minute: u32,
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -517,6 +628,10 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub drift: DriftConfig,
     pub telemetry: TelemetryConfig,
+    /// `None` when `model.repository` is empty and `model.dir` is not `<root>/<name>/<version>`
+    /// (then there is nothing to watch, and the admin API cannot be enabled).
+    pub repository: Option<RepositoryConfig>,
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -553,7 +668,8 @@ impl Config {
         check_unknown_keys(&mut table, &mut problems);
         let raw = deserialize_sections(table, &mut problems);
         let mut value_problems = Vec::new();
-        let checked = raw.check_into(&mut value_problems);
+        let env_token = env.iter().find(|(k, _)| k == ADMIN_TOKEN_ENV).map(|(_, v)| v.clone());
+        let checked = raw.check_into(&mut value_problems, env_token);
         problems.extend(value_problems);
         match checked {
             Some(config) if problems.is_empty() => Ok(config),
@@ -687,6 +803,7 @@ fn deserialize_sections(table: toml::Table, problems: &mut Vec<ConfigProblem>) -
         delivery: section(&table, "delivery", problems),
         drift: section(&table, "drift", problems),
         telemetry: section(&table, "telemetry", problems),
+        admin: section(&table, "admin", problems),
     }
 }
 
@@ -722,14 +839,15 @@ impl RawConfig {
     /// Converts to the checked form, collecting all problems.
     pub fn check(self) -> Result<Config, ConfigError> {
         let mut p = Vec::new();
-        match self.check_into(&mut p) {
+        match self.check_into(&mut p, std::env::var(ADMIN_TOKEN_ENV).ok()) {
             Some(c) if p.is_empty() => Ok(c),
             _ => Err(ConfigError::Invalid(p)),
         }
     }
 
     /// Converts to the checked form, appending every problem to `p` (None if there were any).
-    fn check_into(self, p: &mut Vec<ConfigProblem>) -> Option<Config> {
+    /// `env_token`: the value of `STREAMSCORE_ADMIN_TOKEN`, if set.
+    fn check_into(self, p: &mut Vec<ConfigProblem>, env_token: Option<String>) -> Option<Config> {
         let k = self.kafka;
         non_empty("kafka.bootstrap_servers", &k.bootstrap_servers, p);
         non_empty("kafka.group_id", &k.group_id, p);
@@ -806,6 +924,8 @@ impl RawConfig {
 
         let m = self.model;
         non_empty("model.dir", &m.dir, p);
+        let admin = check_admin(self.admin, env_token, p);
+        let repository = check_repository(&m, admin.enabled, p);
         in_range("model.intra_op_threads", m.intra_op_threads, 1, 256, p);
         in_range("model.inter_op_threads", m.inter_op_threads, 1, 256, p);
         let execution_provider = match m.execution_provider.as_str() {
@@ -1068,8 +1188,146 @@ impl RawConfig {
             },
             drift: DriftConfig { enabled: dr.enabled, interval: drift_interval },
             telemetry: TelemetryConfig { http_bind, log_format, log_level: t.log_level, instance_id },
+            repository,
+            admin,
         })
     }
+}
+
+/// `[model]` repository keys → [`RepositoryConfig`] (`None` when `model.dir` does not say where
+/// the repository is and `model.repository` is empty).
+fn check_repository(m: &RawModel, admin_enabled: bool, p: &mut Vec<ConfigProblem>) -> Option<RepositoryConfig> {
+    let watch_interval = duration("model.watch_interval", &m.watch_interval, p);
+    if !watch_interval.is_zero() && watch_interval < Duration::from_millis(50) {
+        p.push(ConfigProblem {
+            key: "model.watch_interval".into(),
+            message: "must be 0s (no watching) or at least 50ms".into(),
+        });
+    }
+    let weight_ok = (0.0..=1.0).contains(&m.canary_weight);
+    if !weight_ok {
+        p.push(ConfigProblem {
+            key: "model.canary_weight".into(),
+            message: format!("{} is not a share of keys between 0.0 and 1.0", m.canary_weight),
+        });
+    }
+    let on_new_version = match m.on_new_version.as_str() {
+        "ignore" => OnNewVersion::Ignore,
+        "load" => OnNewVersion::Load,
+        "shadow" => OnNewVersion::Shadow,
+        "canary" => OnNewVersion::Canary(m.canary_weight.clamp(0.0, 1.0)),
+        "promote" => OnNewVersion::Promote,
+        other => {
+            p.push(ConfigProblem {
+                key: "model.on_new_version".into(),
+                message: format!("`{other}` is not `ignore`, `load`, `shadow`, `canary` or `promote`"),
+            });
+            OnNewVersion::Load
+        }
+    };
+    // Lexical components without `.`: `./models/x/1` and `models/x/1` are the same place.
+    let parts = |s: &str| -> Vec<std::ffi::OsString> {
+        Path::new(s)
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .map(|c| c.as_os_str().to_os_string())
+            .collect()
+    };
+    let dir = parts(&m.dir);
+    let name_of = |i: usize| dir.get(i).and_then(|n| n.to_str()).map(str::to_string);
+    let layout = "must be <repository>/<name>/<version> (the repository layout, docs/admin-api.md)";
+    if m.repository.trim().is_empty() {
+        let n = dir.len();
+        let named =
+            n >= 2 && Path::new(&dir[n - 1]).file_name().is_some() && Path::new(&dir[n - 2]).file_name().is_some();
+        if !named {
+            if admin_enabled {
+                p.push(ConfigProblem {
+                    key: "model.repository".into(),
+                    message: format!(
+                        "is empty and model.dir `{}` {layout}; the admin API needs a repository: set model.repository",
+                        m.dir
+                    ),
+                });
+            }
+            return None;
+        }
+        let root: PathBuf = if n == 2 { PathBuf::from(".") } else { dir[..n - 2].iter().collect() };
+        return Some(RepositoryConfig { root, name: name_of(n - 2)?, watch_interval, on_new_version });
+    }
+    let root = parts(&m.repository);
+    let inside = dir.len() == root.len() + 2
+        && dir.starts_with(&root)
+        && dir[root.len()..].iter().all(|c| Path::new(c).file_name().is_some());
+    if !inside {
+        p.push(ConfigProblem {
+            key: "model.dir".into(),
+            message: format!("`{}` is not inside model.repository `{}`: it {layout}", m.dir, m.repository),
+        });
+        return None;
+    }
+    Some(RepositoryConfig {
+        root: PathBuf::from(&m.repository),
+        name: name_of(root.len())?,
+        watch_interval,
+        on_new_version,
+    })
+}
+
+/// `[admin]` → [`AdminConfig`]; the token is read here so that a missing one is reported with
+/// every other problem, and it is never part of a message.
+fn check_admin(a: RawAdmin, env_token: Option<String>, p: &mut Vec<ConfigProblem>) -> AdminConfig {
+    let bind = match a.bind.parse::<SocketAddr>() {
+        Ok(b) => b,
+        Err(_) => {
+            p.push(ConfigProblem {
+                key: "admin.bind".into(),
+                message: format!("`{}` is not an address like 127.0.0.1:9465", a.bind),
+            });
+            SocketAddr::from(([127, 0, 0, 1], 9465))
+        }
+    };
+    in_range("admin.rate_limit_per_minute", a.rate_limit_per_minute, 1, 100_000, p);
+    let from_file = if a.token_file.trim().is_empty() {
+        None
+    } else {
+        match std::fs::read_to_string(a.token_file.trim()) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                // The error names the file, never what it holds.
+                p.push(ConfigProblem {
+                    key: "admin.token_file".into(),
+                    message: format!("cannot read `{}`: {e}", a.token_file),
+                });
+                None
+            }
+        }
+    };
+    let env_token = env_token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    if from_file.is_some() && env_token.is_some() {
+        p.push(ConfigProblem {
+            key: "admin.token_file".into(),
+            message: format!("is set and so is {ADMIN_TOKEN_ENV}: give the admin token one way only"),
+        });
+    }
+    let token = from_file.or(env_token).filter(|t| !t.is_empty()).map(AdminToken);
+    match &token {
+        Some(t) if t.0.len() < AdminToken::MIN_LEN => p.push(ConfigProblem {
+            key: "admin.token_file".into(),
+            message: format!(
+                "the admin token is shorter than {} characters; use a random one (e.g. `openssl rand -hex 32`)",
+                AdminToken::MIN_LEN
+            ),
+        }),
+        None if a.enabled => p.push(ConfigProblem {
+            key: "admin.token_file".into(),
+            message: format!(
+                "admin.enabled is true but there is no token: set admin.token_file or {ADMIN_TOKEN_ENV} (the API never runs unauthenticated)"
+            ),
+        }),
+        _ => {}
+    }
+    AdminConfig { enabled: a.enabled, bind, token, rate_limit_per_minute: a.rate_limit_per_minute }
 }
 
 fn default_instance_id() -> String {
@@ -1141,6 +1399,8 @@ mod tests {
         assert_eq!(format!("{:?}", c.model), format!("{:?}", d.model));
         assert_eq!(format!("{:?}", c.drift), format!("{:?}", d.drift));
         assert_eq!(format!("{:?}", c.schemas), format!("{:?}", d.schemas));
+        assert_eq!(c.repository, d.repository);
+        assert_eq!(format!("{:?}", c.admin), format!("{:?}", d.admin));
         // Every key of the schema appears in the documented file.
         let file: toml::Table = text.parse().expect("toml");
         let known = toml::Table::try_from(RawConfig::default()).expect("defaults serialize");
@@ -1307,6 +1567,82 @@ mod tests {
         }
         let p = problems(load("[kafka]\nconsumer_threads = 2\n[delivery]\nmode = \"exactly_once\"\n", &[]));
         assert!(p.iter().any(|p| p.key == "kafka.consumer_threads" && p.message.contains("exactly_once")), "{p:?}");
+    }
+
+    #[test]
+    fn repository_is_derived_from_the_model_dir_or_must_contain_it() {
+        let c = load("", &[]).expect("defaults");
+        let r = c.repository.expect("derived from models/fraud_mlp/1");
+        assert_eq!((r.root, r.name.as_str()), (PathBuf::from("models"), "fraud_mlp"));
+        assert_eq!(r.watch_interval, Duration::from_secs(5));
+        assert_eq!(r.on_new_version, OnNewVersion::Load);
+        let c = load(
+            "[model]\ndir = \"/srv/models/m/7\"\nrepository = \"/srv/models\"\nwatch_interval = \"0s\"\non_new_version = \"canary\"\ncanary_weight = 0.2\n",
+            &[],
+        )
+        .expect("valid");
+        let r = c.repository.expect("explicit");
+        assert_eq!((r.root, r.name.as_str(), r.watch_interval), (PathBuf::from("/srv/models"), "m", Duration::ZERO));
+        assert_eq!(r.on_new_version, OnNewVersion::Canary(0.2));
+        // A bare directory has no repository: fine until the admin API needs one.
+        assert!(load("[model]\ndir = \"mymodel\"\n", &[]).expect("valid").repository.is_none());
+
+        let p = problems(load(
+            "[model]\ndir = \"/srv/models/m/7\"\nrepository = \"/elsewhere\"\nwatch_interval = \"often\"\non_new_version = \"deploy\"\ncanary_weight = 1.5\n",
+            &[],
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for key in ["model.dir", "model.watch_interval", "model.on_new_version", "model.canary_weight"] {
+            assert!(keys.contains(&key), "{key}: {p:?}");
+        }
+        let c = load(
+            "",
+            &[("STREAMSCORE_MODEL__ON_NEW_VERSION", "promote"), ("STREAMSCORE_MODEL__WATCH_INTERVAL", "100ms")],
+        )
+        .expect("env overrides");
+        let r = c.repository.expect("derived");
+        assert_eq!((r.on_new_version, r.watch_interval), (OnNewVersion::Promote, Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn admin_needs_a_token_and_never_prints_it() {
+        let c = load("", &[]).expect("defaults");
+        assert!(!c.admin.enabled && c.admin.token.is_none());
+        assert_eq!(c.admin.bind, "127.0.0.1:9465".parse().unwrap());
+        assert_eq!(c.admin.rate_limit_per_minute, 60);
+
+        let p = problems(load("[admin]\nenabled = true\n", &[]));
+        assert_eq!(p[0].key, "admin.token_file", "{p:?}");
+        assert!(p[0].message.contains(ADMIN_TOKEN_ENV), "{p:?}");
+
+        let secret = "0123456789abcdef-secret";
+        let c = load("[admin]\nenabled = true\n", &[(ADMIN_TOKEN_ENV, secret)]).expect("token from env");
+        assert_eq!(c.admin.token.as_ref().map(|t| t.expose()), Some(secret.as_bytes()));
+        assert!(!format!("{c:?}").contains(secret), "the token is redacted in Debug");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        let text = format!("[admin]\nenabled = true\ntoken_file = \"{}\"\n", file.display());
+        let c = load(&text, &[]).expect("token from file");
+        assert_eq!(c.admin.token.as_ref().map(|t| t.expose()), Some(secret.as_bytes()), "trailing newline trimmed");
+
+        // Both sources, a short token, a bad bind and rate: all reported, none quoting the token.
+        let p = problems(load(
+            &format!("{text}bind = \"nowhere\"\nrate_limit_per_minute = 0\n"),
+            &[(ADMIN_TOKEN_ENV, "short")],
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"admin.bind") && keys.contains(&"admin.rate_limit_per_minute"), "{p:?}");
+        assert!(keys.iter().filter(|k| **k == "admin.token_file").count() >= 1, "{p:?}");
+        assert!(p.iter().all(|p| !p.message.contains(secret) && !p.message.contains("short\"")), "{p:?}");
+        let p = problems(load("[admin]\nenabled = true\n", &[(ADMIN_TOKEN_ENV, "short")]));
+        assert!(p[0].message.contains("shorter than"), "{p:?}");
+        // The admin API needs a repository to act on.
+        let p = problems(load("[model]\ndir = \"mymodel\"\n[admin]\nenabled = true\n", &[(ADMIN_TOKEN_ENV, secret)]));
+        assert_eq!(p[0].key, "model.repository", "{p:?}");
+        let p = problems(load("[admin]\nport = 1\n", &[]));
+        assert_eq!(p[0].key, "admin.port", "{p:?}");
     }
 
     #[test]

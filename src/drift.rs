@@ -322,6 +322,64 @@ impl DriftAccumulator {
     }
 }
 
+/// The drift accumulators of every version that scores rows (champion, canary, shadow
+/// challenger), each on its own manifest's reference histograms, so every report and PSI gauge
+/// names the version whose scores it describes. Fed by the inference thread, drained by the
+/// drift reporter; a version that stopped scoring is dropped once its last window is taken.
+#[derive(Debug, Default)]
+pub struct DriftSet {
+    entries: Vec<DriftEntry>,
+}
+
+#[derive(Debug)]
+struct DriftEntry {
+    version_id: u64,
+    active: bool,
+    acc: DriftAccumulator,
+}
+
+impl DriftSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `version_id` (with `manifest`'s reference) one of the active versions.
+    pub fn track(&mut self, version_id: u64, manifest: &Manifest) {
+        match self.entries.iter_mut().find(|e| e.version_id == version_id) {
+            Some(e) => e.active = true,
+            None => self.entries.push(DriftEntry { version_id, active: true, acc: DriftAccumulator::new(manifest) }),
+        }
+    }
+
+    /// Keeps only `active` versions active; the others are dropped after their next window.
+    pub fn retain_active(&mut self, active: &[u64]) {
+        for e in &mut self.entries {
+            e.active = active.contains(&e.version_id);
+        }
+    }
+
+    /// The accumulator of `version_id`, if tracked.
+    pub fn get_mut(&mut self, version_id: u64) -> Option<&mut DriftAccumulator> {
+        self.entries.iter_mut().find(|e| e.version_id == version_id).map(|e| &mut e.acc)
+    }
+
+    /// Versions tracked (active or awaiting their last window).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// One window per tracked version (empty ones included); inactive versions are dropped.
+    pub fn take_windows(&mut self, window_start_ms: i64, window_end_ms: i64) -> Vec<DriftWindow> {
+        let windows = self.entries.iter_mut().map(|e| e.acc.take_window(window_start_ms, window_end_ms)).collect();
+        self.entries.retain(|e| e.active);
+        windows
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

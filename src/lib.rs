@@ -14,9 +14,10 @@
 //! - [`features`]: manifest-driven extraction of the model's float32 input row.
 //! - [`batcher`]: the micro-batch policy: size or deadline from the first row, or adaptive
 //!   sizing toward a latency target.
-//! - [`model`]: manifest, ONNX Runtime session, inference over a batch.
+//! - [`model`]: manifest, ONNX Runtime session, inference over a batch; [`model::deploy`]:
+//!   champion, canary/shadow challenger and rollback, switched between batches.
 //! - [`cache`]: prediction cache keyed by (model version, feature-vector hash).
-//! - [`sink`]: the producer for scored and dead-letter records; delivery acks feed [`offsets`].
+//! - [`sink`]: the producer for scored, dead-letter and shadow records; delivery acks feed [`offsets`].
 //! - [`offsets`]: per-partition tracking of in-flight batches; what is safe to commit.
 //! - [`drift`]: streaming statistics and PSI against the manifest's reference histograms.
 //! - [`telemetry`]: metric names, tracing set-up, the HTTP endpoints.
@@ -24,7 +25,11 @@
 //! - [`synth`]: the synthetic transaction generator (demo, `produce`, tests).
 //! - [`demo`]: the zero-infrastructure demo on librdkafka's in-process mock cluster.
 //! - [`validate`]: the validation gate a candidate model passes before it is promoted.
+//! - [`repository`]: the model repository (`<root>/<name>/<version>/`), its watcher, and the
+//!   [`repository::ControlPlane`] that loads versions and hands them to the inference thread.
+//! - [`admin`]: the authenticated, rate-limited admin HTTP API over the control plane.
 
+pub mod admin;
 pub mod batcher;
 pub mod cache;
 pub mod codec;
@@ -36,6 +41,7 @@ pub mod model;
 pub mod offsets;
 pub mod outcome;
 pub mod pipeline;
+pub mod repository;
 pub mod sink;
 pub mod source;
 pub mod synth;

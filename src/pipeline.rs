@@ -26,8 +26,11 @@ use crate::batcher::Batch;
 use crate::cache::PredictionCache;
 use crate::codec::{self, Decoder, SchemaStore};
 use crate::config::{BatchMode, Config, DeliveryMode, KafkaConfig};
-use crate::drift::{DriftAccumulator, DriftWindow};
+use crate::drift::{DriftSet, DriftWindow};
 use crate::features::FeatureExtractor;
+use crate::model::deploy::{
+    self, DeployControl, DeployEnd, DeployError, DeployReceiver, DeployRequest, DeploymentView, Role,
+};
 use crate::model::{Model, ModelError, ModelInfo, Scorer};
 use crate::offsets::OffsetTracker;
 use crate::outcome::DeadLetterReason;
@@ -73,10 +76,21 @@ pub struct Shared {
     pub batching: Option<AdaptiveBatching>,
     /// Sequence numbers of sealed batches, unique across the instance's consumer threads.
     next_seq: AtomicU64,
+    /// What serves now, as the inference thread last published it (the admin API lists it).
+    pub deployment: DeploymentView,
 }
 
 impl Shared {
     pub fn new(stats: Arc<RunStats>, batching: Option<AdaptiveBatching>) -> Arc<Self> {
+        Self::with_deployment(stats, batching, DeploymentView::default())
+    }
+
+    /// As [`Shared::new`], publishing the deployment into `deployment` (a [`DeployControl`]'s view).
+    pub fn with_deployment(
+        stats: Arc<RunStats>,
+        batching: Option<AdaptiveBatching>,
+        deployment: DeploymentView,
+    ) -> Arc<Self> {
         Arc::new(Self {
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
@@ -89,6 +103,7 @@ impl Shared {
             abandon: AtomicBool::new(false),
             batching,
             next_seq: AtomicU64::new(0),
+            deployment,
         })
     }
 
@@ -169,6 +184,30 @@ pub async fn run_with_stats(
     stats: Arc<RunStats>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, PipelineError> {
+    // The control plane: the model repository watcher (`model.watch_interval`) and the admin
+    // API (`admin.enabled`); with neither configured, nothing holds the control and the
+    // deployment stays the configured model.
+    let (control, end) = DeployControl::channel();
+    let plane = crate::admin::start(&config, &control)
+        .await
+        .map_err(|e| PipelineError::Http(format!("admin API on {}: {e}", config.admin.bind)))?;
+    drop(control);
+    let result = run_with_control(config, stats, end, shutdown).await;
+    plane.stop().await;
+    result
+}
+
+/// As [`run_with_stats`], taking deployment commands from the [`DeployControl`] that `deploy`
+/// belongs to (`DeployControl::channel()`): the control plane (model repository watcher, admin
+/// API, tests) loads versions and sends them; the inference thread applies them between batches
+/// and publishes what serves into the control's view.
+pub async fn run_with_control(
+    config: Config,
+    stats: Arc<RunStats>,
+    deploy: DeployEnd,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, PipelineError> {
+    let DeployEnd { receiver: deploy_rx, state: deployment_view } = deploy;
     let started = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
     let cfg = Arc::new(config);
@@ -190,7 +229,7 @@ pub async fn run_with_stats(
             cfg.batch.max_batch_delay,
         ))
     });
-    let shared = Shared::new(stats.clone(), batching);
+    let shared = Shared::with_deployment(stats.clone(), batching, deployment_view);
     info!(
         brokers = %cfg.kafka.bootstrap_servers,
         group = %cfg.kafka.group_id,
@@ -237,13 +276,7 @@ pub async fn run_with_stats(
         execution_provider = info.execution_provider,
         "model loaded"
     );
-    metrics::gauge!(
-        names::MODEL_INFO,
-        "model" => info.name.clone(),
-        "version" => info.version.clone(),
-        "execution_provider" => info.execution_provider
-    )
-    .set(1.0);
+    model_info_gauge(&info, Role::Champion).set(1.0);
     shared.health.model_loaded.store(true, Ordering::Release);
     shared.health.publish();
 
@@ -280,7 +313,9 @@ pub async fn run_with_stats(
         .collect();
     let drift_schema =
         codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
-    let (scored_schema_id, drift_schema_id) = if cfg.schemas.registry.is_some() {
+    // The monitoring topic carries drift reports (subject `<topic>-value`) and shadow results
+    // (subject `<topic>-io.streamscore.monitoring.ShadowScore`, see `codec::shadow_subject`).
+    let (scored_schema_id, drift_schema_id, shadow_schema_id) = if cfg.schemas.registry.is_some() {
         let scored = store
             .register(&format!("{}-value", cfg.kafka.scored_topic), codec::SCORED_TRANSACTION_SCHEMA)
             .await
@@ -289,9 +324,14 @@ pub async fn run_with_stats(
             .register(&format!("{}-value", cfg.kafka.monitoring_topic), codec::DRIFT_REPORT_SCHEMA)
             .await
             .map_err(|e| PipelineError::Schema(e.to_string()))?;
-        (scored, drift)
+        let shadow = store
+            .register(&codec::shadow_subject(&cfg.kafka.monitoring_topic), codec::SHADOW_SCORE_SCHEMA)
+            .await
+            .map_err(|e| PipelineError::Schema(e.to_string()))?;
+        (scored, drift, shadow)
     } else {
-        (cfg.schemas.scored_schema_id, cfg.schemas.drift_schema_id)
+        let (scored, drift) = (cfg.schemas.scored_schema_id, cfg.schemas.drift_schema_id);
+        (scored, drift, codec::local_shadow_schema_id(scored, drift))
     };
 
     let transactional = cfg.delivery.mode == DeliveryMode::ExactlyOnce;
@@ -306,7 +346,7 @@ pub async fn run_with_stats(
             _ = &mut shutdown => {
                 info!("shutdown requested during start-up");
                 shared.request_stop();
-                return Ok(summarize(&stats, started, &info, Vec::new()));
+                return Ok(summarize(&stats, started, &info.name, &info.version, Vec::new()));
             }
         }
     };
@@ -321,9 +361,14 @@ pub async fn run_with_stats(
     let (to_sink, sink_rx) = crossbeam_channel::bounded::<Batch>(depth);
     let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Batch>(2 * depth + 2);
 
-    let drift = cfg.drift.enabled.then(|| Arc::new(Mutex::new(DriftAccumulator::new(&model.manifest))));
+    let drift = cfg.drift.enabled.then(|| {
+        let mut set = DriftSet::new();
+        set.track(info.version_id, &model.manifest);
+        Arc::new(Mutex::new(set))
+    });
     let scorer = Scorer::new(model, PredictionCache::new(&cfg.cache));
-    let inference = spawn_inference(scorer, inference_rx, to_sink, shared.clone(), drift.clone())?;
+    publish_deployment(&shared, &scorer);
+    let inference = spawn_inference(scorer, inference_rx, deploy_rx, to_sink, shared.clone(), drift.clone())?;
     let sink = sink::spawn(sink::SinkParts {
         config: cfg.clone(),
         producer: producer.clone(),
@@ -332,6 +377,11 @@ pub async fn run_with_stats(
         recycle: recycle_tx,
         scored_schema_id,
         max_record_bytes: sink::max_record_bytes(&cfg),
+        shadow: sink::ShadowOutput {
+            producer: monitoring_producer.clone(),
+            topic: cfg.kafka.monitoring_topic.clone(),
+            schema_id: shadow_schema_id,
+        },
         transactions: transactional.then(|| sink::TransactionSettings {
             timeout: cfg.delivery.drain_timeout.min(cfg.delivery.transaction_timeout),
             abort_every: injected_abort_every(),
@@ -414,10 +464,21 @@ pub async fn run_with_stats(
         dead_lettered = stats.dead_lettered_total(),
         "stopped cleanly"
     );
-    Ok(summarize(&stats, started, &info, top_drift))
+    // The summary names the champion at the end (a deployment may have changed it).
+    let (name, version) = match shared.deployment.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some(s) => (s.champion.name.clone(), s.champion.version.clone()),
+        None => (info.name.clone(), info.version.clone()),
+    };
+    Ok(summarize(&stats, started, &name, &version, top_drift))
 }
 
-fn summarize(stats: &RunStats, started: Instant, info: &ModelInfo, top_drift: Vec<(String, f64)>) -> RunSummary {
+fn summarize(
+    stats: &RunStats,
+    started: Instant,
+    model_name: &str,
+    model_version: &str,
+    top_drift: Vec<(String, f64)>,
+) -> RunSummary {
     RunSummary {
         consumed: stats.consumed.load(Ordering::Relaxed),
         scored: stats.scored.load(Ordering::Relaxed),
@@ -429,8 +490,8 @@ fn summarize(stats: &RunStats, started: Instant, info: &ModelInfo, top_drift: Ve
         latency_p50: stats.latency.quantile(0.5),
         latency_p99: stats.latency.quantile(0.99),
         top_drift,
-        model_name: info.name.clone(),
-        model_version: info.version.clone(),
+        model_name: model_name.to_owned(),
+        model_version: model_version.to_owned(),
     }
 }
 
@@ -443,27 +504,175 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// The inference stage: one dedicated thread that owns the ONNX Runtime session (never on the
+/// The `streamscore_model_info` gauge of one version in one role.
+fn model_info_gauge(info: &ModelInfo, role: Role) -> metrics::Gauge {
+    metrics::gauge!(
+        names::MODEL_INFO,
+        "model" => info.name.clone(),
+        "version" => info.version.clone(),
+        "execution_provider" => info.execution_provider,
+        "role" => role.as_str()
+    )
+}
+
+/// Publishes the scorer's deployment into [`Shared::deployment`].
+fn publish_deployment(shared: &Shared, scorer: &Scorer) {
+    *shared.deployment.lock().unwrap_or_else(|p| p.into_inner()) = Some(scorer.deployment.state());
+}
+
+/// Applies one deployment command on the inference thread (between two batches): logs it,
+/// counts it, moves the `streamscore_model_info` gauges, publishes the new state, points drift
+/// statistics at the versions that now score, and answers the sender.
+fn apply_deploy_request(
+    scorer: &mut Scorer,
+    (command, reply): DeployRequest,
+    shared: &Shared,
+    drift: Option<&Arc<Mutex<DriftSet>>>,
+) {
+    let action = deploy::action_label(&command);
+    let what = format!("{command:?}");
+    let before = scorer.deployment.roles();
+    let result = scorer.deployment.apply(command);
+    match &result {
+        Ok(state) => {
+            let after = scorer.deployment.roles();
+            for (info, role) in &before {
+                if !after.iter().any(|(i, r)| i.version_id == info.version_id && r == role) {
+                    model_info_gauge(info, *role).set(0.0);
+                }
+            }
+            for (info, role) in &after {
+                model_info_gauge(info, *role).set(1.0);
+            }
+            publish_deployment(shared, scorer);
+            if let Some(d) = drift {
+                let mut set = d.lock().unwrap_or_else(|p| p.into_inner());
+                let mut scoring = vec![scorer.deployment.champion.info.version_id];
+                set.track(scorer.deployment.champion.info.version_id, &scorer.deployment.champion.manifest);
+                if let Some((m, _)) = &scorer.deployment.challenger {
+                    set.track(m.info.version_id, &m.manifest);
+                    scoring.push(m.info.version_id);
+                }
+                set.retain_active(&scoring);
+            }
+            metrics::counter!(deploy::DEPLOYMENTS, "action" => action, "result" => "applied").increment(1);
+            info!(
+                command = %what,
+                champion = %format!("{}/{}", state.champion.name, state.champion.version),
+                challenger = ?state.challenger.as_ref().map(|(v, mode)| (format!("{}/{}", v.name, v.version), *mode)),
+                rollback = ?state.rollback.as_ref().map(|v| format!("{}/{}", v.name, v.version)),
+                "deployment changed; takes effect with the next batch"
+            );
+        }
+        Err(e) => {
+            metrics::counter!(deploy::DEPLOYMENTS, "action" => action, "result" => "rejected").increment(1);
+            warn!(command = %what, error = %e, "deployment command refused; nothing changed");
+        }
+    }
+    // The sender may have given up waiting.
+    let _ = reply.send(result);
+}
+
+/// Per-version metrics and drift of one scored batch.
+fn record_batch(scorer: &Scorer, batch: &crate::batcher::Batch, drift: Option<&Arc<Mutex<DriftSet>>>) {
+    for v in scorer.last_counts() {
+        let (model, version) = (v.info.name.clone(), v.info.version.clone());
+        if v.counts.cache_misses > 0 {
+            metrics::histogram!(names::INFERENCE_SECONDS, "model" => model.clone(), "version" => version.clone())
+                .record(v.counts.inference.as_secs_f64());
+        }
+        if v.counts.cache_hits > 0 {
+            metrics::counter!(names::CACHE_HITS, "model" => model.clone(), "version" => version.clone())
+                .increment(v.counts.cache_hits as u64);
+        }
+        if v.counts.cache_misses > 0 {
+            metrics::counter!(names::CACHE_MISSES, "model" => model, "version" => version)
+                .increment(v.counts.cache_misses as u64);
+        }
+    }
+    let Some(d) = drift else { return };
+    let Ok(mut set) = d.lock() else { return };
+    let (f, n) = (batch.width(), batch.rows);
+    let (features, missing) = (&batch.features[..n * f], &batch.missing[..n * f]);
+    if batch.versions.len() == 1 {
+        if let Some(acc) = set.get_mut(batch.versions[0].version_id) {
+            acc.observe(features, missing, &batch.scores[..n]);
+        }
+    } else {
+        // A canary split the batch: each row goes to the statistics of the version that scored it.
+        for (index, info) in batch.versions.iter().enumerate() {
+            let Some(acc) = set.get_mut(info.version_id) else { continue };
+            for (i, _) in batch.row_version.iter().enumerate().filter(|(_, v)| usize::from(**v) == index) {
+                let r = i * f..(i + 1) * f;
+                acc.observe(&features[r.clone()], &missing[r], &batch.scores[i..i + 1]);
+            }
+        }
+    }
+    if let Some(shadow) = &batch.shadow {
+        if let Some(acc) = set.get_mut(shadow.version_id) {
+            acc.observe(features, missing, &batch.shadow_scores[..n]);
+        }
+    }
+}
+
+/// What the inference thread woke up for.
+// A batch moves through here once per batch, as it does through the channels: boxing it would
+// only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Batch(Batch),
+    InputClosed,
+    Command(DeployRequest),
+    ControlClosed,
+}
+
+/// The inference stage: one dedicated thread that owns the ONNX Runtime sessions (never on the
 /// async reactor). One span per batch.
+///
+/// Deployment commands are applied between batches: the thread waits on the batch channel and
+/// the command channel together (so a command applies at once when no input flows), and drains
+/// every pending command before it scores a batch (so a command answered before a batch was
+/// taken applies to that batch).
 fn spawn_inference(
     mut scorer: Scorer,
     input: crossbeam_channel::Receiver<Batch>,
+    commands: DeployReceiver,
     output: crossbeam_channel::Sender<Batch>,
     shared: Arc<Shared>,
-    drift: Option<Arc<Mutex<DriftAccumulator>>>,
+    drift: Option<Arc<Mutex<DriftSet>>>,
 ) -> Result<std::thread::JoinHandle<()>, PipelineError> {
     std::thread::Builder::new()
         .name("streamscore-inference".into())
         .spawn(move || {
-            let info = scorer.model.info.clone();
-            let inference_seconds =
-                metrics::histogram!(names::INFERENCE_SECONDS, "model" => info.name.clone(), "version" => info.version.clone());
-            let hits = metrics::counter!(names::CACHE_HITS, "model" => info.name.clone(), "version" => info.version.clone());
-            let misses = metrics::counter!(names::CACHE_MISSES, "model" => info.name.clone(), "version" => info.version.clone());
             let injected_delay = injected_inference_delay();
-            for mut batch in input.iter() {
+            // Once every control handle is gone, wait on the batches only.
+            let never = crossbeam_channel::never();
+            let mut control_open = true;
+            loop {
+                let control = if control_open { &commands } else { &never };
+                // What woke the thread is handled outside the macro (it expands to its own
+                // control flow, so `continue`/`break` stay out of it).
+                let next = crossbeam_channel::select! {
+                    recv(input) -> b => b.map_or(Next::InputClosed, Next::Batch),
+                    recv(control) -> r => r.map_or(Next::ControlClosed, Next::Command),
+                };
+                let mut batch = match next {
+                    Next::Batch(b) => b,
+                    Next::InputClosed => break,
+                    Next::Command(request) => {
+                        apply_deploy_request(&mut scorer, request, &shared, drift.as_ref());
+                        continue;
+                    }
+                    Next::ControlClosed => {
+                        control_open = false;
+                        continue;
+                    }
+                };
                 if shared.abandon.load(Ordering::Acquire) {
                     break;
+                }
+                while let Ok(request) = commands.try_recv() {
+                    apply_deploy_request(&mut scorer, request, &shared, drift.as_ref());
                 }
                 // Before the injected delay: a deliberately slow model is slow inference.
                 let started = Instant::now();
@@ -475,11 +684,6 @@ fn spawn_inference(
                 let _enter = span.enter();
                 match scorer.score(&mut batch) {
                     Ok(c) => {
-                        if c.cache_misses > 0 {
-                            inference_seconds.record(c.inference.as_secs_f64());
-                        }
-                        hits.increment(c.cache_hits as u64);
-                        misses.increment(c.cache_misses as u64);
                         shared.stats.cache_hits.fetch_add(c.cache_hits as u64, Ordering::Relaxed);
                         shared.stats.cache_misses.fetch_add(c.cache_misses as u64, Ordering::Relaxed);
                         shared.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -490,16 +694,16 @@ fn spawn_inference(
                         break;
                     }
                 }
-                if let Some(d) = &drift {
-                    let n = batch.rows * batch.width();
-                    if let Ok(mut acc) = d.lock() {
-                        acc.observe(&batch.features[..n], &batch.missing[..n], &batch.scores);
-                    }
-                }
+                record_batch(&scorer, &batch, drift.as_ref());
                 batch.timing.inference = started.elapsed();
                 if output.send(batch).is_err() {
                     break;
                 }
+            }
+            // Commands that arrive from now on find the channel closed (the receiver is dropped
+            // with this thread); those already queued are told the pipeline is stopping.
+            while let Ok((_, reply)) = commands.try_recv() {
+                let _ = reply.send(Err(DeployError::Stopping));
             }
             info!("inference stopped");
         })
@@ -526,7 +730,7 @@ fn injected_abort_every() -> u64 {
 
 /// Publishes one drift report per window to the monitoring topic and the PSI gauges.
 struct DriftReporter {
-    acc: Arc<Mutex<DriftAccumulator>>,
+    acc: Arc<Mutex<DriftSet>>,
     producer: Arc<OutputProducer>,
     topic: String,
     schema: apache_avro::Schema,
@@ -551,21 +755,28 @@ impl DriftReporter {
 
     fn publish(&mut self) {
         let end = now_ms();
-        let window: DriftWindow = match self.acc.lock() {
-            Ok(mut acc) => acc.take_window(self.window_start, end),
+        let windows: Vec<DriftWindow> = match self.acc.lock() {
+            Ok(mut set) => set.take_windows(self.window_start, end),
             Err(_) => return,
         };
         self.window_start = end;
-        if window.rows == 0 {
-            return;
+        // The summary's "highest drift" is the busiest version's (the champion, normally).
+        if let Some(w) = windows.iter().filter(|w| w.rows > 0).max_by_key(|w| w.rows) {
+            if let Ok(mut last) = self.last.lock() {
+                *last = w.top_psi(5).into_iter().map(|(n, p)| (n.to_string(), p)).collect();
+            }
         }
+        for window in windows.iter().filter(|w| w.rows > 0) {
+            self.publish_window(window);
+        }
+    }
+
+    /// One version's report and PSI gauges.
+    fn publish_window(&self, window: &DriftWindow) {
         let (model, version) = (window.model_name.clone(), window.model_version.clone());
         for f in window.features.iter().chain(std::iter::once(&window.score)) {
             metrics::gauge!(names::DRIFT_PSI, "model" => model.clone(), "version" => version.clone(), "feature" => f.name.clone())
                 .set(f.psi);
-        }
-        if let Ok(mut last) = self.last.lock() {
-            *last = window.top_psi(5).into_iter().map(|(n, p)| (n.to_string(), p)).collect();
         }
         let mut buf = Vec::new();
         if let Err(e) = codec::encode_value(&mut buf, self.schema_id, &self.schema, window.to_avro(&self.instance_id)) {

@@ -19,8 +19,9 @@ use tracing::{error, info, warn};
 
 use crate::batcher::adaptive::BatchFeedback;
 use crate::batcher::{Batch, BatchTiming, EntryKind};
-use crate::codec::{encode_scored, ScoredRecord};
+use crate::codec::{encode_scored, encode_shadow, ScoredRecord, ShadowRecord};
 use crate::config::Config;
+use crate::model::deploy;
 use crate::outcome::DeadLetterReason;
 use crate::pipeline::{PipelineError, Shared};
 use crate::telemetry::{names, RunStats};
@@ -77,6 +78,8 @@ pub enum Ack {
     Batch(BatchAck),
     /// Drift reports: a failure is logged and counted, it holds back no offsets.
     Monitoring,
+    /// Shadow results (best effort, like drift reports).
+    Shadow,
 }
 
 /// The producer's context: routes delivery reports.
@@ -97,6 +100,13 @@ impl ProducerContext for SinkContext {
                 if let Err((e, msg)) = result {
                     warn!(error = %e, topic = msg.topic(), "drift report not delivered");
                     metrics::counter!(names::DELIVERY_FAILURES, "topic" => "monitoring").increment(1);
+                }
+                return;
+            }
+            Ack::Shadow => {
+                if let Err((e, msg)) = result {
+                    warn!(error = %e, topic = msg.topic(), "shadow result not delivered (best effort: not retried)");
+                    metrics::counter!(deploy::SHADOW_DELIVERY_FAILURES).increment(1);
                 }
                 return;
             }
@@ -240,6 +250,19 @@ pub struct SinkParts {
     pub transactions: Option<TransactionSettings>,
     /// See [`max_record_bytes`].
     pub max_record_bytes: usize,
+    /// Where shadow results go (the monitoring topic).
+    pub shadow: ShadowOutput,
+}
+
+/// Where the sink produces shadow results: the monitoring topic, through a non-transactional
+/// producer (best effort: a failed delivery is logged and counted, it never holds back offsets
+/// and never fails the batch; in exactly_once mode a shadow result is outside the batch's
+/// transaction, so an aborted batch can repeat it).
+pub struct ShadowOutput {
+    pub producer: Arc<OutputProducer>,
+    pub topic: String,
+    /// Schema id in front of `ShadowScore` records.
+    pub schema_id: u32,
 }
 
 /// How the sink runs transactions (exactly_once).
@@ -440,7 +463,6 @@ fn produce_batch(
     stale: &[(Arc<str>, i32, u64)],
 ) -> Result<Option<Arc<Ack>>, PipelineError> {
     let cfg = &parts.config;
-    let model = batch.model.clone();
     let is_stale =
         |e: &crate::batcher::Entry| stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic);
     let mut ack = BatchAck {
@@ -486,6 +508,8 @@ fn produce_batch(
     }
     let ack = Arc::new(Ack::Batch(ack));
     let scored_at = now_ms();
+    let shadow_ack = batch.shadow.is_some().then(|| Arc::new(Ack::Shadow));
+    let (mut shadow_sent, mut shadow_failed) = (0u64, 0u64);
     for entry in batch.entries.drain(..) {
         if is_stale(&entry) {
             continue;
@@ -494,7 +518,8 @@ fn produce_batch(
         let key = entry.key.map(|k| k.of(&batch.keys));
         match entry.kind {
             EntryKind::Row { row, identity } => {
-                let Some(model) = model.as_deref() else {
+                // The version that scored this very row (a canary serves some rows of a batch).
+                let Some(model) = batch.row_version.get(row).and_then(|v| batch.versions.get(usize::from(*v))) else {
                     return Err(PipelineError::Internal("a batch with rows reached the sink without a model".into()));
                 };
                 buf.clear();
@@ -527,6 +552,47 @@ fn produce_batch(
                     record = record.headers(h);
                 }
                 send(&parts.producer, record)?;
+                if let (Some(challenger), Some(shadow_ack)) = (batch.shadow.as_deref(), &shadow_ack) {
+                    // `send` copied the scored record: the buffer is free again.
+                    buf.clear();
+                    let challenger_score = batch.shadow_scores[row];
+                    encode_shadow(
+                        buf,
+                        parts.shadow.schema_id,
+                        &ShadowRecord {
+                            event_id: &identity.event_id,
+                            transaction_id: &identity.transaction_id,
+                            source_topic: &entry.topic,
+                            source_partition: entry.partition,
+                            source_offset: entry.offset,
+                            model_name: &model.name,
+                            champion_version: &model.version,
+                            champion_score: score,
+                            champion_label: score >= model.threshold,
+                            challenger_name: &challenger.name,
+                            challenger_version: &challenger.version,
+                            challenger_score,
+                            challenger_label: challenger_score >= challenger.threshold,
+                            challenger_threshold: challenger.threshold,
+                            scored_at_ms: scored_at,
+                        },
+                    );
+                    let mut record =
+                        BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&parts.shadow.topic, shadow_ack.clone())
+                            .payload(&buf[..]);
+                    if let Some(k) = key {
+                        record = record.key(k);
+                    }
+                    match send(&parts.shadow.producer, record) {
+                        Ok(()) => shadow_sent += 1,
+                        Err(e) => {
+                            shadow_failed += 1;
+                            if shadow_failed == 1 {
+                                warn!(error = %e, batch = batch.seq, "shadow result not enqueued (best effort: dropped)");
+                            }
+                        }
+                    }
+                }
             }
             EntryKind::Rejected { rejection, payload } => {
                 let partition = entry.partition.to_string();
@@ -566,6 +632,13 @@ fn produce_batch(
     }
     if let Ack::Batch(b) = &*ack {
         let _ = b.produced.set(Instant::now());
+    }
+    if let Some(challenger) = batch.shadow.as_deref() {
+        metrics::counter!(deploy::SHADOW_RECORDS, "model" => challenger.name.clone(), "version" => challenger.version.clone())
+            .increment(shadow_sent);
+        if shadow_failed > 0 {
+            metrics::counter!(deploy::SHADOW_DELIVERY_FAILURES).increment(shadow_failed);
+        }
     }
     Ok(Some(ack))
 }

@@ -1,5 +1,6 @@
 //! Telemetry: every metric name in one place, tracing set-up, run statistics, and the HTTP
-//! endpoints (`/metrics`, `/healthz`, `/readyz`).
+//! endpoints (`/metrics`, `/healthz`, `/readyz`). The admin API has its own listener
+//! (`admin.bind`, see [`crate::admin`]) so that it is never exposed with `/metrics`.
 //!
 //! Metrics are recorded once per batch where possible. Labels are low-cardinality: topic,
 //! partition, model, version, reason, feature (a manifest column), never event ids.
@@ -40,6 +41,12 @@ pub mod names {
     pub const MODEL_INFO: &str = "streamscore_model_info";
     pub const READY: &str = "streamscore_ready";
     pub const MODEL_LOAD_FAILURES: &str = crate::model::verify::MODEL_LOAD_FAILURES;
+    pub const ADMIN_REQUESTS: &str = "streamscore_admin_requests_total";
+    pub const MODEL_CHANGES: &str = "streamscore_model_changes_total";
+    pub const DEPLOYMENTS: &str = crate::model::deploy::DEPLOYMENTS;
+    pub const SHADOW_RECORDS: &str = crate::model::deploy::SHADOW_RECORDS;
+    pub const SHADOW_DELIVERY_FAILURES: &str = crate::model::deploy::SHADOW_DELIVERY_FAILURES;
+    pub const REPOSITORY_SCANS: &str = "streamscore_model_repository_scans_total";
 }
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -122,12 +129,33 @@ fn describe() {
     describe_counter!(names::BACKPRESSURE_PAUSES, "Times consumption was paused because inference fell behind.");
     describe_gauge!(names::PAUSED, "1 while consumption is paused for backpressure.");
     describe_counter!(names::REVOKED_DROPPED, "Outcomes not produced because their partition was revoked before they were (the new owner re-processes the inputs).");
-    describe_gauge!(names::MODEL_INFO, "1 for the model version being served.");
+    describe_gauge!(
+        names::MODEL_INFO,
+        "1 for each loaded model version in its role (champion, canary, shadow, rollback); 0 once it no longer holds it."
+    );
+    describe_counter!(
+        names::DEPLOYMENTS,
+        "Deployment commands applied by the inference thread, by action and result (applied/rejected)."
+    );
+    describe_counter!(names::SHADOW_RECORDS, "Shadow scores published to the monitoring topic, by challenger version.");
+    describe_counter!(
+        names::SHADOW_DELIVERY_FAILURES,
+        "Shadow records the broker did not take (best effort: they hold back no offsets)."
+    );
     describe_gauge!(names::READY, "1 when the model is loaded and the consumer has joined its group.");
     describe_counter!(
         names::MODEL_LOAD_FAILURES,
         "Models refused at load, by reason (checksum, signature, mismatch, manifest, model_file, load, warmup, runtime)."
     );
+    describe_counter!(
+        names::ADMIN_REQUESTS,
+        "Admin API requests, by route and result (ok, bad_request, unauthorized, not_found, method_not_allowed, conflict, refused, rate_limited, timeout, unavailable, error)."
+    );
+    describe_counter!(
+        names::MODEL_CHANGES,
+        "Model lifecycle changes by the admin API or the repository watcher, by action (load, promote, canary, canary_weight, shadow, clear_challenger, rollback, unload) and result (ok, refused, gate_failed, rejected, timeout, error)."
+    );
+    describe_counter!(names::REPOSITORY_SCANS, "Scans of the model repository by the watcher, by result (ok, error).");
 }
 
 /// Sets up `tracing` once per process (later calls are no-ops).

@@ -16,7 +16,8 @@ mod wire;
 
 pub use decode::{Decoder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use encode::{
-    encode_scored, encode_value, put_bool, put_f32, put_f64, put_int, put_long, put_str, put_union_index, ScoredRecord,
+    encode_scored, encode_shadow, encode_value, put_bool, put_f32, put_f64, put_int, put_long, put_str,
+    put_union_index, ScoredRecord, ShadowRecord,
 };
 
 pub use fast::FastPlan;
@@ -29,6 +30,24 @@ pub const TRANSACTION_SCHEMA: &str = include_str!("../../schemas/transaction.avs
 pub const SCORED_TRANSACTION_SCHEMA: &str = include_str!("../../schemas/scored_transaction.avsc");
 /// Schema of the drift monitoring topic.
 pub const DRIFT_REPORT_SCHEMA: &str = include_str!("../../schemas/drift_report.avsc");
+
+/// Schema of shadow results, the second record type on the monitoring topic.
+pub const SHADOW_SCORE_SCHEMA: &str = include_str!("../../schemas/shadow_score.avsc");
+/// Full name of [`SHADOW_SCORE_SCHEMA`]'s record.
+pub const SHADOW_SCORE_FULL_NAME: &str = "io.streamscore.monitoring.ShadowScore";
+
+/// The registry subject of shadow results: the monitoring topic carries two record types, so
+/// this one is registered under Confluent's RecordNameStrategy-style subject
+/// `<monitoring_topic>-<record full name>` (drift reports keep `<monitoring_topic>-value`).
+pub fn shadow_subject(monitoring_topic: &str) -> String {
+    format!("{monitoring_topic}-{SHADOW_SCORE_FULL_NAME}")
+}
+
+/// The local (no registry) schema id of shadow results: one above the scored and drift ids
+/// (4 with the defaults 2 and 3), so it never collides with either.
+pub fn local_shadow_schema_id(scored_schema_id: u32, drift_schema_id: u32) -> u32 {
+    scored_schema_id.max(drift_schema_id).saturating_add(1)
+}
 
 /// Errors outside the per-event path: schemas that do not parse, registry registration.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +100,7 @@ mod tests {
 
     #[test]
     fn bundled_schemas_parse() {
-        for s in [TRANSACTION_SCHEMA, SCORED_TRANSACTION_SCHEMA, DRIFT_REPORT_SCHEMA] {
+        for s in [TRANSACTION_SCHEMA, SCORED_TRANSACTION_SCHEMA, DRIFT_REPORT_SCHEMA, SHADOW_SCORE_SCHEMA] {
             parse_schema(s).unwrap();
         }
     }

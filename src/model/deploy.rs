@@ -17,8 +17,15 @@
 //!   like the others and takes effect with the next batch.
 //! - Every applied command answers with the new [`DeploymentState`], which is also what the
 //!   admin API lists.
+//! - [`DeployControl`] is the control plane's handle (`DeployControl::channel()`; the pipeline
+//!   takes the [`DeployEnd`] in `pipeline::run_with_control`): it sends commands and reads the
+//!   state the inference thread last published. A command sent after the pipeline stopped is
+//!   answered with [`DeployError::Stopping`].
+//! - A version must have the champion's features and columns ([`Deployment::check_compatible`]):
+//!   the decoder builds rows for the startup manifest.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -130,6 +137,207 @@ pub fn canary_routes(key: &[u8], weight: f64) -> bool {
 
 /// Identity of the versions a batch was scored with: `Arc`s shared by every outcome.
 pub type VersionInfo = Arc<ModelInfo>;
+
+/// Applied and rejected deployment commands, by `action` (`promote`, `challenger`,
+/// `set_canary_weight`, `clear_challenger`, `rollback`) and `result` (`applied`, `rejected`).
+pub const DEPLOYMENTS: &str = "streamscore_model_deployments_total";
+/// Shadow results handed to the producer for the monitoring topic, by challenger `model`/`version`.
+pub const SHADOW_RECORDS: &str = "streamscore_shadow_records_total";
+/// Shadow results that could not be enqueued or delivered (best effort: nothing waits on them).
+pub const SHADOW_DELIVERY_FAILURES: &str = "streamscore_shadow_delivery_failures_total";
+
+/// The inference thread's end of the command channel.
+pub type DeployReceiver = crossbeam_channel::Receiver<DeployRequest>;
+
+/// The deployment as last published by the inference thread (`None` until the pipeline has
+/// loaded its first model).
+pub type DeploymentView = Arc<Mutex<Option<DeploymentState>>>;
+
+/// The control plane's handle on a running pipeline: sends commands, reads what serves.
+/// Cloneable; the pipeline gets the matching [`DeployEnd`] ([`DeployControl::channel`]).
+#[derive(Clone)]
+pub struct DeployControl {
+    sender: DeploySender,
+    state: DeploymentView,
+}
+
+/// The pipeline's end of a [`DeployControl`].
+pub struct DeployEnd {
+    pub receiver: DeployReceiver,
+    pub state: DeploymentView,
+}
+
+impl DeployControl {
+    /// A control handle and the end the pipeline takes (`pipeline::run_with_control`). Commands
+    /// wait in a small bounded queue; each is answered once applied.
+    pub fn channel() -> (DeployControl, DeployEnd) {
+        let (sender, receiver) = crossbeam_channel::bounded(16);
+        let state = DeploymentView::default();
+        (DeployControl { sender, state: state.clone() }, DeployEnd { receiver, state })
+    }
+
+    /// The raw sender, for callers that manage the reply channel themselves.
+    pub fn sender(&self) -> DeploySender {
+        self.sender.clone()
+    }
+
+    /// What serves now (as of the last applied command or the start).
+    pub fn state(&self) -> Option<DeploymentState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends `command` and blocks until the inference thread has applied (or refused) it, at most
+    /// `timeout` (then [`DeployError::Stopping`]: the pipeline is not taking commands). Blocking:
+    /// call it from a plain thread or `spawn_blocking`, never on the async reactor.
+    pub fn apply(&self, command: DeployCommand, timeout: Duration) -> Result<DeploymentState, DeployError> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.sender.send_timeout((command, reply), timeout).map_err(|_| DeployError::Stopping)?;
+        answer.recv_timeout(timeout).map_err(|_| DeployError::Stopping)?
+    }
+}
+
+/// The `action` label of a command.
+pub fn action_label(command: &DeployCommand) -> &'static str {
+    match command {
+        DeployCommand::Promote(_) => "promote",
+        DeployCommand::Challenger { .. } => "challenger",
+        DeployCommand::SetCanaryWeight(_) => "set_canary_weight",
+        DeployCommand::ClearChallenger => "clear_challenger",
+        DeployCommand::Rollback => "rollback",
+    }
+}
+
+/// The loaded versions, owned by the inference thread: the champion serves; an optional
+/// challenger runs beside it; the previous champion stays loaded as the rollback target.
+pub struct Deployment {
+    pub champion: Model,
+    pub challenger: Option<(Model, ChallengerMode)>,
+    pub rollback: Option<Model>,
+}
+
+/// The role of a loaded version (the `role` label of `streamscore_model_info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Champion,
+    Canary,
+    Shadow,
+    Rollback,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Champion => "champion",
+            Self::Canary => "canary",
+            Self::Shadow => "shadow",
+            Self::Rollback => "rollback",
+        }
+    }
+}
+
+fn same_version(a: &ModelInfo, b: &ModelInfo) -> bool {
+    a.version_id == b.version_id
+}
+
+fn valid_weight(w: f64) -> Result<f64, DeployError> {
+    if (0.0..=1.0).contains(&w) {
+        Ok(w)
+    } else {
+        Err(DeployError::BadWeight(w))
+    }
+}
+
+impl Deployment {
+    pub fn new(champion: Model) -> Self {
+        Self { champion, challenger: None, rollback: None }
+    }
+
+    pub fn state(&self) -> DeploymentState {
+        DeploymentState {
+            champion: VersionRef::from(&*self.champion.info),
+            challenger: self.challenger.as_ref().map(|(m, mode)| (VersionRef::from(&*m.info), *mode)),
+            rollback: self.rollback.as_ref().map(|m| VersionRef::from(&*m.info)),
+        }
+    }
+
+    /// Every loaded version with its role.
+    pub fn roles(&self) -> Vec<(VersionInfo, Role)> {
+        let mut v = vec![(self.champion.info.clone(), Role::Champion)];
+        if let Some((m, mode)) = &self.challenger {
+            let role = match mode {
+                ChallengerMode::Canary { .. } => Role::Canary,
+                ChallengerMode::Shadow => Role::Shadow,
+            };
+            v.push((m.info.clone(), role));
+        }
+        if let Some(m) = &self.rollback {
+            v.push((m.info.clone(), Role::Rollback));
+        }
+        v
+    }
+
+    /// The decoder builds rows for the startup manifest's features; every deployed version has
+    /// the same features (checked on entry), so comparing with the champion is enough.
+    pub fn check_compatible(&self, model: &Model) -> Result<(), DeployError> {
+        let (want, got) = (&self.champion.manifest, &model.manifest);
+        if want.columns != got.columns || want.features != got.features {
+            let differs = want.columns.iter().zip(&got.columns).position(|(a, b)| a != b);
+            let detail = match differs {
+                Some(i) if want.columns.len() == got.columns.len() => {
+                    format!(" (column {i} is `{}`, the champion's is `{}`)", got.columns[i], want.columns[i])
+                }
+                None if want.columns.len() == got.columns.len() => {
+                    " (same columns, different feature definitions)".into()
+                }
+                _ => String::new(),
+            };
+            return Err(DeployError::IncompatibleFeatures {
+                got: format!("{}/{}{detail}", model.info.name, model.info.version),
+                got_columns: got.columns.len(),
+                want: want.columns.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies `command` (the semantics of [`DeployCommand`]); on error nothing changes. Sessions
+    /// that are no longer needed (a replaced challenger, the previous rollback target) are dropped.
+    pub fn apply(&mut self, command: DeployCommand) -> Result<DeploymentState, DeployError> {
+        match command {
+            DeployCommand::Promote(model) => {
+                self.check_compatible(&model)?;
+                if self.challenger.as_ref().is_some_and(|(c, _)| same_version(&c.info, &model.info)) {
+                    self.challenger = None;
+                }
+                let old = std::mem::replace(&mut self.champion, *model);
+                self.rollback = Some(old);
+            }
+            DeployCommand::Challenger { model, mode } => {
+                self.check_compatible(&model)?;
+                if let ChallengerMode::Canary { weight } = mode {
+                    valid_weight(weight)?;
+                }
+                self.challenger = Some((*model, mode));
+            }
+            DeployCommand::SetCanaryWeight(w) => match &mut self.challenger {
+                Some((_, ChallengerMode::Canary { weight })) => *weight = valid_weight(w)?,
+                _ => return Err(DeployError::NoCanary),
+            },
+            DeployCommand::ClearChallenger => self.challenger = None,
+            DeployCommand::Rollback => {
+                let Some(previous) = self.rollback.take() else {
+                    return Err(DeployError::NothingToRollBack);
+                };
+                if self.challenger.as_ref().is_some_and(|(c, _)| same_version(&c.info, &previous.info)) {
+                    self.challenger = None;
+                }
+                let current = std::mem::replace(&mut self.champion, previous);
+                self.rollback = Some(current);
+            }
+        }
+        Ok(self.state())
+    }
+}
 
 #[cfg(test)]
 mod tests {

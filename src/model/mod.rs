@@ -223,6 +223,19 @@ impl Model {
         Ok(model)
     }
 
+    /// Runs `runs` batches of `rows` zero rows: ONNX Runtime sizes its buffers (and a GPU
+    /// provider compiles its kernels) for full batches before the version serves, so its first
+    /// real batches are not slower than the rest. Used by the control plane before a switch.
+    pub fn warm_up(&mut self, rows: usize, runs: usize) -> Result<(), ModelError> {
+        let rows = rows.max(1);
+        let input = vec![0.0; rows * self.info.num_columns];
+        let mut scores = Vec::with_capacity(rows);
+        for _ in 0..runs {
+            self.infer(&input, rows, &mut scores)?;
+        }
+        Ok(())
+    }
+
     /// Runs one batch: `rows` is `[n, F]` row-major; the scores are appended to `out` (cleared first).
     /// One ONNX Runtime call, no copy of the input.
     pub fn infer(&mut self, rows: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), ModelError> {
@@ -445,15 +458,36 @@ fn shape(dims: &[i64]) -> String {
     format!("[{}]", d.join(", "))
 }
 
-/// Scores batches: cache lookups first, then one ONNX Runtime call over the misses.
+/// Scores batches under a [`deploy::Deployment`]: cache lookups first, then one ONNX Runtime
+/// call per version over its misses. One prediction cache serves every version (its key holds
+/// the version id, so a version never gets another's score).
+///
+/// - Champion only: every row by the champion.
+/// - Canary: rows whose routing key ([`deploy::canary_routes`] on the input's Kafka key, or the
+///   event id when the key is null) falls in the canary's share go to the challenger, the rest
+///   to the champion: two inference calls, each over its rows' misses copied into one reused
+///   contiguous buffer.
+/// - Shadow: the champion scores every row for the outputs; the challenger scores every row too,
+///   into [`Batch::shadow_scores`].
 pub struct Scorer {
-    pub model: Model,
+    pub deployment: deploy::Deployment,
     cache: PredictionCache,
+    bufs: Buffers,
+    champion_rows: Vec<usize>,
+    challenger_rows: Vec<usize>,
+    /// Cache-hit flags of shadow scoring (not part of any output).
+    shadow_hits: Vec<bool>,
+    /// What the last batch cost, per version.
+    last: Vec<VersionCounts>,
+}
+
+/// Reused buffers of one inference call.
+struct Buffers {
     miss_rows: Vec<f32>,
     miss_index: Vec<usize>,
     /// Key of each miss, and whether its score goes into the cache.
     miss_keys: Vec<(CacheKey, bool)>,
-    /// First miss of each key in the current batch: a repeat within the batch reuses its score.
+    /// First miss of each key in the current call: a repeat within the batch reuses its score.
     first_miss: HashMap<CacheKey, usize, BuildKeyHasher>,
     /// (row, position in the miss list) of in-batch repeats.
     repeats: Vec<(usize, usize)>,
@@ -468,101 +502,275 @@ pub struct ScoreCounts {
     pub inference: std::time::Duration,
 }
 
+impl ScoreCounts {
+    fn add(&mut self, o: ScoreCounts) {
+        self.cache_hits += o.cache_hits;
+        self.cache_misses += o.cache_misses;
+        self.inference += o.inference;
+    }
+}
+
+/// What one version did in the last batch.
+#[derive(Debug, Clone)]
+pub struct VersionCounts {
+    pub info: deploy::VersionInfo,
+    pub role: deploy::Role,
+    /// Rows it scored.
+    pub rows: usize,
+    pub counts: ScoreCounts,
+}
+
 impl Scorer {
     pub fn new(model: Model, cache: PredictionCache) -> Self {
         Self {
-            model,
+            deployment: deploy::Deployment::new(model),
             cache,
-            miss_rows: Vec::new(),
-            miss_index: Vec::new(),
-            miss_keys: Vec::new(),
-            first_miss: HashMap::with_hasher(BuildKeyHasher),
-            repeats: Vec::new(),
-            out: Vec::new(),
+            bufs: Buffers {
+                miss_rows: Vec::new(),
+                miss_index: Vec::new(),
+                miss_keys: Vec::new(),
+                first_miss: HashMap::with_hasher(BuildKeyHasher),
+                repeats: Vec::new(),
+                out: Vec::new(),
+            },
+            champion_rows: Vec::new(),
+            challenger_rows: Vec::new(),
+            shadow_hits: Vec::new(),
+            last: Vec::new(),
         }
     }
 
-    /// Fills `batch.scores`, `batch.cache_hits` and `batch.model` for every row. Reuses its
-    /// buffers; copies rows only when some (not all) rows were cache hits.
+    /// The serving champion.
+    pub fn champion(&self) -> &Model {
+        &self.deployment.champion
+    }
+
+    /// Per version, what the last [`Scorer::score`] did (champion first). Shadow scoring is
+    /// listed with [`deploy::Role::Shadow`] and is not part of the totals `score` returns.
+    pub fn last_counts(&self) -> &[VersionCounts] {
+        &self.last
+    }
+
+    /// Fills `batch.scores`, `batch.cache_hits`, `batch.model` (the champion), `batch.versions`
+    /// and `batch.row_version` (which version scored each row) and, in shadow mode,
+    /// `batch.shadow` and `batch.shadow_scores`. Returns the totals of the scores that serve
+    /// (shadow scoring excluded). Reuses its buffers; copies rows only when a version scores a
+    /// subset of them or some were cache hits.
     pub fn score(&mut self, batch: &mut Batch) -> Result<ScoreCounts, ModelError> {
-        let info = self.model.info.clone();
         let n = batch.rows;
         let f = batch.width();
-        if f != info.num_columns {
+        let champion = self.deployment.champion.info.clone();
+        if f != champion.num_columns {
             return Err(ModelError::Inference {
                 rows: n,
-                detail: format!("batch rows have {f} features, model expects {}", info.num_columns),
+                detail: format!("batch rows have {f} features, model expects {}", champion.num_columns),
             });
         }
-        batch.model = Some(info.clone());
+        batch.model = Some(champion.clone());
+        batch.versions.clear();
+        batch.versions.push(champion.clone());
+        batch.row_version.clear();
+        batch.row_version.resize(n, 0);
         batch.scores.clear();
         batch.scores.resize(n, 0.0);
         batch.cache_hits.clear();
         batch.cache_hits.resize(n, false);
-        self.miss_index.clear();
-        self.miss_keys.clear();
-        if !self.cache.enabled() {
-            // No cache: no hashing either, one inference over the whole buffer.
-            let started = std::time::Instant::now();
-            self.model.infer(&batch.features[..n * f], n, &mut self.out)?;
-            batch.scores.copy_from_slice(&self.out);
-            return Ok(ScoreCounts { cache_hits: 0, cache_misses: n, inference: started.elapsed() });
-        }
-        self.first_miss.clear();
-        self.repeats.clear();
-        for i in 0..n {
-            let key = self.cache.key(info.version_id, batch.row(i));
-            let admit = match self.cache.lookup(&key, batch.row(i)) {
-                Lookup::Hit(score) => {
-                    batch.scores[i] = score;
-                    batch.cache_hits[i] = true;
-                    continue;
+        batch.shadow = None;
+        batch.shadow_scores.clear();
+        self.last.clear();
+        let features = &batch.features[..n * f];
+        let cache = &mut self.cache;
+        let bufs = &mut self.bufs;
+        let champion_model = &mut self.deployment.champion;
+        let mut total = ScoreCounts::default();
+        match &mut self.deployment.challenger {
+            None => {
+                let c = score_rows(
+                    champion_model,
+                    cache,
+                    bufs,
+                    features,
+                    f,
+                    None,
+                    &mut batch.scores,
+                    &mut batch.cache_hits,
+                )?;
+                total.add(c);
+                self.last.push(VersionCounts { info: champion, role: deploy::Role::Champion, rows: n, counts: c });
+            }
+            Some((challenger, deploy::ChallengerMode::Canary { weight })) => {
+                let weight = *weight;
+                self.champion_rows.clear();
+                self.challenger_rows.clear();
+                // Entries hold the rows in row order; the routing key is the Kafka key, or the
+                // event id for a null key.
+                for e in &batch.entries {
+                    if let crate::batcher::EntryKind::Row { row, identity } = &e.kind {
+                        let key = match e.key {
+                            Some(span) => span.of(&batch.keys),
+                            None => identity.event_id.as_bytes(),
+                        };
+                        if deploy::canary_routes(key, weight) {
+                            self.challenger_rows.push(*row);
+                        } else {
+                            self.champion_rows.push(*row);
+                        }
+                    }
                 }
-                Lookup::Miss { admit } => admit,
-            };
-            // The same vector earlier in this batch: it is being inferred already.
-            if let Some(&m) = self.first_miss.get(&key) {
-                if batch.row(self.miss_index[m]) == batch.row(i) {
-                    // Seen before this batch too: its score goes into the cache.
-                    self.miss_keys[m].1 |= admit;
-                    self.repeats.push((i, m));
-                    batch.cache_hits[i] = true;
-                    continue;
+                let info = challenger.info.clone();
+                batch.versions.push(info.clone());
+                for &r in &self.challenger_rows {
+                    batch.row_version[r] = 1;
                 }
+                let (scores, hits) = (&mut batch.scores, &mut batch.cache_hits);
+                let (a, b) = (&self.champion_rows, &self.challenger_rows);
+                let c = score_rows(champion_model, cache, bufs, features, f, Some(a), scores, hits)?;
+                total.add(c);
+                self.last.push(VersionCounts {
+                    info: champion,
+                    role: deploy::Role::Champion,
+                    rows: a.len(),
+                    counts: c,
+                });
+                let c = score_rows(challenger, cache, bufs, features, f, Some(b), scores, hits)?;
+                total.add(c);
+                self.last.push(VersionCounts { info, role: deploy::Role::Canary, rows: b.len(), counts: c });
             }
-            self.first_miss.entry(key).or_insert(self.miss_index.len());
-            self.miss_index.push(i);
-            self.miss_keys.push((key, admit));
-        }
-        let m = self.miss_index.len();
-        let mut counts = ScoreCounts { cache_hits: n - m, cache_misses: m, inference: std::time::Duration::ZERO };
-        if m == 0 {
-            return Ok(counts);
-        }
-        let started = std::time::Instant::now();
-        if m == n {
-            self.model.infer(&batch.features[..n * f], n, &mut self.out)?;
-        } else {
-            self.miss_rows.clear();
-            for &i in &self.miss_index {
-                self.miss_rows.extend_from_slice(batch.row(i));
+            Some((challenger, deploy::ChallengerMode::Shadow)) => {
+                let c = score_rows(
+                    champion_model,
+                    cache,
+                    bufs,
+                    features,
+                    f,
+                    None,
+                    &mut batch.scores,
+                    &mut batch.cache_hits,
+                )?;
+                total.add(c);
+                self.last.push(VersionCounts { info: champion, role: deploy::Role::Champion, rows: n, counts: c });
+                batch.shadow_scores.resize(n, 0.0);
+                self.shadow_hits.clear();
+                self.shadow_hits.resize(n, false);
+                let c = score_rows(
+                    challenger,
+                    cache,
+                    bufs,
+                    features,
+                    f,
+                    None,
+                    &mut batch.shadow_scores,
+                    &mut self.shadow_hits,
+                )?;
+                let info = challenger.info.clone();
+                batch.shadow = Some(info.clone());
+                self.last.push(VersionCounts { info, role: deploy::Role::Shadow, rows: n, counts: c });
             }
-            self.model.infer(&self.miss_rows, m, &mut self.out)?;
         }
-        counts.inference = started.elapsed();
-        for (j, &i) in self.miss_index.iter().enumerate() {
-            let score = self.out[j];
-            batch.scores[i] = score;
-            let (key, admit) = self.miss_keys[j];
-            if admit {
-                self.cache.insert(key, batch.row(i), score);
-            }
-        }
-        for &(i, m) in &self.repeats {
-            batch.scores[i] = self.out[m];
-        }
-        Ok(counts)
+        Ok(total)
     }
+}
+
+/// Scores `subset` of the `[n, F]` rows in `features` (all rows when `None`) with `model`,
+/// cache first, writing `scores[row]` and `hits[row]` of those rows only.
+#[allow(clippy::too_many_arguments)]
+fn score_rows(
+    model: &mut Model,
+    cache: &mut PredictionCache,
+    b: &mut Buffers,
+    features: &[f32],
+    f: usize,
+    subset: Option<&[usize]>,
+    scores: &mut [f32],
+    hits: &mut [bool],
+) -> Result<ScoreCounts, ModelError> {
+    let n = features.len() / f.max(1);
+    let count = subset.map_or(n, <[usize]>::len);
+    let row = |i: usize| &features[i * f..(i + 1) * f];
+    let at = |k: usize| subset.map_or(k, |s| s[k]);
+    b.miss_index.clear();
+    b.miss_keys.clear();
+    if count == 0 {
+        return Ok(ScoreCounts::default());
+    }
+    if !cache.enabled() {
+        // No cache: no hashing either, one inference over the rows.
+        let started = std::time::Instant::now();
+        match subset {
+            None => {
+                model.infer(features, n, &mut b.out)?;
+                scores[..n].copy_from_slice(&b.out);
+            }
+            Some(s) => {
+                b.miss_rows.clear();
+                for &i in s {
+                    b.miss_rows.extend_from_slice(row(i));
+                }
+                model.infer(&b.miss_rows, s.len(), &mut b.out)?;
+                for (j, &i) in s.iter().enumerate() {
+                    scores[i] = b.out[j];
+                }
+            }
+        }
+        return Ok(ScoreCounts { cache_hits: 0, cache_misses: count, inference: started.elapsed() });
+    }
+    let version_id = model.info.version_id;
+    b.first_miss.clear();
+    b.repeats.clear();
+    for k in 0..count {
+        let i = at(k);
+        let key = cache.key(version_id, row(i));
+        let admit = match cache.lookup(&key, row(i)) {
+            Lookup::Hit(score) => {
+                scores[i] = score;
+                hits[i] = true;
+                continue;
+            }
+            Lookup::Miss { admit } => admit,
+        };
+        // The same vector earlier in this call: it is being inferred already.
+        if let Some(&m) = b.first_miss.get(&key) {
+            if row(b.miss_index[m]) == row(i) {
+                // Seen before this batch too: its score goes into the cache.
+                b.miss_keys[m].1 |= admit;
+                b.repeats.push((i, m));
+                hits[i] = true;
+                continue;
+            }
+        }
+        b.first_miss.entry(key).or_insert(b.miss_index.len());
+        b.miss_index.push(i);
+        b.miss_keys.push((key, admit));
+    }
+    let m = b.miss_index.len();
+    let mut counts = ScoreCounts { cache_hits: count - m, cache_misses: m, inference: std::time::Duration::ZERO };
+    if m == 0 {
+        return Ok(counts);
+    }
+    let started = std::time::Instant::now();
+    if subset.is_none() && m == n {
+        // Every row of the batch missed, in order: the batch buffer is the input.
+        model.infer(features, n, &mut b.out)?;
+    } else {
+        b.miss_rows.clear();
+        for &i in &b.miss_index {
+            b.miss_rows.extend_from_slice(row(i));
+        }
+        model.infer(&b.miss_rows, m, &mut b.out)?;
+    }
+    counts.inference = started.elapsed();
+    for (j, &i) in b.miss_index.iter().enumerate() {
+        let score = b.out[j];
+        scores[i] = score;
+        let (key, admit) = b.miss_keys[j];
+        if admit {
+            cache.insert(key, row(i), score);
+        }
+    }
+    for &(i, m) in &b.repeats {
+        scores[i] = b.out[m];
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -609,6 +817,19 @@ mod tests {
             assert!((one[0] - batch_scores[i]).abs() < 1e-6, "row {i}: {} vs {}", one[0], batch_scores[i]);
             assert!((0.0..=1.0).contains(&one[0]));
         }
+    }
+
+    #[test]
+    fn warm_up_runs_full_batches_and_changes_no_score() {
+        let mut model = Model::load(&model_config()).expect("shipped model loads");
+        let f = model.info.num_columns;
+        let rows: Vec<f32> = (0..4 * f).map(|i| ((i * 31) % 17) as f32 / 17.0).collect();
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        model.infer(&rows, 4, &mut before).expect("before");
+        model.warm_up(1024, 3).expect("three batches of 1024 rows");
+        model.warm_up(0, 1).expect("zero rows means one row");
+        model.infer(&rows, 4, &mut after).expect("after");
+        assert_eq!(before, after, "warming up leaves the model as it was");
     }
 
     #[test]
@@ -1034,5 +1255,191 @@ mod tests {
         assert_eq!(&batch.scores[..3], &scores[..]);
         assert_eq!(batch.cache_hits, vec![true, true, true, false]);
         assert_eq!(batch.model.as_ref().map(|m| m.version.as_str()), Some("1"));
+    }
+
+    // ---- deployment: commands and routing ------------------------------------------------
+
+    /// A loaded copy of the shipped model under another version (and threshold).
+    fn version(v: &str, threshold: f64) -> (tempfile::TempDir, Model) {
+        let (dir, cfg) = model_copy();
+        edit_manifest(dir.path(), |m| {
+            m["version"] = serde_json::json!(v);
+            m["threshold"] = serde_json::json!(threshold);
+        });
+        let model = Model::load(&cfg).expect("copy loads");
+        (dir, model)
+    }
+
+    fn versions_of(state: &deploy::DeploymentState) -> (String, Option<String>, Option<String>) {
+        (
+            state.champion.version.clone(),
+            state.challenger.as_ref().map(|(v, _)| v.version.clone()),
+            state.rollback.as_ref().map(|v| v.version.clone()),
+        )
+    }
+
+    #[test]
+    fn deployment_commands_follow_the_contract() {
+        use deploy::{ChallengerMode, DeployCommand as C, DeployError as E};
+        let mut d = deploy::Deployment::new(Model::load(&model_config()).expect("model"));
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(d.apply(C::Rollback).unwrap_err(), E::NothingToRollBack);
+        assert_eq!(d.apply(C::SetCanaryWeight(0.1)).unwrap_err(), E::NoCanary);
+        let (_d2, v2) = version("2", 0.5);
+        let bad = C::Challenger { model: Box::new(v2), mode: ChallengerMode::Canary { weight: 1.5 } };
+        assert_eq!(d.apply(bad).unwrap_err(), E::BadWeight(1.5));
+        assert_eq!(versions_of(&d.state()), ("1".into(), None, None), "a refused command changes nothing");
+
+        let (_d2, v2) = version("2", 0.5);
+        let state = d.apply(C::Promote(Box::new(v2))).unwrap();
+        assert_eq!(versions_of(&state), ("2".into(), None, s("1")));
+        let state = d.apply(C::Rollback).unwrap();
+        assert_eq!(versions_of(&state), ("1".into(), None, s("2")), "rollback swaps champion and target");
+
+        let (_d3, v3) = version("3", 0.3);
+        let state =
+            d.apply(C::Challenger { model: Box::new(v3), mode: ChallengerMode::Canary { weight: 0.2 } }).unwrap();
+        assert_eq!(versions_of(&state), ("1".into(), s("3"), s("2")));
+        assert_eq!(state.challenger.as_ref().unwrap().1, ChallengerMode::Canary { weight: 0.2 });
+        let state = d.apply(C::SetCanaryWeight(0.5)).unwrap();
+        assert_eq!(state.challenger.as_ref().unwrap().1, ChallengerMode::Canary { weight: 0.5 });
+        assert_eq!(d.apply(C::SetCanaryWeight(-0.1)).unwrap_err(), E::BadWeight(-0.1));
+        assert!(d.apply(C::SetCanaryWeight(f64::NAN)).is_err(), "NaN is no weight");
+        let roles: Vec<&str> = d.roles().iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(roles, ["champion", "canary", "rollback"]);
+
+        // Promoting the canary's version clears the challenger.
+        let (_d3, v3) = version("3", 0.3);
+        let state = d.apply(C::Promote(Box::new(v3))).unwrap();
+        assert_eq!(versions_of(&state), ("3".into(), None, s("1")));
+        let (_d4, v4) = version("4", 0.3);
+        d.apply(C::Challenger { model: Box::new(v4), mode: ChallengerMode::Shadow }).unwrap();
+        assert_eq!(d.apply(C::SetCanaryWeight(0.1)).unwrap_err(), E::NoCanary, "a shadow is no canary");
+        let state = d.apply(C::ClearChallenger).unwrap();
+        assert_eq!(versions_of(&state), ("3".into(), None, s("1")));
+    }
+
+    #[test]
+    fn a_version_with_other_features_is_refused() {
+        let mut d = deploy::Deployment::new(Model::load(&model_config()).expect("model"));
+        let (dir, cfg) = model_copy();
+        // Same width, other meaning: the first two channel categories swap columns.
+        edit_manifest(dir.path(), |m| {
+            m["version"] = serde_json::json!("9");
+            let cats = m["features"][1]["categories"].as_array_mut().unwrap();
+            cats.swap(0, 1);
+            m["columns"].as_array_mut().unwrap().swap(1, 2);
+            m["reference"]["columns"].as_array_mut().unwrap().swap(1, 2);
+        });
+        let model = Model::load(&cfg).expect("a valid manifest on its own");
+        let err = d.apply(deploy::DeployCommand::Promote(Box::new(model))).unwrap_err();
+        assert!(matches!(err, deploy::DeployError::IncompatibleFeatures { got_columns: 36, want: 36, .. }), "{err}");
+        assert!(err.to_string().contains("fraud_mlp/9") && err.to_string().contains("column 1"), "{err}");
+        assert_eq!(d.state().champion.version, "1");
+    }
+
+    /// A batch of `keys.len()` rows, each row's features distinct, keyed by `keys` (None = null key).
+    fn keyed_batch(keys: &[Option<String>]) -> Batch {
+        use crate::batcher::{Entry, EntryKind};
+        use crate::features::{IdText, RowIdentity};
+        let mut batch = Batch::new(36, keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let (row, values, _) = batch.push_row();
+            values.iter_mut().enumerate().for_each(|(j, v)| *v = (i * 36 + j) as f32 / 7200.0);
+            let key = k.as_ref().map(|k| batch.store_key(k.as_bytes()));
+            let identity = RowIdentity {
+                event_id: IdText::new(&format!("event-{i}")),
+                transaction_id: IdText::new("tx"),
+                event_time_ms: 0,
+            };
+            batch.push_entry(
+                Entry {
+                    topic: Arc::from("t"),
+                    partition: 0,
+                    offset: i as i64,
+                    epoch: 1,
+                    key,
+                    headers: None,
+                    timestamp_ms: None,
+                    kind: EntryKind::Row { row, identity },
+                },
+                std::time::Instant::now(),
+            );
+        }
+        batch
+    }
+
+    #[test]
+    fn canary_rows_go_to_the_version_their_key_routes_to_with_that_versions_scores() {
+        let cache =
+            || PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60), CacheAdmission::Always);
+        let mut scorer = Scorer::new(Model::load(&model_config()).expect("model"), cache());
+        let (_d2, v2) = version("2", 0.5);
+        scorer
+            .deployment
+            .apply(deploy::DeployCommand::Challenger {
+                model: Box::new(v2),
+                mode: deploy::ChallengerMode::Canary { weight: 0.3 },
+            })
+            .unwrap();
+        let keys: Vec<Option<String>> =
+            (0..200).map(|i| if i % 10 == 0 { None } else { Some(format!("acct-{i}")) }).collect();
+        let mut batch = keyed_batch(&keys);
+        let counts = scorer.score(&mut batch).unwrap();
+        assert_eq!(counts.cache_hits + counts.cache_misses, 200);
+        // The reference: every row scored by the champion alone (same graph, so same scores).
+        let mut reference = Vec::new();
+        Model::load(&model_config()).unwrap().infer(&batch.features, 200, &mut reference).unwrap();
+        let mut on_canary = 0;
+        for (i, k) in keys.iter().enumerate() {
+            let route = match k {
+                Some(k) => k.clone(),
+                None => format!("event-{i}"),
+            };
+            let want = if deploy::canary_routes(route.as_bytes(), 0.3) { "2" } else { "1" };
+            on_canary += usize::from(want == "2");
+            assert_eq!(batch.row_model(i).unwrap().version, want, "row {i}");
+            assert!((batch.scores[i] - reference[i]).abs() < 1e-6, "row {i}");
+        }
+        assert!(on_canary > 20 && on_canary < 100, "{on_canary} of 200 on the canary at 30%");
+        let last = scorer.last_counts();
+        assert_eq!(last.len(), 2);
+        assert_eq!((last[0].rows, last[1].rows), (200 - on_canary, on_canary));
+        assert_eq!(last[1].role, deploy::Role::Canary);
+
+        // Same batch again: every row is a cache hit, under its own version's key.
+        let again = scorer.score(&mut batch).unwrap();
+        assert_eq!((again.cache_hits, again.cache_misses), (200, 0));
+        // The cache never serves one version's result for another: promoting v2 makes every
+        // row a miss again for the rows v1 had scored.
+        let (_d2, v2) = version("2", 0.5);
+        scorer.deployment.apply(deploy::DeployCommand::Promote(Box::new(v2))).unwrap();
+        let promoted = scorer.score(&mut batch).unwrap();
+        assert_eq!((promoted.cache_hits, promoted.cache_misses), (on_canary, 200 - on_canary));
+        assert!(batch.row_version.iter().all(|&v| v == 0) && batch.versions[0].version == "2");
+    }
+
+    #[test]
+    fn shadow_scores_every_row_beside_the_champion() {
+        let cache = PredictionCache::with_limits(false, 10, std::time::Duration::from_secs(60), CacheAdmission::Always);
+        let mut scorer = Scorer::new(Model::load(&model_config()).expect("model"), cache);
+        let (_d2, v2) = version("2", 0.5);
+        scorer
+            .deployment
+            .apply(deploy::DeployCommand::Challenger { model: Box::new(v2), mode: deploy::ChallengerMode::Shadow })
+            .unwrap();
+        let keys: Vec<Option<String>> = (0..50).map(|i| Some(format!("k{i}"))).collect();
+        let mut batch = keyed_batch(&keys);
+        let counts = scorer.score(&mut batch).unwrap();
+        assert_eq!(counts.cache_misses, 50, "totals count the serving scores only");
+        assert_eq!(batch.versions.len(), 1);
+        assert!(batch.row_version.iter().all(|&v| v == 0), "outputs: the champion only");
+        assert_eq!(batch.shadow.as_ref().unwrap().version, "2");
+        assert_eq!(batch.shadow_scores.len(), 50);
+        assert_eq!(batch.shadow_scores, batch.scores, "same graph, same scores");
+        assert_eq!(scorer.last_counts()[1].role, deploy::Role::Shadow);
+        scorer.deployment.apply(deploy::DeployCommand::ClearChallenger).unwrap();
+        scorer.score(&mut batch).unwrap();
+        assert!(batch.shadow.is_none() && batch.shadow_scores.is_empty());
     }
 }

@@ -3,6 +3,7 @@
 
 mod adaptive;
 mod common;
+mod deploy;
 mod exactly_once;
 mod faults;
 mod harness_smoke;

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use streamscore::codec;
 use streamscore::config::Config;
+use streamscore::model::deploy::DeployControl;
 use streamscore::pipeline::{self, PipelineError, RunSummary};
 use streamscore::synth::{encode_transaction, Generator, Transaction};
 use streamscore::telemetry::RunStats;
@@ -130,6 +131,8 @@ pub struct InProcess {
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<Result<RunSummary, PipelineError>>,
     pub stats: Arc<RunStats>,
+    /// The deployment control of an instance started with [`InProcess::start_with_control`].
+    control: Option<DeployControl>,
 }
 
 impl InProcess {
@@ -139,7 +142,23 @@ impl InProcess {
         let handle = tokio::spawn(pipeline::run_with_stats(config, stats.clone(), async move {
             let _ = rx.await;
         }));
-        InProcess { stop: Some(tx), handle, stats }
+        InProcess { stop: Some(tx), handle, stats, control: None }
+    }
+
+    /// As [`InProcess::start`], keeping the deployment control (see [`InProcess::control`]).
+    pub fn start_with_control(config: Config) -> InProcess {
+        let stats = Arc::new(RunStats::default());
+        let (tx, rx) = oneshot::channel();
+        let (control, end) = DeployControl::channel();
+        let handle = tokio::spawn(pipeline::run_with_control(config, stats.clone(), end, async move {
+            let _ = rx.await;
+        }));
+        InProcess { stop: Some(tx), handle, stats, control: Some(control) }
+    }
+
+    /// The deployment control (what the admin API drives); only with [`InProcess::start_with_control`].
+    pub fn control(&self) -> &DeployControl {
+        self.control.as_ref().expect("started with InProcess::start_with_control")
     }
 
     pub fn outcomes(&self) -> u64 {

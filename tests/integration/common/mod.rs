@@ -19,7 +19,7 @@ pub use kafka::{
     produce_values, producer_config, random_topic, wait_for_partitions, TestRecord,
 };
 #[allow(unused_imports)]
-pub use registry::{http, HttpResponse, Registry};
+pub use registry::{http, http_with_headers, HttpResponse, Registry};
 
 /// The project's virtualenv Python (`.venv/bin/python`), for cross-check
 /// scripts; `$STREAMSCORE_PYTHON` overrides it.

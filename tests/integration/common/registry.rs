@@ -288,6 +288,11 @@ impl HttpResponse {
 /// (one request per connection; `Connection: close`). Blocking: from async
 /// code, wrap it in `tokio::task::spawn_blocking`.
 pub fn http(method: &str, url: &str, body: Option<&str>) -> HttpResponse {
+    http_with_headers(method, url, body, &[])
+}
+
+/// As [`http`], with extra request headers (e.g. `Authorization`).
+pub fn http_with_headers(method: &str, url: &str, body: Option<&str>, extra: &[(&str, &str)]) -> HttpResponse {
     let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("not an http:// URL: {url}"));
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -299,8 +304,9 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> HttpResponse {
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
          Accept: {CONTENT_TYPE}, application/json\r\nContent-Type: {CONTENT_TYPE}\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
+         Content-Length: {}\r\n{}\r\n{body}",
+        body.len(),
+        extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect::<String>()
     );
     stream.write_all(request.as_bytes()).expect("send request");
     let mut raw = Vec::new();
