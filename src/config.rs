@@ -632,6 +632,9 @@ pub struct Config {
     /// (then there is nothing to watch, and the admin API cannot be enabled).
     pub repository: Option<RepositoryConfig>,
     pub admin: AdminConfig,
+    /// The file this configuration was read from (`None` for defaults or text): the model
+    /// watcher re-reads it, so that changing `model.dir` there switches the served version.
+    pub source: Option<PathBuf>,
 }
 
 impl Config {
@@ -652,7 +655,9 @@ impl Config {
             None => String::new(),
         };
         let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
-        Self::from_toml_str(&text, &origin, env)
+        let mut config = Self::from_toml_str(&text, &origin, env)?;
+        config.source = path.map(Path::to_path_buf);
+        Ok(config)
     }
 
     /// Parses config text (`origin` names it in messages), applies `env` overrides, checks it.
@@ -1190,6 +1195,7 @@ impl RawConfig {
             telemetry: TelemetryConfig { http_bind, log_format, log_level: t.log_level, instance_id },
             repository,
             admin,
+            source: None,
         })
     }
 }

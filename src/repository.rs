@@ -226,6 +226,10 @@ pub struct ControlSettings {
     /// Rows per warm-up batch (`batch.max_batch_size`): a loaded version runs
     /// [`WARM_UP_BATCHES`] full batches before it can serve.
     pub warm_up_rows: usize,
+    /// The configuration file the service was started with (`Config::source`) and the
+    /// `model.dir` it named: the watcher re-reads the file, and a changed `model.dir` that
+    /// names another version of this model promotes it (a rollback by config change).
+    pub config_file: Option<(PathBuf, PathBuf)>,
 }
 
 /// Full batches a version runs after loading, before it is handed to the inference thread.
@@ -241,6 +245,7 @@ impl ControlSettings {
             max_message_bytes: config.schemas.max_message_bytes,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
             warm_up_rows: config.batch.max_batch_size,
+            config_file: config.source.clone().map(|file| (file, config.model.dir.clone())),
         })
     }
 }
@@ -273,6 +278,8 @@ pub struct ControlPlane {
     ops: Mutex<()>,
     /// Short-lived: listing never waits for a load.
     inner: Mutex<Inner>,
+    /// The config file's `model.dir` last acted on, and its last error (each logged once).
+    followed: Mutex<(Option<PathBuf>, Option<String>)>,
 }
 
 /// What the watcher did with one version in one scan.
@@ -302,12 +309,68 @@ impl ControlPlane {
     pub fn new(settings: ControlSettings, deploy: DeploySender, initial: Option<DeploymentState>) -> Self {
         let repo = Repository::new(&settings.repository);
         Self {
+            followed: Mutex::new((settings.config_file.as_ref().map(|(_, dir)| dir.clone()), None)),
             settings,
             repo,
             deploy,
             control: None,
             ops: Mutex::new(()),
             inner: Mutex::new(Inner { deployment: initial, ..Inner::default() }),
+        }
+    }
+
+    /// Re-reads the configuration file (with the process environment's overrides, as at start)
+    /// and, when its `model.dir` changed to another version directory of this model, promotes
+    /// that version (validation gate included): editing `model.dir` back to the previous
+    /// version is a rollback without a restart. Returns the version it promoted, if any. An
+    /// unreadable or invalid file changes nothing and is logged once per distinct error.
+    pub fn follow_config_file(&self) -> Option<String> {
+        let (file, _) = self.settings.config_file.as_ref()?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let dir = match Config::load_with_env(Some(file), &env) {
+            Ok(c) => c.model.dir,
+            Err(e) => {
+                let msg = e.to_string();
+                let mut f = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+                if f.1.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(file = %file.display(), error = %msg, "config file is invalid; the served version is unchanged");
+                    f.1 = Some(msg);
+                }
+                return None;
+            }
+        };
+        {
+            let mut f = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+            f.1 = None;
+            if f.0.as_deref() == Some(dir.as_path()) {
+                return None;
+            }
+            f.0 = Some(dir.clone());
+        }
+        let same_dir = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        let version = dir.file_name().and_then(|v| v.to_str()).map(str::to_string);
+        let Some(version) = version.filter(|v| self.repo.version_dir(v).is_some_and(|d| same_dir(&d, &dir))) else {
+            tracing::warn!(
+                file = %file.display(),
+                dir = %dir.display(),
+                repository = %self.repo.root().display(),
+                "model.dir changed to a directory that is not a version of {} in the repository; the served version is unchanged",
+                self.repo.name()
+            );
+            return None;
+        };
+        if self.deployment().is_some_and(|d| d.champion.name == self.repo.name() && d.champion.version == version) {
+            return None;
+        }
+        match self.promote(&version, false, &LimitOverrides::default(), "config") {
+            Ok(_) => Some(version),
+            Err(e) => {
+                tracing::warn!(version, error = %e, "model.dir changed in the config file, but the version was not promoted");
+                None
+            }
         }
     }
 
@@ -761,6 +824,7 @@ impl ControlPlane {
                 if let Err(e) = control.scan_once() {
                     tracing::warn!(error = %e, "model repository scan failed");
                 }
+                control.follow_config_file();
             }
         })?;
         Ok(Some(Watcher { stop: Some(stop), thread: Some(thread) }))

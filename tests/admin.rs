@@ -653,3 +653,57 @@ fn changes_and_refusals_are_logged_without_any_token() {
     assert!(applied.iter().any(|l| l.contains("promote_forced") && l.contains("actor=\"admin 127.0.0.1:")), "{text}");
     assert!(!text.contains(TOKEN) && !text.contains("guessed-token"), "a token reached the log:\n{text}");
 }
+
+/// Rollback by configuration change, without a restart: the watcher re-reads the file the
+/// service started with, and a `model.dir` naming another version of the model promotes it;
+/// changing it back rolls back. An invalid edit, or a directory outside the repository,
+/// changes nothing.
+#[test]
+fn editing_model_dir_in_the_config_file_switches_the_served_version() {
+    let root = repository(&["1", "2"]);
+    for v in ["1", "2"] {
+        // No validation gate here: its latency limit is not what this test checks.
+        edit_manifest(&root.path().join("fraud_mlp").join(v), |m| {
+            m.as_object_mut().expect("manifest object").remove("validation");
+        });
+    }
+    let file = root.path().join("streamscore.toml");
+    let write = |dir: &Path| {
+        let text = format!(
+            "[model]\ndir = \"{}\"\nonnxruntime_library = \"{}\"\nwatch_interval = \"0s\"\n\
+             [schemas]\nreader_schema = \"{}\"\n",
+            dir.display(),
+            ort_library().display(),
+            project().join("schemas/transaction.avsc").display()
+        );
+        std::fs::write(&file, text).expect("write config");
+    };
+    let version = |v: &str| root.path().join("fraud_mlp").join(v);
+    write(&version("1"));
+    let cfg = Config::load_with_env(Some(&file), &[]).expect("config");
+    assert_eq!(cfg.source.as_deref(), Some(file.as_path()));
+    let settings = ControlSettings::from_config(&cfg).expect("repository");
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    let data_plane = FakeDataPlane::start(rx);
+    let initial = DeploymentState { champion: vref("1"), challenger: None, rollback: None };
+    let control = ControlPlane::new(settings, tx, Some(initial));
+    let champion = || control.deployment().map(|d| d.champion.version);
+
+    assert_eq!(control.follow_config_file(), None, "unchanged file: nothing to do");
+    write(&version("2"));
+    assert_eq!(control.follow_config_file().as_deref(), Some("2"));
+    assert_eq!(champion().as_deref(), Some("2"));
+    assert_eq!(control.follow_config_file(), None, "a change is acted on once");
+
+    std::fs::write(&file, "[model]\ndir = 5\n").expect("write");
+    assert_eq!(control.follow_config_file(), None, "an invalid file changes nothing");
+    write(&root.path().join("elsewhere"));
+    assert_eq!(control.follow_config_file(), None, "a directory outside the repository changes nothing");
+    assert_eq!(champion().as_deref(), Some("2"));
+
+    write(&version("1"));
+    assert_eq!(control.follow_config_file().as_deref(), Some("1"), "back to version 1: a rollback");
+    let d = control.deployment().expect("deployment");
+    assert_eq!((d.champion.version.as_str(), d.rollback.map(|r| r.version)), ("1", Some("2".to_string())));
+    assert_eq!(data_plane.applied(), vec!["Promote(fraud_mlp/2)", "Promote(fraud_mlp/1)"]);
+}
