@@ -351,6 +351,12 @@ impl ConsumerContext for SourceContext {
                 let mut b = self.builder();
                 b.epochs.retain(|(tp, _)| !revoked.contains(tp));
                 self.publish_assignment(b.epochs.len());
+                // This instance no longer reads them: its last lag reading would go stale (the
+                // new owner reports theirs; dashboards take the maximum per partition).
+                for (topic, partition) in &revoked {
+                    metrics::gauge!(names::CONSUMER_LAG, "topic" => topic.to_string(), "partition" => partition.to_string())
+                        .set(0.0);
+                }
             }
             Rebalance::Error(e) => error!(error = %e, "rebalance error"),
         }
