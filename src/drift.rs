@@ -34,10 +34,18 @@
 //! identical proportions. An empty window (or an empty reference) has PSI `0.0` by definition:
 //! read it together with `rows = 0` / `count = 0`, which says there was nothing to compare.
 //! Rule of thumb: < 0.1 stable, 0.1–0.25 moderate shift, > 0.25 significant shift.
+//!
+//! # Jensen–Shannon distance, two-sample tests, alerts
+//!
+//! [`js_distance`] (base 2, in `[0, 1]`), [`ks_binned`] (numeric columns and the score) and
+//! [`chi_square`] (categorical columns: `one_hot`, `boolean`, missing flags) are computed on the
+//! same bins; the formulas and defaults are in `docs/drift.md`. A statistic that crosses its
+//! manifest threshold ([`DriftSpec`]) in `consecutive_windows` consecutive evaluated windows
+//! raises one [`DriftAlert`]; the alert re-arms once a window no longer crosses.
 
 use apache_avro::types::Value;
 
-use crate::model::manifest::{Histogram, Manifest};
+use crate::model::manifest::{ColumnKind, DriftSpec, DriftThresholds, Histogram, Manifest};
 
 /// Additive smoothing of each bin proportion in [`psi`].
 pub const PSI_EPSILON: f64 = 1e-4;
@@ -78,6 +86,254 @@ pub fn psi(reference: &[u64], observed: &[u64]) -> f64 {
         .sum()
 }
 
+/// Jensen–Shannon distance of `observed` against `reference` (same bins), base 2:
+/// `sqrt(½ Σ p·log2(p/m) + ½ Σ q·log2(q/m))` with `m = (p + q) / 2`, so `0` for identical
+/// proportions and `1` for disjoint supports. No smoothing is needed (`m > 0` wherever `p` or `q`
+/// is). `0.0` when either histogram is empty, like [`psi`].
+pub fn js_distance(reference: &[u64], observed: &[u64]) -> f64 {
+    debug_assert_eq!(reference.len(), observed.len(), "histograms on different bins");
+    let total_r: u64 = reference.iter().sum();
+    let total_o: u64 = observed.iter().sum();
+    if total_r == 0 || total_o == 0 {
+        return 0.0;
+    }
+    let (total_r, total_o) = (total_r as f64, total_o as f64);
+    let half_kl = |a: f64, m: f64| if a > 0.0 { 0.5 * a * (a / m).log2() } else { 0.0 };
+    let divergence: f64 = reference
+        .iter()
+        .zip(observed)
+        .map(|(&r, &o)| {
+            let (p, q) = (r as f64 / total_r, o as f64 / total_o);
+            let m = 0.5 * (p + q);
+            half_kl(p, m) + half_kl(q, m)
+        })
+        .sum();
+    // Rounding can leave a tiny negative divergence or one a hair above 1.
+    divergence.clamp(0.0, 1.0).sqrt()
+}
+
+/// Which two-sample test a column gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DriftTest {
+    /// Kolmogorov–Smirnov on the binned CDFs ([`ks_binned`]).
+    Ks,
+    /// Chi-square goodness of fit against the reference proportions ([`chi_square`]).
+    ChiSquare,
+}
+
+impl DriftTest {
+    /// For a column of `kind`.
+    pub fn for_kind(kind: ColumnKind) -> Self {
+        match kind {
+            ColumnKind::Numeric => DriftTest::Ks,
+            ColumnKind::Categorical => DriftTest::ChiSquare,
+        }
+    }
+
+    /// The name in reports (`test` field): `ks` or `chi2`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftTest::Ks => "ks",
+            DriftTest::ChiSquare => "chi2",
+        }
+    }
+
+    /// The statistic's name in alerts and metric labels: `ks_p_value` or `chi2_p_value`.
+    pub fn p_value_statistic(self) -> &'static str {
+        match self {
+            DriftTest::Ks => "ks_p_value",
+            DriftTest::ChiSquare => "chi2_p_value",
+        }
+    }
+
+    /// Runs the test on `reference` vs `observed` counts.
+    pub fn run(self, reference: &[u64], observed: &[u64]) -> TestResult {
+        match self {
+            DriftTest::Ks => ks_binned(reference, observed),
+            DriftTest::ChiSquare => chi_square(reference, observed),
+        }
+    }
+}
+
+/// A test statistic and its p-value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TestResult {
+    pub statistic: f64,
+    pub p_value: f64,
+}
+
+/// "Nothing to compare": an empty histogram on either side, or a single bin.
+const NO_EVIDENCE: TestResult = TestResult { statistic: 0.0, p_value: 1.0 };
+
+/// Two-sample Kolmogorov–Smirnov test on binned data: `D = max_i |R(i) - O(i)|` over the
+/// cumulative proportions at the bin edges, p-value from the asymptotic Kolmogorov distribution
+/// with `n_e = n·m/(n+m)` and Stephens' correction `λ = (√n_e + 0.12 + 0.11/√n_e)·D`
+/// ([`kolmogorov_q`]). Binning can only hide differences inside a bin, so `D` is a lower bound
+/// of the unbinned statistic. [`NO_EVIDENCE`] (`D = 0`, `p = 1`) when either side is empty.
+pub fn ks_binned(reference: &[u64], observed: &[u64]) -> TestResult {
+    debug_assert_eq!(reference.len(), observed.len(), "histograms on different bins");
+    let n: u64 = reference.iter().sum();
+    let m: u64 = observed.iter().sum();
+    if n == 0 || m == 0 {
+        return NO_EVIDENCE;
+    }
+    let (n, m) = (n as f64, m as f64);
+    let (mut cum_r, mut cum_o, mut d) = (0u64, 0u64, 0.0f64);
+    for (&r, &o) in reference.iter().zip(observed) {
+        cum_r += r;
+        cum_o += o;
+        d = d.max((cum_r as f64 / n - cum_o as f64 / m).abs());
+    }
+    let ne = n * m / (n + m);
+    let sqrt_ne = ne.sqrt();
+    TestResult { statistic: d, p_value: kolmogorov_q((sqrt_ne + 0.12 + 0.11 / sqrt_ne) * d) }
+}
+
+/// The Kolmogorov distribution's survival function
+/// `Q(λ) = 2 Σ_{j≥1} (-1)^(j-1) exp(-2 j² λ²)` (Numerical Recipes' `probks`): `Q(0) = 1`,
+/// `Q(1.36) ≈ 0.05`, `Q(1.63) ≈ 0.01`. The alternating series converges slowly for small `λ`,
+/// where `Q` is 1 to double precision anyway.
+pub fn kolmogorov_q(lambda: f64) -> f64 {
+    // NaN counts as no evidence, like 0.
+    if lambda.is_nan() || lambda <= 0.0 {
+        return 1.0;
+    }
+    let a2 = -2.0 * lambda * lambda;
+    let (mut fac, mut sum, mut previous) = (2.0f64, 0.0f64, 0.0f64);
+    for j in 1..=100 {
+        let j = f64::from(j);
+        let term = fac * (a2 * j * j).exp();
+        sum += term;
+        if term.abs() <= 1e-3 * previous || term.abs() <= 1e-8 * sum {
+            return sum.clamp(0.0, 1.0);
+        }
+        fac = -fac;
+        previous = term.abs();
+    }
+    1.0
+}
+
+/// Additive (Jeffreys) smoothing of the reference counts in [`chi_square`]: an empty reference
+/// bin gets an expected share of `0.5 / (N + 0.5·k)` instead of zero, so the statistic stays
+/// finite while a window landing there still counts as strong evidence.
+pub const CHI2_SMOOTHING: f64 = 0.5;
+
+/// Chi-square goodness of fit of the window's counts `o` (total `M`) against the reference
+/// proportions: `p(i) = (r(i) + α) / (N + k·α)`, `E(i) = M·p(i)`,
+/// `χ² = Σ (o(i) - E(i))² / E(i)`, `dof = k - 1`, `p-value = Q(dof/2, χ²/2)` ([`gamma_q`]).
+/// The reference is taken as exact (it is the training data, normally far larger than a
+/// window). [`NO_EVIDENCE`] when either side is empty or there is a single bin.
+pub fn chi_square(reference: &[u64], observed: &[u64]) -> TestResult {
+    debug_assert_eq!(reference.len(), observed.len(), "histograms on different bins");
+    let k = reference.len().min(observed.len());
+    let n: u64 = reference.iter().sum();
+    let m: u64 = observed.iter().sum();
+    if n == 0 || m == 0 || k < 2 {
+        return NO_EVIDENCE;
+    }
+    let denominator = n as f64 + k as f64 * CHI2_SMOOTHING;
+    let m = m as f64;
+    let statistic: f64 = reference
+        .iter()
+        .zip(observed)
+        .map(|(&r, &o)| {
+            let expected = m * (r as f64 + CHI2_SMOOTHING) / denominator;
+            let diff = o as f64 - expected;
+            diff * diff / expected
+        })
+        .sum();
+    let dof = (k - 1) as f64;
+    TestResult { statistic, p_value: gamma_q(0.5 * dof, 0.5 * statistic) }
+}
+
+/// The regularized upper incomplete gamma function `Q(a, x) = Γ(a, x) / Γ(a)` for `a > 0`,
+/// `x ≥ 0` (NaN otherwise): the series of `P = 1 - Q` for `x < a + 1`, Lentz's continued
+/// fraction otherwise (Numerical Recipes' `gammq`). The chi-square survival function is
+/// `Q(dof/2, χ²/2)`.
+pub fn gamma_q(a: f64, x: f64) -> f64 {
+    if a.is_nan() || x.is_nan() || a <= 0.0 || x < 0.0 {
+        return f64::NAN;
+    }
+    if x == 0.0 {
+        return 1.0;
+    }
+    if x.is_infinite() {
+        return 0.0;
+    }
+    let q = if x < a + 1.0 { 1.0 - gamma_p_series(a, x) } else { gamma_q_continued_fraction(a, x) };
+    q.clamp(0.0, 1.0)
+}
+
+const GAMMA_EPS: f64 = 1e-15;
+const GAMMA_ITERATIONS: usize = 1_000;
+
+/// `P(a, x)` by its series, `e^-x x^a / Γ(a+1) · Σ x^n / ((a+1)…(a+n))`.
+fn gamma_p_series(a: f64, x: f64) -> f64 {
+    let (mut ap, mut del) = (a, 1.0 / a);
+    let mut sum = del;
+    for _ in 0..GAMMA_ITERATIONS {
+        ap += 1.0;
+        del *= x / ap;
+        sum += del;
+        if del.abs() < sum.abs() * GAMMA_EPS {
+            break;
+        }
+    }
+    sum * (-x + a * x.ln() - ln_gamma(a)).exp()
+}
+
+/// `Q(a, x)` by its continued fraction, evaluated with the modified Lentz method.
+fn gamma_q_continued_fraction(a: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let mut b = x + 1.0 - a;
+    let mut c = 1.0 / TINY;
+    let mut d = 1.0 / b;
+    let mut h = d;
+    for i in 1..=GAMMA_ITERATIONS {
+        let an = -(i as f64) * (i as f64 - a);
+        b += 2.0;
+        d = an * d + b;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = b + an / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        let delta = d * c;
+        h *= delta;
+        if (delta - 1.0).abs() < GAMMA_EPS {
+            break;
+        }
+    }
+    (-x + a * x.ln() - ln_gamma(a)).exp() * h
+}
+
+/// `ln Γ(x)` for `x > 0`, Lanczos approximation (g = 7, 9 coefficients; ~1e-15 relative).
+fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Γ(x) Γ(1-x) = π / sin(πx).
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + G + 0.5;
+    let series = C.iter().enumerate().skip(1).fold(C[0], |acc, (i, &c)| acc + c / (x + i as f64));
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
+}
+
 /// Statistics of one column (or the score) over a window; one `FeatureStats` of the report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnStats {
@@ -96,8 +352,65 @@ pub struct ColumnStats {
     pub bin_edges: Vec<f64>,
     /// `bin_edges.len() + 1` counts of this window.
     pub bin_counts: Vec<u64>,
+    /// The manifest's reference counts on the same bins, so a reader (or a merge of several
+    /// instances' reports) can recompute every statistic without the manifest.
+    pub reference_counts: Vec<u64>,
     /// PSI of `bin_counts` against the reference histogram (0 for an empty window).
     pub psi: f64,
+    /// Jensen–Shannon distance (base 2) against the reference (0 for an empty window).
+    pub js: f64,
+    /// The two-sample test used for this column.
+    pub test: DriftTest,
+    /// KS `D` or chi-square `χ²` (0 for an empty window).
+    pub test_statistic: f64,
+    /// The test's p-value (1 for an empty window).
+    pub p_value: f64,
+}
+
+/// A retraining trigger: one statistic of one column crossed its threshold in `windows`
+/// consecutive windows (`schemas/drift_alert.avsc`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftAlert {
+    pub model_name: String,
+    pub model_version: String,
+    /// Column name, or `score`.
+    pub column: String,
+    /// `psi`, `js`, `ks_p_value` or `chi2_p_value`.
+    pub statistic: &'static str,
+    /// The statistic in the window that completed the streak.
+    pub value: f64,
+    pub threshold: f64,
+    /// Consecutive crossed windows (the manifest's `consecutive_windows`).
+    pub windows: u32,
+    /// Start of the streak's first window.
+    pub window_start_ms: i64,
+    /// End of the streak's last window.
+    pub window_end_ms: i64,
+}
+
+impl DriftAlert {
+    /// The `io.streamscore.monitoring.DriftAlert` record (`schemas/drift_alert.avsc`).
+    pub fn to_avro(&self, instance_id: &str) -> Value {
+        Value::Record(vec![
+            ("model_name".into(), Value::String(self.model_name.clone())),
+            ("model_version".into(), Value::String(self.model_version.clone())),
+            ("instance_id".into(), Value::String(instance_id.to_owned())),
+            ("column".into(), Value::String(self.column.clone())),
+            ("statistic".into(), Value::String(self.statistic.to_owned())),
+            ("value".into(), Value::Double(self.value)),
+            ("threshold".into(), Value::Double(self.threshold)),
+            ("windows".into(), Value::Int(i32::try_from(self.windows).unwrap_or(i32::MAX))),
+            ("window_start".into(), Value::TimestampMillis(self.window_start_ms)),
+            ("window_end".into(), Value::TimestampMillis(self.window_end_ms)),
+        ])
+    }
+}
+
+/// A statistic that stopped crossing after an alert: its alerting gauge goes back to 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftRecovery {
+    pub column: String,
+    pub statistic: &'static str,
 }
 
 /// One reporting window of one model version: the body of a `DriftReport`.
@@ -112,6 +425,10 @@ pub struct DriftWindow {
     /// One entry per model input column, in manifest order.
     pub features: Vec<ColumnStats>,
     pub score: ColumnStats,
+    /// Alerts this window raised (streaks that reached `consecutive_windows` in it).
+    pub alerts: Vec<DriftAlert>,
+    /// Alerting statistics that recovered in this window.
+    pub recovered: Vec<DriftRecovery>,
 }
 
 impl DriftWindow {
@@ -140,6 +457,7 @@ impl DriftWindow {
 
 impl ColumnStats {
     fn to_avro(&self) -> Value {
+        let longs = |v: &[u64]| Value::Array(v.iter().map(|&c| Value::Long(to_long(c))).collect());
         Value::Record(vec![
             ("name".into(), Value::String(self.name.clone())),
             ("count".into(), Value::Long(to_long(self.count))),
@@ -149,14 +467,71 @@ impl ColumnStats {
             ("min".into(), Value::Double(self.min)),
             ("max".into(), Value::Double(self.max)),
             ("bin_edges".into(), Value::Array(self.bin_edges.iter().map(|&e| Value::Double(e)).collect())),
-            ("bin_counts".into(), Value::Array(self.bin_counts.iter().map(|&c| Value::Long(to_long(c))).collect())),
+            ("bin_counts".into(), longs(&self.bin_counts)),
             ("psi".into(), Value::Double(self.psi)),
+            ("js".into(), Value::Double(self.js)),
+            ("test".into(), Value::String(self.test.as_str().to_owned())),
+            ("test_statistic".into(), Value::Double(self.test_statistic)),
+            ("p_value".into(), Value::Double(self.p_value)),
+            ("reference_counts".into(), longs(&self.reference_counts)),
         ])
+    }
+
+    /// Whether each alerting statistic crossed `t`: `[psi, js, p-value]`.
+    fn crossed(&self, t: &DriftThresholds) -> [(bool, f64, f64); 3] {
+        [
+            (self.psi > t.psi, self.psi, t.psi),
+            (self.js > t.js, self.js, t.js),
+            (self.p_value < t.p_value, self.p_value, t.p_value),
+        ]
     }
 }
 
 fn to_long(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The consecutive-window state of one statistic of one column.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Streak {
+    /// Consecutive evaluated windows that crossed.
+    windows: u32,
+    /// Start of the first of them.
+    start_ms: i64,
+    /// An alert was raised for this streak and the statistic has not recovered since.
+    alerting: bool,
+}
+
+/// What one window does to a [`Streak`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreakEvent {
+    None,
+    /// The streak reached `k` windows: raise one alert.
+    Fire,
+    /// An alerting statistic stopped crossing: re-armed.
+    Recover,
+}
+
+impl Streak {
+    /// Advances by one evaluated window (`crossed` or not) starting at `start_ms`; `k >= 1`.
+    /// Fires once when the streak reaches `k`, not again while it stays above, and re-arms on
+    /// the first window that does not cross.
+    fn advance(&mut self, crossed: bool, start_ms: i64, k: u32) -> StreakEvent {
+        if !crossed {
+            let was_alerting = self.alerting;
+            *self = Streak::default();
+            return if was_alerting { StreakEvent::Recover } else { StreakEvent::None };
+        }
+        if self.windows == 0 {
+            self.start_ms = start_ms;
+        }
+        self.windows = self.windows.saturating_add(1);
+        if self.windows >= k.max(1) && !self.alerting {
+            self.alerting = true;
+            return StreakEvent::Fire;
+        }
+        StreakEvent::None
+    }
 }
 
 /// Running statistics of one column within the current window.
@@ -173,10 +548,14 @@ struct ColumnAcc {
     m2: f64,
     min: f64,
     max: f64,
+    test: DriftTest,
+    thresholds: DriftThresholds,
+    /// PSI, JS, p-value streaks.
+    streaks: [Streak; 3],
 }
 
 impl ColumnAcc {
-    fn new(name: &str, reference: &Histogram) -> Self {
+    fn new(name: &str, reference: &Histogram, kind: ColumnKind, spec: &DriftSpec) -> Self {
         let bins = reference.edges.len() + 1;
         // The manifest loader checks `counts.len() == edges.len() + 1`; normalising here keeps
         // `observe` panic-free whatever it is given.
@@ -194,6 +573,9 @@ impl ColumnAcc {
             m2: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            test: DriftTest::for_kind(kind),
+            thresholds: spec.thresholds(name),
+            streaks: [Streak::default(); 3],
         }
     }
 
@@ -214,6 +596,7 @@ impl ColumnAcc {
 
     fn take(&mut self) -> ColumnStats {
         let empty = self.count == 0;
+        let test = self.test.run(&self.reference, &self.counts);
         let stats = ColumnStats {
             name: self.name.clone(),
             count: self.count,
@@ -224,7 +607,12 @@ impl ColumnAcc {
             max: if empty { 0.0 } else { self.max },
             bin_edges: self.edges.clone(),
             bin_counts: self.counts.clone(),
+            reference_counts: self.reference.clone(),
             psi: psi(&self.reference, &self.counts),
+            js: js_distance(&self.reference, &self.counts),
+            test: self.test,
+            test_statistic: test.statistic,
+            p_value: test.p_value,
         };
         self.count = 0;
         self.missing = 0;
@@ -234,6 +622,42 @@ impl ColumnAcc {
         self.max = f64::NEG_INFINITY;
         self.counts.fill(0);
         stats
+    }
+
+    /// Advances the streaks with this window's `stats` (skipped below `spec.min_count` values)
+    /// and appends raised alerts and recoveries.
+    fn evaluate(
+        &mut self,
+        stats: &ColumnStats,
+        spec: &DriftSpec,
+        (model, version): (&str, &str),
+        (start_ms, end_ms): (i64, i64),
+        alerts: &mut Vec<DriftAlert>,
+        recovered: &mut Vec<DriftRecovery>,
+    ) {
+        if stats.count < spec.min_count.max(1) {
+            return;
+        }
+        let names = ["psi", "js", self.test.p_value_statistic()];
+        for ((streak, (crossed, value, threshold)), statistic) in
+            self.streaks.iter_mut().zip(stats.crossed(&self.thresholds)).zip(names)
+        {
+            match streak.advance(crossed, start_ms, spec.consecutive_windows) {
+                StreakEvent::Fire => alerts.push(DriftAlert {
+                    model_name: model.to_owned(),
+                    model_version: version.to_owned(),
+                    column: self.name.clone(),
+                    statistic,
+                    value,
+                    threshold,
+                    windows: spec.consecutive_windows.max(1),
+                    window_start_ms: streak.start_ms,
+                    window_end_ms: end_ms,
+                }),
+                StreakEvent::Recover => recovered.push(DriftRecovery { column: self.name.clone(), statistic }),
+                StreakEvent::None => {}
+            }
+        }
     }
 }
 
@@ -245,37 +669,61 @@ pub struct DriftAccumulator {
     columns: Vec<ColumnAcc>,
     score: ColumnAcc,
     rows: u64,
+    spec: DriftSpec,
 }
 
 impl DriftAccumulator {
     /// An accumulator on the reference bins of `manifest` (one histogram per column, in
-    /// column order, plus the score).
+    /// column order, plus the score), with its drift thresholds and column kinds.
     pub fn new(manifest: &Manifest) -> Self {
         debug_assert_eq!(manifest.columns.len(), manifest.reference.columns.len());
         let empty = Histogram { name: String::new(), edges: Vec::new(), counts: vec![0] };
+        let spec = manifest.drift_spec();
+        let kinds = manifest.column_kinds();
         let columns = manifest
             .columns
             .iter()
             .enumerate()
-            .map(|(i, name)| ColumnAcc::new(name, manifest.reference.columns.get(i).unwrap_or(&empty)))
+            .map(|(i, name)| {
+                let kind = kinds.get(i).copied().unwrap_or(ColumnKind::Numeric);
+                ColumnAcc::new(name, manifest.reference.columns.get(i).unwrap_or(&empty), kind, &spec)
+            })
             .collect();
         DriftAccumulator {
             model_name: manifest.name.clone(),
             model_version: manifest.version.clone(),
             columns,
-            score: ColumnAcc::new("score", &manifest.reference.score),
+            score: ColumnAcc::new("score", &manifest.reference.score, ColumnKind::Numeric, &spec),
             rows: 0,
+            spec,
         }
     }
 
-    /// An accumulator from explicit reference histograms (column names taken from them).
+    /// An accumulator from explicit reference histograms (column names taken from them), all
+    /// numeric, with the default thresholds.
     pub fn from_histograms(model_name: &str, model_version: &str, columns: &[Histogram], score: &Histogram) -> Self {
+        let kinds = vec![ColumnKind::Numeric; columns.len()];
+        Self::from_parts(model_name, model_version, columns, &kinds, score, DriftSpec::default())
+    }
+
+    /// An accumulator from explicit reference histograms, column kinds (missing ones: numeric)
+    /// and thresholds.
+    pub fn from_parts(
+        model_name: &str,
+        model_version: &str,
+        columns: &[Histogram],
+        kinds: &[ColumnKind],
+        score: &Histogram,
+        spec: DriftSpec,
+    ) -> Self {
+        let kind = |i: usize| kinds.get(i).copied().unwrap_or(ColumnKind::Numeric);
         DriftAccumulator {
             model_name: model_name.to_owned(),
             model_version: model_version.to_owned(),
-            columns: columns.iter().map(|h| ColumnAcc::new(&h.name, h)).collect(),
-            score: ColumnAcc::new("score", score),
+            columns: columns.iter().enumerate().map(|(i, h)| ColumnAcc::new(&h.name, h, kind(i), &spec)).collect(),
+            score: ColumnAcc::new("score", score, ColumnKind::Numeric, &spec),
             rows: 0,
+            spec,
         }
     }
 
@@ -307,17 +755,30 @@ impl DriftAccumulator {
         self.rows += n as u64;
     }
 
-    /// Returns the window's statistics and resets for the next window.
+    /// Returns the window's statistics, with the alerts it raised, and resets for the next
+    /// window.
     pub fn take_window(&mut self, window_start_ms: i64, window_end_ms: i64) -> DriftWindow {
         let rows = std::mem::take(&mut self.rows);
+        let (mut alerts, mut recovered) = (Vec::new(), Vec::new());
+        let id = (self.model_name.as_str(), self.model_version.as_str());
+        let span = (window_start_ms, window_end_ms);
+        let mut take = |acc: &mut ColumnAcc| {
+            let stats = acc.take();
+            acc.evaluate(&stats, &self.spec, id, span, &mut alerts, &mut recovered);
+            stats
+        };
+        let features = self.columns.iter_mut().map(&mut take).collect();
+        let score = take(&mut self.score);
         DriftWindow {
             model_name: self.model_name.clone(),
             model_version: self.model_version.clone(),
             window_start_ms,
             window_end_ms,
             rows,
-            features: self.columns.iter_mut().map(ColumnAcc::take).collect(),
-            score: self.score.take(),
+            features,
+            score,
+            alerts,
+            recovered,
         }
     }
 }
@@ -383,6 +844,7 @@ impl DriftSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::manifest::DriftSpec;
     use apache_avro::reader::datum::GenericDatumReader;
     use apache_avro::writer::datum::GenericDatumWriter;
     use apache_avro::Schema;
@@ -581,5 +1043,333 @@ mod tests {
             let back = GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut &bytes[..]).unwrap();
             assert_eq!(back, value);
         }
+    }
+
+    fn close(got: f64, want: f64, tol: f64) {
+        assert!((got - want).abs() <= tol, "got {got}, want {want} ± {tol}");
+    }
+
+    #[test]
+    fn js_identical_is_zero_disjoint_is_one_and_hand_computed_value() {
+        assert_eq!(js_distance(&[10, 20, 30], &[10, 20, 30]), 0.0);
+        close(js_distance(&[10, 20, 30], &[100, 200, 300]), 0.0, 1e-7);
+        close(js_distance(&[10, 0], &[0, 10]), 1.0, 1e-15);
+        close(js_distance(&[5, 5, 0, 0], &[0, 0, 3, 9]), 1.0, 1e-15);
+        // p = (½, ½), q = (1, 0), m = (¾, ¼):
+        // JSD = ½[½·log2(⅔) + ½·log2(2)] + ½[log2(4/3)] = 0.311278; distance = sqrt = 0.557923.
+        close(js_distance(&[50, 50], &[80, 0]), 0.311_278_124_459_132_8f64.sqrt(), 1e-12);
+        // Symmetric, bounded, 0 for an empty side.
+        close(js_distance(&[30, 70], &[60, 40]), js_distance(&[60, 40], &[30, 70]), 1e-15);
+        assert_eq!(js_distance(&[0, 0], &[1, 2]), 0.0);
+        assert_eq!(js_distance(&[1, 2], &[0, 0]), 0.0);
+    }
+
+    #[test]
+    fn ln_gamma_and_incomplete_gamma_match_known_values() {
+        close(ln_gamma(5.0), 24f64.ln(), 1e-12);
+        close(ln_gamma(0.5), std::f64::consts::PI.sqrt().ln(), 1e-12);
+        close(ln_gamma(0.1), 9.513_507_698_668_732f64.ln(), 1e-12);
+        // Q(1, x) = e^-x, on both sides of the series / continued fraction switch.
+        for x in [0.1, 1.5, 2.0, 10.0, 40.0] {
+            close(gamma_q(1.0, x), (-x).exp(), 1e-13 + 1e-12 * (-x).exp());
+        }
+        // scipy.special.gammaincc values.
+        close(gamma_q(0.5, 2.0), 0.045_500_263_896_358_42, 1e-12);
+        close(gamma_q(3.5, 1.2), 0.934_437_079_577_971_1, 1e-10);
+        close(gamma_q(10.0, 25.0), 2.214_766_382_487_835e-4, 1e-12);
+        assert_eq!(gamma_q(2.0, 0.0), 1.0);
+        assert_eq!(gamma_q(2.0, f64::INFINITY), 0.0);
+        assert!(gamma_q(0.0, 1.0).is_nan() && gamma_q(1.0, -1.0).is_nan());
+    }
+
+    #[test]
+    fn chi_square_p_values_match_the_table() {
+        // Chi-square critical values: P(χ²_dof > c) = p.
+        for (c, dof, p) in [
+            (3.841_459, 1.0, 0.05),
+            (6.634_897, 1.0, 0.01),
+            (5.991_465, 2.0, 0.05),
+            (11.070_498, 5.0, 0.05),
+            (18.307_038, 10.0, 0.05),
+            (23.209_251, 10.0, 0.01),
+        ] {
+            close(gamma_q(0.5 * dof, 0.5 * c), p, 1e-6);
+        }
+    }
+
+    #[test]
+    fn chi_square_hand_computed_and_edge_cases() {
+        // Reference 50/50 (smoothed: still ½, ½), window 60/40: E = 50, 50;
+        // χ² = 10²/50 + 10²/50 = 4, dof 1, p = Q(½, 2) = 0.0455.
+        let t = chi_square(&[50, 50], &[60, 40]);
+        close(t.statistic, 4.0, 1e-12);
+        close(t.p_value, 0.045_500_263_896_358_42, 1e-12);
+        // Same proportions: χ² = 0 up to the smoothing's nudge, p ≈ 1.
+        let t = chi_square(&[100, 300], &[25, 75]);
+        close(t.statistic, 0.0, 1e-3);
+        assert!(t.p_value > 0.98, "{t:?}");
+        let t = chi_square(&[100_000, 300_000], &[25, 75]);
+        close(t.statistic, 0.0, 1e-6);
+        // An empty reference bin stays finite and is strong evidence.
+        let t = chi_square(&[1000, 0], &[90, 10]);
+        assert!(t.statistic.is_finite() && t.statistic > 100.0, "{t:?}");
+        assert!(t.p_value < 1e-6, "{t:?}");
+        assert_eq!(chi_square(&[0, 0], &[1, 2]), NO_EVIDENCE);
+        assert_eq!(chi_square(&[1, 2], &[0, 0]), NO_EVIDENCE);
+        assert_eq!(chi_square(&[5], &[7]), NO_EVIDENCE);
+    }
+
+    #[test]
+    fn kolmogorov_q_matches_known_values() {
+        assert_eq!(kolmogorov_q(0.0), 1.0);
+        assert_eq!(kolmogorov_q(0.1), 1.0);
+        close(kolmogorov_q(1.36), 0.049_485_876_755_377_876, 1e-7);
+        close(kolmogorov_q(1.2238), 0.100_023_427_835_677_8, 1e-7);
+        close(kolmogorov_q(1.6276), 0.01, 1e-4);
+        assert!(kolmogorov_q(4.0) < 1e-12);
+    }
+
+    #[test]
+    fn ks_binned_known_cases() {
+        // Identical proportions: D = 0, p = 1.
+        assert_eq!(ks_binned(&[10, 20, 30], &[20, 40, 60]), TestResult { statistic: 0.0, p_value: 1.0 });
+        // CDFs (.25, .5, .75, 1) vs (.1, .3, .6, 1): D = 0.2; n = m = 100, n_e = 50,
+        // λ = (√50 + 0.12 + 0.11/√50)·0.2 = 1.441325, Q(λ) = 0.031377.
+        let t = ks_binned(&[25, 25, 25, 25], &[10, 20, 30, 40]);
+        close(t.statistic, 0.2, 1e-12);
+        close(t.p_value, 0.031_376_652_153_073_07, 1e-8);
+        // Everything in the first of two balanced bins: D = 0.5, p ≈ 0.
+        let t = ks_binned(&[50, 50], &[100, 0]);
+        close(t.statistic, 0.5, 1e-12);
+        assert!(t.p_value < 1e-9, "{t:?}");
+        assert_eq!(ks_binned(&[0, 0], &[1, 1]), NO_EVIDENCE);
+    }
+
+    #[test]
+    fn streak_fires_once_and_rearms_after_recovery() {
+        let mut s = Streak::default();
+        let run: Vec<StreakEvent> = [true, true, true, true, true, false, true, true, false, false, true, true, true]
+            .iter()
+            .enumerate()
+            .map(|(i, &crossed)| s.advance(crossed, i as i64, 3))
+            .collect();
+        use StreakEvent::*;
+        assert_eq!(run, [None, None, Fire, None, None, Recover, None, None, None, None, None, None, Fire]);
+        assert_eq!((s.windows, s.start_ms, s.alerting), (3, 10, true));
+        // k = 1 fires on the first crossing; a break without an alert is no recovery.
+        let mut s = Streak::default();
+        assert_eq!(s.advance(false, 0, 1), None);
+        assert_eq!(s.advance(true, 1, 1), Fire);
+        assert_eq!(s.advance(true, 2, 1), None);
+        assert_eq!(s.advance(false, 3, 1), Recover);
+    }
+
+    fn alerting_acc(k: u32, min_count: u64) -> DriftAccumulator {
+        let spec = DriftSpec { consecutive_windows: k, min_count, ..DriftSpec::default() };
+        DriftAccumulator::from_parts(
+            "m",
+            "7",
+            &[hist("amount", &[1.0, 2.0, 3.0], &[250, 250, 250, 250]), hist("flag", &[0.5], &[500, 500])],
+            &[ColumnKind::Numeric, ColumnKind::Categorical],
+            &hist("score", &[0.5], &[500, 500]),
+            spec,
+        )
+    }
+
+    /// `n` rows: amount spread evenly over the four bins (or all in the top bin when `shifted`),
+    /// flag alternating 0/1, score alternating 0.25/0.75 — so only `amount` can drift.
+    fn feed(acc: &mut DriftAccumulator, n: usize, shifted: bool) {
+        let mut rows = Vec::new();
+        let mut scores = Vec::new();
+        for i in 0..n {
+            let amount = if shifted { 5.0 } else { [0.5, 1.5, 2.5, 3.5][i % 4] };
+            rows.extend_from_slice(&[amount, (i % 2) as f32]);
+            scores.push(if i % 2 == 0 { 0.25 } else { 0.75 });
+        }
+        acc.observe(&rows, &vec![false; rows.len()], &scores);
+    }
+
+    #[test]
+    fn accumulator_raises_one_alert_per_crossing_for_the_shifted_column_only() {
+        let mut acc = alerting_acc(2, 50);
+        let mut alerts = Vec::new();
+        let mut recovered = Vec::new();
+        let mut window = |acc: &mut DriftAccumulator, i: i64, n: usize, shifted: bool| {
+            feed(acc, n, shifted);
+            let w = acc.take_window(i * 10, i * 10 + 10);
+            alerts.push(w.alerts.clone());
+            recovered.push(w.recovered.clone());
+            w
+        };
+        let w0 = window(&mut acc, 0, 200, true);
+        assert!(w0.features[0].psi > 0.25 && w0.features[0].js > 0.1 && w0.features[0].p_value < 0.01);
+        assert_eq!(w0.features[0].test, DriftTest::Ks);
+        assert_eq!(w0.features[1].test, DriftTest::ChiSquare);
+        assert!(w0.features[1].p_value > 0.5, "{:?}", w0.features[1]);
+        window(&mut acc, 1, 10, true); // below min_count: neither extends nor breaks the streak
+        window(&mut acc, 2, 200, true); // second crossed window: fires
+        window(&mut acc, 3, 200, true); // still above: no second alert
+        window(&mut acc, 4, 200, false); // recovers: re-armed
+        window(&mut acc, 5, 200, true);
+        window(&mut acc, 6, 200, true); // fires again
+
+        let names = |a: &[DriftAlert]| a.iter().map(|a| (a.column.clone(), a.statistic)).collect::<Vec<_>>();
+        let fired: Vec<usize> = alerts.iter().enumerate().filter(|(_, a)| !a.is_empty()).map(|(i, _)| i).collect();
+        assert_eq!(fired, [2, 6]);
+        let want =
+            vec![("amount".to_string(), "psi"), ("amount".to_string(), "js"), ("amount".to_string(), "ks_p_value")];
+        assert_eq!(names(&alerts[2]), want);
+        assert_eq!(names(&alerts[6]), want);
+        let a = &alerts[2][0];
+        assert_eq!((a.model_name.as_str(), a.model_version.as_str(), a.windows), ("m", "7", 2));
+        assert_eq!((a.window_start_ms, a.window_end_ms), (0, 30), "the streak spans windows 0..=2");
+        assert_eq!(a.threshold, 0.25);
+        assert!(a.value > 0.25);
+        assert_eq!(alerts[6][0].window_start_ms, 50);
+        let rec: Vec<usize> = recovered.iter().enumerate().filter(|(_, r)| !r.is_empty()).map(|(i, _)| i).collect();
+        assert_eq!(rec, [4]);
+        assert_eq!(recovered[4].len(), 3);
+    }
+
+    #[test]
+    fn per_column_overrides_change_what_crosses() {
+        let mut spec = DriftSpec { consecutive_windows: 1, min_count: 1, ..DriftSpec::default() };
+        // A PSI threshold no shift reaches and a disabled test leave only JS for `amount`.
+        spec.columns.insert(
+            "amount".into(),
+            crate::model::manifest::DriftOverride { psi: Some(1e9), js: None, p_value: Some(0.0) },
+        );
+        let mut acc = DriftAccumulator::from_parts(
+            "m",
+            "1",
+            &[hist("amount", &[1.0, 2.0, 3.0], &[250, 250, 250, 250])],
+            &[ColumnKind::Numeric],
+            &hist("score", &[0.5], &[500, 500]),
+            spec,
+        );
+        acc.observe(&[5.0; 100], &[false; 100], &[0.25; 100]);
+        let w = acc.take_window(0, 1);
+        let fired: Vec<(&str, &str)> = w.alerts.iter().map(|a| (a.column.as_str(), a.statistic)).collect();
+        // The score (all in the lower bin) drifts too, with default thresholds.
+        assert_eq!(fired, [("amount", "js"), ("score", "psi"), ("score", "js"), ("score", "ks_p_value")]);
+    }
+
+    #[test]
+    fn shipped_manifest_uses_chi_square_for_categorical_columns() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud_mlp/1");
+        let manifest = Manifest::from_dir(&dir).unwrap();
+        let mut acc = DriftAccumulator::new(&manifest);
+        let f = manifest.columns.len();
+        acc.observe(&vec![0.0; f], &vec![false; f], &[0.1]);
+        let w = acc.take_window(0, 1);
+        let test_of = |name: &str| w.features.iter().find(|c| c.name == name).unwrap().test;
+        assert_eq!(test_of("amount_log1p"), DriftTest::Ks);
+        assert_eq!(test_of("event_time_hour"), DriftTest::Ks);
+        assert_eq!(test_of("channel=POS"), DriftTest::ChiSquare);
+        assert_eq!(test_of("new_device"), DriftTest::ChiSquare);
+        assert_eq!(test_of("new_device_missing"), DriftTest::ChiSquare);
+        assert_eq!(w.score.test, DriftTest::Ks);
+        assert!(w.alerts.is_empty(), "one row is below min_count");
+    }
+
+    fn schema_file(name: &str) -> Schema {
+        let path = format!("{}/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
+        Schema::parse_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn drift_alert_round_trips_through_its_schema() {
+        let schema = schema_file("drift_alert.avsc");
+        let alert = DriftAlert {
+            model_name: "fraud_mlp".into(),
+            model_version: "1".into(),
+            column: "amount_log1p".into(),
+            statistic: "ks_p_value",
+            value: 1e-9,
+            threshold: 0.01,
+            windows: 3,
+            window_start_ms: 1_700_000_000_000,
+            window_end_ms: 1_700_000_180_000,
+        };
+        let value = alert.to_avro("instance-a");
+        assert!(value.validate(&schema), "{value:?}");
+        let bytes = GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(value.clone()).unwrap();
+        let back = GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(back, value);
+    }
+
+    /// The report schema before js/test/test_statistic/p_value/reference_counts were added.
+    fn old_report_schema() -> Schema {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/drift_report.avsc")).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let fields = json["fields"][6]["type"]["items"]["fields"].as_array_mut().unwrap();
+        fields.retain(|f| f.get("default").is_none());
+        assert_eq!(fields.len(), 10);
+        Schema::parse(&json).unwrap()
+    }
+
+    #[test]
+    fn report_schema_evolution_is_compatible_both_ways() {
+        let new = schema_file("drift_report.avsc");
+        let old = old_report_schema();
+        let mut acc = two_column_acc();
+        acc.observe(&[1.5, 1.0, 0.2, 0.0], &[false, true, false, false], &[0.3, 0.8]);
+        let value = acc.take_window(1, 2).to_avro("i");
+
+        // New writer, old reader: the added fields are skipped.
+        let bytes = GenericDatumWriter::builder(&new).build().unwrap().write_value_to_vec(value).unwrap();
+        let read = GenericDatumReader::builder(&new).reader_schema(&old).build().unwrap().read_value(&mut &bytes[..]);
+        let Value::Record(fields) = read.unwrap() else { panic!("not a record") };
+        assert_eq!(fields[5].1, Value::Long(2));
+
+        // Old writer, new reader: the added fields take their defaults.
+        let old_value = Value::Record(vec![
+            ("model_name".into(), Value::String("m".into())),
+            ("model_version".into(), Value::String("1".into())),
+            ("instance_id".into(), Value::String("i".into())),
+            ("window_start".into(), Value::TimestampMillis(1)),
+            ("window_end".into(), Value::TimestampMillis(2)),
+            ("rows".into(), Value::Long(0)),
+            ("features".into(), Value::Array(vec![])),
+            (
+                "score".into(),
+                Value::Record(vec![
+                    ("name".into(), Value::String("score".into())),
+                    ("count".into(), Value::Long(0)),
+                    ("missing".into(), Value::Long(0)),
+                    ("mean".into(), Value::Double(0.0)),
+                    ("std".into(), Value::Double(0.0)),
+                    ("min".into(), Value::Double(0.0)),
+                    ("max".into(), Value::Double(0.0)),
+                    ("bin_edges".into(), Value::Array(vec![])),
+                    ("bin_counts".into(), Value::Array(vec![Value::Long(0)])),
+                    ("psi".into(), Value::Double(0.0)),
+                ]),
+            ),
+        ]);
+        let bytes = GenericDatumWriter::builder(&old).build().unwrap().write_value_to_vec(old_value).unwrap();
+        let read = GenericDatumReader::builder(&old).reader_schema(&new).build().unwrap().read_value(&mut &bytes[..]);
+        let Value::Record(fields) = read.unwrap() else { panic!("not a record") };
+        let Value::Record(score) = &fields[7].1 else { panic!("score is not a record") };
+        let get = |name: &str| score.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(get("js"), Value::Double(0.0));
+        assert_eq!(get("test"), Value::String(String::new()));
+        assert_eq!(get("p_value"), Value::Double(1.0));
+        assert_eq!(get("reference_counts"), Value::Array(vec![]));
+    }
+
+    #[test]
+    fn report_carries_the_new_statistics() {
+        let mut acc = two_column_acc();
+        acc.observe(&[5.0, 1.0, 5.0, 1.0], &[false; 4], &[0.9, 0.9]);
+        let w = acc.take_window(0, 1);
+        let amount = &w.features[0];
+        assert_eq!(amount.reference_counts, vec![10, 20, 30, 40]);
+        assert_eq!(amount.js, js_distance(&[10, 20, 30, 40], &[0, 0, 0, 2]));
+        assert_eq!(amount.test_statistic, ks_binned(&[10, 20, 30, 40], &[0, 0, 0, 2]).statistic);
+        let Value::Record(fields) = w.to_avro("i") else { panic!() };
+        let Value::Array(features) = &fields[6].1 else { panic!() };
+        let Value::Record(first) = &features[0] else { panic!() };
+        assert!(first.iter().any(|(n, v)| n == "test" && *v == Value::String("ks".into())));
     }
 }

@@ -313,9 +313,12 @@ pub async fn run_with_control(
         .collect();
     let drift_schema =
         codec::parse_schema(codec::DRIFT_REPORT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
-    // The monitoring topic carries drift reports (subject `<topic>-value`) and shadow results
-    // (subject `<topic>-io.streamscore.monitoring.ShadowScore`, see `codec::shadow_subject`).
-    let (scored_schema_id, drift_schema_id, shadow_schema_id) = if cfg.schemas.registry.is_some() {
+    let alert_schema =
+        codec::parse_schema(codec::DRIFT_ALERT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
+    // The monitoring topic carries drift reports (subject `<topic>-value`), shadow results
+    // (subject `<topic>-io.streamscore.monitoring.ShadowScore`, see `codec::shadow_subject`) and
+    // drift alerts (`<topic>-io.streamscore.monitoring.DriftAlert`, `codec::drift_alert_subject`).
+    let (scored_schema_id, drift_schema_id, shadow_schema_id, alert_schema_id) = if cfg.schemas.registry.is_some() {
         let scored = store
             .register(&format!("{}-value", cfg.kafka.scored_topic), codec::SCORED_TRANSACTION_SCHEMA)
             .await
@@ -328,10 +331,19 @@ pub async fn run_with_control(
             .register(&codec::shadow_subject(&cfg.kafka.monitoring_topic), codec::SHADOW_SCORE_SCHEMA)
             .await
             .map_err(|e| PipelineError::Schema(e.to_string()))?;
-        (scored, drift, shadow)
+        // Only registered when drift runs: alerts are never produced otherwise.
+        let alert = if cfg.drift.enabled {
+            store
+                .register(&codec::drift_alert_subject(&cfg.kafka.monitoring_topic), codec::DRIFT_ALERT_SCHEMA)
+                .await
+                .map_err(|e| PipelineError::Schema(e.to_string()))?
+        } else {
+            0
+        };
+        (scored, drift, shadow, alert)
     } else {
         let (scored, drift) = (cfg.schemas.scored_schema_id, cfg.schemas.drift_schema_id);
-        (scored, drift, codec::local_shadow_schema_id(scored, drift))
+        (scored, drift, codec::local_shadow_schema_id(scored, drift), codec::local_drift_alert_schema_id(scored, drift))
     };
 
     let transactional = cfg.delivery.mode == DeliveryMode::ExactlyOnce;
@@ -409,6 +421,8 @@ pub async fn run_with_control(
             topic: cfg.kafka.monitoring_topic.clone(),
             schema: drift_schema,
             schema_id: drift_schema_id,
+            alert_schema,
+            alert_schema_id,
             instance_id: cfg.telemetry.instance_id.clone(),
             window_start: now_ms(),
             last: last_drift.clone(),
@@ -728,13 +742,17 @@ fn injected_abort_every() -> u64 {
     n
 }
 
-/// Publishes one drift report per window to the monitoring topic and the PSI gauges.
+/// Publishes one drift report per window to the monitoring topic and the PSI, JS and p-value
+/// gauges; and a drift alert (plus its counter and alerting gauge) for every streak of
+/// threshold crossings that reached the manifest's `drift.consecutive_windows`.
 struct DriftReporter {
     acc: Arc<Mutex<DriftSet>>,
     producer: Arc<OutputProducer>,
     topic: String,
     schema: apache_avro::Schema,
     schema_id: u32,
+    alert_schema: apache_avro::Schema,
+    alert_schema_id: u32,
     instance_id: String,
     window_start: i64,
     last: Arc<Mutex<Vec<(String, f64)>>>,
@@ -769,32 +787,82 @@ impl DriftReporter {
         for window in windows.iter().filter(|w| w.rows > 0) {
             self.publish_window(window);
         }
+        // Alerts and recoveries of empty windows too: the accumulator decides what counts.
+        for window in &windows {
+            self.publish_alerts(window);
+        }
     }
 
-    /// One version's report and PSI gauges.
+    /// One version's report and PSI, JS and p-value gauges.
     fn publish_window(&self, window: &DriftWindow) {
         let (model, version) = (window.model_name.clone(), window.model_version.clone());
         for f in window.features.iter().chain(std::iter::once(&window.score)) {
-            metrics::gauge!(names::DRIFT_PSI, "model" => model.clone(), "version" => version.clone(), "feature" => f.name.clone())
-                .set(f.psi);
+            let labels = [("model", model.clone()), ("version", version.clone()), ("feature", f.name.clone())];
+            metrics::gauge!(names::DRIFT_PSI, &labels).set(f.psi);
+            metrics::gauge!(names::DRIFT_JS, &labels).set(f.js);
+            metrics::gauge!(names::DRIFT_P_VALUE, &labels).set(f.p_value);
         }
         let mut buf = Vec::new();
         if let Err(e) = codec::encode_value(&mut buf, self.schema_id, &self.schema, window.to_avro(&self.instance_id)) {
             warn!(error = %e, "cannot encode drift report");
             return;
         }
+        match self.send(&model, &version, &buf) {
+            Ok(()) => {
+                metrics::counter!(names::DRIFT_REPORTS, "model" => model, "version" => version).increment(1);
+            }
+            Err(e) => warn!(error = %e, "cannot publish drift report"),
+        }
+    }
+
+    /// The window's alerts (record, counter, gauge 1) and recoveries (gauge 0).
+    fn publish_alerts(&self, window: &DriftWindow) {
+        let (model, version) = (&window.model_name, &window.model_version);
+        for r in &window.recovered {
+            info!(model = %model, version = %version, column = %r.column, statistic = r.statistic, "drift recovered");
+            let labels = [
+                ("model", model.clone()),
+                ("version", version.clone()),
+                ("column", r.column.clone()),
+                ("statistic", r.statistic.to_string()),
+            ];
+            metrics::gauge!(names::DRIFT_ALERTING, &labels).set(0.0);
+        }
+        for alert in &window.alerts {
+            warn!(
+                model = %model, version = %version, column = %alert.column, statistic = alert.statistic,
+                value = alert.value, threshold = alert.threshold, windows = alert.windows,
+                "drift alert: threshold crossed in consecutive windows (retraining trigger)"
+            );
+            let labels = [
+                ("model", model.clone()),
+                ("version", version.clone()),
+                ("column", alert.column.clone()),
+                ("statistic", alert.statistic.to_string()),
+            ];
+            metrics::counter!(names::DRIFT_ALERTS, &labels).increment(1);
+            metrics::gauge!(names::DRIFT_ALERTING, &labels).set(1.0);
+            let mut buf = Vec::new();
+            let value = alert.to_avro(&self.instance_id);
+            if let Err(e) = codec::encode_value(&mut buf, self.alert_schema_id, &self.alert_schema, value) {
+                warn!(error = %e, "cannot encode drift alert");
+                continue;
+            }
+            if let Err(e) = self.send(model, version, &buf) {
+                warn!(error = %e, "cannot publish drift alert");
+            }
+        }
+    }
+
+    /// Produces one monitoring record keyed `model/version` (best effort, like reports).
+    fn send(&self, model: &str, version: &str, payload: &[u8]) -> Result<(), PipelineError> {
         let key = format!("{model}/{version}");
         let record = rdkafka::producer::BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(
             &self.topic,
             Arc::new(Ack::Monitoring),
         )
         .key(key.as_bytes())
-        .payload(&buf[..]);
-        match sink::send(&self.producer, record) {
-            Ok(()) => {
-                metrics::counter!(names::DRIFT_REPORTS, "model" => model, "version" => version).increment(1);
-            }
-            Err(e) => warn!(error = %e, "cannot publish drift report"),
-        }
+        .payload(payload);
+        sink::send(&self.producer, record)
     }
 }

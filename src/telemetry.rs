@@ -30,6 +30,10 @@ pub mod names {
     pub const CONSUMER_LAG: &str = "streamscore_consumer_lag";
     pub const DRIFT_PSI: &str = "streamscore_drift_psi";
     pub const DRIFT_REPORTS: &str = "streamscore_drift_reports_total";
+    pub const DRIFT_JS: &str = "streamscore_drift_js";
+    pub const DRIFT_P_VALUE: &str = "streamscore_drift_p_value";
+    pub const DRIFT_ALERTS: &str = "streamscore_drift_alerts_total";
+    pub const DRIFT_ALERTING: &str = "streamscore_drift_alerting";
     pub const COMMITS: &str = "streamscore_offset_commits_total";
     pub const DELIVERY_FAILURES: &str = "streamscore_delivery_failures_total";
     pub const REBALANCES: &str = "streamscore_rebalances_total";
@@ -115,6 +119,22 @@ fn describe() {
         "Population stability index of the last drift window against the training reference."
     );
     describe_counter!(names::DRIFT_REPORTS, "Drift reports published.");
+    describe_gauge!(
+        names::DRIFT_JS,
+        "Jensen-Shannon distance (base 2) of the last drift window against the training reference."
+    );
+    describe_gauge!(
+        names::DRIFT_P_VALUE,
+        "p-value of the last drift window's two-sample test against the training reference (KS numeric, chi-square categorical)."
+    );
+    describe_counter!(
+        names::DRIFT_ALERTS,
+        "Drift alerts raised: a statistic crossed its manifest threshold for drift.consecutive_windows windows (a retraining trigger)."
+    );
+    describe_gauge!(
+        names::DRIFT_ALERTING,
+        "1 while a drift statistic of a column is in an alert (raised and not yet recovered), else 0."
+    );
     describe_counter!(names::COMMITS, "Offset commits, by result.");
     describe_counter!(
         names::DELIVERY_FAILURES,

@@ -452,6 +452,11 @@ fn drift_value() -> Value {
             ("bin_edges".into(), Value::Array(vec![Value::Double(0.5)])),
             ("bin_counts".into(), Value::Array(vec![Value::Long(4), Value::Long(6)])),
             ("psi".into(), Value::Double(0.01)),
+            ("js".into(), Value::Double(0.02)),
+            ("test".into(), Value::String("ks".into())),
+            ("test_statistic".into(), Value::Double(0.1)),
+            ("p_value".into(), Value::Double(0.5)),
+            ("reference_counts".into(), Value::Array(vec![Value::Long(50), Value::Long(50)])),
         ])
     };
     Value::Record(vec![

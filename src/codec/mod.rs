@@ -49,6 +49,23 @@ pub fn local_shadow_schema_id(scored_schema_id: u32, drift_schema_id: u32) -> u3
     scored_schema_id.max(drift_schema_id).saturating_add(1)
 }
 
+/// Schema of drift alerts (retraining triggers), the third record type on the monitoring topic.
+pub const DRIFT_ALERT_SCHEMA: &str = include_str!("../../schemas/drift_alert.avsc");
+/// Full name of [`DRIFT_ALERT_SCHEMA`]'s record.
+pub const DRIFT_ALERT_FULL_NAME: &str = "io.streamscore.monitoring.DriftAlert";
+
+/// The registry subject of drift alerts, `<monitoring_topic>-<record full name>`, like
+/// [`shadow_subject`].
+pub fn drift_alert_subject(monitoring_topic: &str) -> String {
+    format!("{monitoring_topic}-{DRIFT_ALERT_FULL_NAME}")
+}
+
+/// The local (no registry) schema id of drift alerts: the next free id after the shadow one
+/// (5 with the defaults 2, 3 and 4).
+pub fn local_drift_alert_schema_id(scored_schema_id: u32, drift_schema_id: u32) -> u32 {
+    local_shadow_schema_id(scored_schema_id, drift_schema_id).saturating_add(1)
+}
+
 /// Errors outside the per-event path: schemas that do not parse, registry registration.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -100,9 +117,23 @@ mod tests {
 
     #[test]
     fn bundled_schemas_parse() {
-        for s in [TRANSACTION_SCHEMA, SCORED_TRANSACTION_SCHEMA, DRIFT_REPORT_SCHEMA, SHADOW_SCORE_SCHEMA] {
+        for s in [
+            TRANSACTION_SCHEMA,
+            SCORED_TRANSACTION_SCHEMA,
+            DRIFT_REPORT_SCHEMA,
+            SHADOW_SCORE_SCHEMA,
+            DRIFT_ALERT_SCHEMA,
+        ] {
             parse_schema(s).unwrap();
         }
+    }
+
+    #[test]
+    fn drift_alert_subject_and_local_id() {
+        assert_eq!(drift_alert_subject("mon"), "mon-io.streamscore.monitoring.DriftAlert");
+        assert_eq!(schema_label(DRIFT_ALERT_SCHEMA), DRIFT_ALERT_FULL_NAME);
+        assert_eq!(local_drift_alert_schema_id(2, 3), 5);
+        assert_eq!(local_drift_alert_schema_id(9, 3), 11);
     }
 
     #[test]

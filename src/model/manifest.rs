@@ -50,6 +50,138 @@ pub struct Manifest {
     /// The validation gate's dataset and limits (`streamscore validate`, docs/model-validation.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<ValidationSpec>,
+    /// Drift alert thresholds (docs/drift.md); absent = the defaults of [`DriftSpec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftSpec>,
+}
+
+/// When a drift statistic of a column (or the score) counts as crossed, and how many consecutive
+/// windows make an alert (docs/drift.md). Every key is optional; an absent `drift` object means
+/// all defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSpec {
+    /// PSI above this crosses.
+    #[serde(default = "default_drift_psi")]
+    pub psi: f64,
+    /// Jensen–Shannon distance (base 2, in [0, 1]) above this crosses.
+    #[serde(default = "default_drift_js")]
+    pub js: f64,
+    /// A two-sample test p-value (KS for numeric columns, chi-square for categorical ones)
+    /// below this crosses; `0` disables the test.
+    #[serde(default = "default_drift_p_value")]
+    pub p_value: f64,
+    /// Consecutive crossed windows that raise one alert.
+    #[serde(default = "default_drift_consecutive_windows")]
+    pub consecutive_windows: u32,
+    /// Windows with fewer values in a column are not evaluated for that column (they neither
+    /// extend nor break a streak): a handful of rows gives noisy statistics.
+    #[serde(default = "default_drift_min_count")]
+    pub min_count: u64,
+    /// Per-column overrides, keyed by column name (or `score`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub columns: std::collections::BTreeMap<String, DriftOverride>,
+}
+
+/// Per-column thresholds; an absent key takes the [`DriftSpec`] default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub js: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+}
+
+/// The thresholds that apply to one column after overrides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriftThresholds {
+    pub psi: f64,
+    pub js: f64,
+    pub p_value: f64,
+}
+
+fn default_drift_psi() -> f64 {
+    0.25
+}
+
+fn default_drift_js() -> f64 {
+    0.1
+}
+
+fn default_drift_p_value() -> f64 {
+    0.01
+}
+
+fn default_drift_consecutive_windows() -> u32 {
+    3
+}
+
+fn default_drift_min_count() -> u64 {
+    100
+}
+
+impl Default for DriftSpec {
+    fn default() -> Self {
+        DriftSpec {
+            psi: default_drift_psi(),
+            js: default_drift_js(),
+            p_value: default_drift_p_value(),
+            consecutive_windows: default_drift_consecutive_windows(),
+            min_count: default_drift_min_count(),
+            columns: Default::default(),
+        }
+    }
+}
+
+impl DriftSpec {
+    /// The thresholds of `column` (a column name or `score`).
+    pub fn thresholds(&self, column: &str) -> DriftThresholds {
+        let o = self.columns.get(column);
+        DriftThresholds {
+            psi: o.and_then(|o| o.psi).unwrap_or(self.psi),
+            js: o.and_then(|o| o.js).unwrap_or(self.js),
+            p_value: o.and_then(|o| o.p_value).unwrap_or(self.p_value),
+        }
+    }
+
+    /// Appends every problem of the `drift` object to `p`; `columns` are the manifest's.
+    fn check(&self, columns: &[String], p: &mut Vec<String>) {
+        let mut limits = vec![("drift".to_string(), self.psi, self.js, self.p_value)];
+        for name in self.columns.keys() {
+            if name != "score" && !columns.contains(name) {
+                p.push(format!("drift.columns has {name:?}, which is neither a column nor \"score\""));
+            }
+            let t = self.thresholds(name);
+            limits.push((format!("drift.columns[{name:?}]"), t.psi, t.js, t.p_value));
+        }
+        for (at, psi, js, p_value) in limits {
+            if !(psi.is_finite() && psi > 0.0) {
+                p.push(format!("{at}.psi {psi} is not a finite number > 0"));
+            }
+            if !(js.is_finite() && js > 0.0 && js <= 1.0) {
+                p.push(format!("{at}.js {js} is not in (0, 1]"));
+            }
+            if !(p_value.is_finite() && (0.0..1.0).contains(&p_value)) {
+                p.push(format!("{at}.p_value {p_value} is not in [0, 1)"));
+            }
+        }
+        if self.consecutive_windows == 0 {
+            p.push("drift.consecutive_windows is 0; it must be at least 1".to_string());
+        }
+    }
+}
+
+/// How drift tests treat a column: two-sample KS on numeric columns, chi-square goodness of fit
+/// on categorical ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnKind {
+    /// `numeric`, `log1p`, `hour_of_day` value columns, and the score.
+    Numeric,
+    /// `one_hot` and `boolean` value columns and every `<source>_missing` flag.
+    Categorical,
 }
 
 /// What `streamscore validate` checks a candidate against: a labelled dataset committed with the
@@ -407,6 +539,9 @@ impl Manifest {
         if let Some(v) = &self.validation {
             v.check(&mut p);
         }
+        if let Some(d) = &self.drift {
+            d.check(&self.columns, &mut p);
+        }
 
         if p.is_empty() {
             Ok(())
@@ -422,6 +557,27 @@ impl Manifest {
             f.push_column_names(&mut out);
         }
         out
+    }
+
+    /// The drift test kind of every derived column, in column order.
+    pub fn column_kinds(&self) -> Vec<ColumnKind> {
+        let mut out = Vec::with_capacity(self.columns.len());
+        for f in &self.features {
+            let kind = match f.transform {
+                Transform::OneHot | Transform::Boolean => ColumnKind::Categorical,
+                Transform::Numeric | Transform::Log1p | Transform::HourOfDay => ColumnKind::Numeric,
+            };
+            out.extend(std::iter::repeat_n(kind, f.value_columns()));
+            if f.missing_flag {
+                out.push(ColumnKind::Categorical);
+            }
+        }
+        out
+    }
+
+    /// The drift thresholds: the manifest's `drift` object, or all defaults.
+    pub fn drift_spec(&self) -> DriftSpec {
+        self.drift.clone().unwrap_or_default()
     }
 
     /// Number of model input columns (`F`).
@@ -728,6 +884,51 @@ mod tests {
         let mut v = small_manifest_json();
         v["validation"] = json!({"dataset": "v.jsonl", "min_auc": 0.8});
         assert!(serde_json::from_value::<Manifest>(v).is_err(), "unknown validation keys are rejected");
+    }
+
+    #[test]
+    fn drift_object_is_optional_defaulted_overridable_and_checked() {
+        let m = parse(small_manifest_json());
+        assert_eq!(m.drift, None);
+        assert!(!serde_json::to_string(&m).unwrap().contains("\"drift\""));
+        let d = m.drift_spec();
+        assert_eq!((d.psi, d.js, d.p_value, d.consecutive_windows, d.min_count), (0.25, 0.1, 0.01, 3, 100));
+
+        let mut v = small_manifest_json();
+        v["drift"] = json!({"psi": 0.2, "columns": {"amount_log1p": {"js": 0.05}, "score": {"p_value": 0.0}}});
+        let m = parse(v);
+        m.validate().unwrap();
+        let d = m.drift_spec();
+        assert_eq!(d.thresholds("amount_log1p"), DriftThresholds { psi: 0.2, js: 0.05, p_value: 0.01 });
+        assert_eq!(d.thresholds("score"), DriftThresholds { psi: 0.2, js: 0.1, p_value: 0.0 });
+        assert_eq!(d.thresholds("new_device"), DriftThresholds { psi: 0.2, js: 0.1, p_value: 0.01 });
+
+        let mut v = small_manifest_json();
+        v["drift"] = json!({"psi": -1.0, "js": 2.0, "p_value": 1.0, "consecutive_windows": 0,
+            "columns": {"nope": {}, "score": {"psi": 0.0}}});
+        let all = problems(&parse(v)).join("\n");
+        for want in [
+            "drift.psi -1",
+            "drift.js 2",
+            "drift.p_value 1",
+            "drift.consecutive_windows is 0",
+            "drift.columns has \"nope\"",
+            "drift.columns[\"score\"].psi 0",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in {all}");
+        }
+
+        let mut v = small_manifest_json();
+        v["drift"] = json!({"psi_max": 0.2});
+        assert!(serde_json::from_value::<Manifest>(v).is_err(), "unknown drift keys are rejected");
+    }
+
+    #[test]
+    fn column_kinds_follow_the_transforms() {
+        let m = parse(small_manifest_json());
+        use ColumnKind::*;
+        assert_eq!(m.column_kinds(), [Numeric, Categorical, Categorical, Categorical, Categorical, Categorical]);
+        assert_eq!(m.column_kinds().len(), m.columns.len());
     }
 
     #[test]
