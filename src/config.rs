@@ -1352,6 +1352,8 @@ pub fn is_secret_property(name: &str) -> bool {
     n.contains("password")
         || n.contains("secret")
         || n.ends_with(".key")
+        // `ssl.key.pem` holds the private key itself (not a path like `ssl.key.location`).
+        || n.ends_with("key.pem")
         || n.contains("token")
         || n.contains("sasl.oauthbearer.config")
 }

@@ -4,8 +4,10 @@
 mod adaptive;
 mod common;
 mod deploy;
+mod drift;
 mod exactly_once;
 mod faults;
 mod harness_smoke;
 mod pipeline;
 mod service;
+mod tls;

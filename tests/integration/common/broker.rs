@@ -267,3 +267,242 @@ fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+/// A TLS terminator in front of a plaintext Tansu (Python standard library only). Tansu 0.6.0
+/// cannot serve TLS itself: its `--cert` and `--key` flags are declared mutually exclusive, and
+/// with only one of them a `tls://` listener still speaks plaintext (see docs/security.md). One
+/// thread per connection, reads and writes of a TLS socket from that thread only.
+/// `$1` listen port, `$2` target port, `$3` certificate, `$4` key.
+const TLS_PROXY: &str = r#"
+import select, socket, ssl, sys, threading
+listen_port, target_port, cert, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", listen_port))
+srv.listen(128)
+print("ready", flush=True)
+failures = []
+
+def handle(raw):
+    try:
+        tls = ctx.wrap_socket(raw, server_side=True)
+    except Exception as e:
+        # Expected in the wrong-CA and plaintext tests; librdkafka retries, so report a few only.
+        failures.append(e)
+        if len(failures) <= 2:
+            print("tls proxy: handshake failed:", e, file=sys.stderr, flush=True)
+        raw.close()
+        return
+    try:
+        up = socket.create_connection(("127.0.0.1", target_port))
+    except Exception:
+        tls.close()
+        return
+    try:
+        while True:
+            ready = [tls] if tls.pending() else select.select([tls, up], [], [])[0]
+            for s in ready:
+                data = s.recv(65536)
+                if not data:
+                    return
+                (up if s is tls else tls).sendall(data)
+    except Exception:
+        pass
+    finally:
+        tls.close()
+        up.close()
+
+# Exit when the test process goes away (stdin closes).
+threading.Thread(target=lambda: (sys.stdin.read(), __import__("os")._exit(0)), daemon=True).start()
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"#;
+
+/// Certificates made with the `openssl` CLI for a TLS test: a CA and a server certificate
+/// (SAN `IP:127.0.0.1`, `DNS:localhost`) signed by it.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: PathBuf,
+    pub server_pem: PathBuf,
+    pub server_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl (needed for the TLS tests): {e}"));
+    assert!(out.status.success(), "openssl {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TestPki {
+    /// A fresh CA and server certificate in a temporary directory.
+    pub fn generate() -> TestPki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let ca = Self::generate_ca(d, "ca");
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write server.ext");
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+            ],
+        );
+        TestPki { ca_pem: ca, server_pem: d.join("server.pem"), server_key: d.join("server.key"), dir }
+    }
+
+    /// A self-signed CA `<name>.pem` (key `<name>.key`) in `dir`; returns the certificate's path.
+    pub fn generate_ca(dir: &Path, name: &str) -> PathBuf {
+        let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=streamscore test {name}"),
+            ],
+        );
+        dir.join(pem)
+    }
+}
+
+/// A dedicated Tansu reachable only over TLS: Tansu listens on a private loopback port and
+/// advertises the TLS port, so every client connection (bootstrap and broker) goes through
+/// the TLS terminator. Both processes stop on drop.
+pub struct TlsBroker {
+    pub pki: TestPki,
+    tls_port: u16,
+    tansu_port: u16,
+    tansu: Child,
+    proxy: Child,
+    log_path: PathBuf,
+}
+
+impl TlsBroker {
+    pub fn start() -> TlsBroker {
+        let pki = TestPki::generate();
+        let tansu_port = free_port();
+        let tls_port = free_port();
+        let log_path = pki.dir.path().join("tansu.log");
+        let log = std::fs::File::create(&log_path).expect("tansu log");
+        let tansu = Command::new(tansu_path())
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(format!("tcp://127.0.0.1:{tansu_port}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{tls_port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn tansu: {e}"));
+        let mut proxy = Command::new(super::python())
+            .arg("-c")
+            .arg(TLS_PROXY)
+            .arg(tls_port.to_string())
+            .arg(tansu_port.to_string())
+            .arg(&pki.server_pem)
+            .arg(&pki.server_key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn the TLS proxy: {e}"));
+        let mut line = String::new();
+        BufReader::new(proxy.stdout.take().expect("piped stdout")).read_line(&mut line).expect("read proxy ready");
+        assert_eq!(line.trim(), "ready", "TLS proxy did not start");
+        let broker = TlsBroker { pki, tls_port, tansu_port, tansu, proxy, log_path };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr = ([127, 0, 0, 1], tansu_port).into();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "tansu never listened on {tansu_port}:\n{}", tail(&broker.log_path, 40));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    /// `bootstrap.servers` for clients (the TLS port).
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.tls_port)
+    }
+
+    /// Tansu's own plaintext port (only the proxy should use it).
+    pub fn plaintext_port(&self) -> u16 {
+        self.tansu_port
+    }
+
+    /// librdkafka properties for a client that trusts this broker's CA.
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        vec![
+            ("security.protocol".into(), "SSL".into()),
+            ("ssl.ca.location".into(), self.pki.ca_pem.display().to_string()),
+        ]
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path, lines)
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        drop(self.proxy.stdin.take());
+        let _ = self.proxy.kill();
+        let _ = self.proxy.wait();
+        let _ = self.tansu.kill();
+        let _ = self.tansu.wait();
+    }
+}
