@@ -62,19 +62,21 @@ pub fn bin_index(edges: &[f64], x: f64) -> usize {
     edges.partition_point(|&e| e <= x)
 }
 
+/// The totals of two histograms on the same bins, or `None` when either is empty (no evidence).
+fn totals(reference: &[u64], observed: &[u64]) -> Option<(f64, f64)> {
+    debug_assert_eq!(reference.len(), observed.len(), "histograms on different bins");
+    let total_r: u64 = reference.iter().sum();
+    let total_o: u64 = observed.iter().sum();
+    (total_r > 0 && total_o > 0).then_some((total_r as f64, total_o as f64))
+}
+
 /// Population stability index of `observed` against `reference` (same bins), with the
 /// additive smoothing `ε = PSI_EPSILON` described in the module docs.
 ///
 /// Returns `0.0` when either histogram is empty (all counts zero): an empty window reports
 /// PSI 0 together with a zero count. Bins beyond the shorter of the two slices are ignored.
 pub fn psi(reference: &[u64], observed: &[u64]) -> f64 {
-    debug_assert_eq!(reference.len(), observed.len(), "histograms on different bins");
-    let total_r: u64 = reference.iter().sum();
-    let total_o: u64 = observed.iter().sum();
-    if total_r == 0 || total_o == 0 {
-        return 0.0;
-    }
-    let (total_r, total_o) = (total_r as f64, total_o as f64);
+    let Some((total_r, total_o)) = totals(reference, observed) else { return 0.0 };
     reference
         .iter()
         .zip(observed)
@@ -91,13 +93,7 @@ pub fn psi(reference: &[u64], observed: &[u64]) -> f64 {
 /// proportions and `1` for disjoint supports. No smoothing is needed (`m > 0` wherever `p` or `q`
 /// is). `0.0` when either histogram is empty, like [`psi`].
 pub fn js_distance(reference: &[u64], observed: &[u64]) -> f64 {
-    debug_assert_eq!(reference.len(), observed.len(), "histograms on different bins");
-    let total_r: u64 = reference.iter().sum();
-    let total_o: u64 = observed.iter().sum();
-    if total_r == 0 || total_o == 0 {
-        return 0.0;
-    }
-    let (total_r, total_o) = (total_r as f64, total_o as f64);
+    let Some((total_r, total_o)) = totals(reference, observed) else { return 0.0 };
     let half_kl = |a: f64, m: f64| if a > 0.0 { 0.5 * a * (a / m).log2() } else { 0.0 };
     let divergence: f64 = reference
         .iter()

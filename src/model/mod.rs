@@ -584,20 +584,6 @@ impl Scorer {
         let champion_model = &mut self.deployment.champion;
         let mut total = ScoreCounts::default();
         match &mut self.deployment.challenger {
-            None => {
-                let c = score_rows(
-                    champion_model,
-                    cache,
-                    bufs,
-                    features,
-                    f,
-                    None,
-                    &mut batch.scores,
-                    &mut batch.cache_hits,
-                )?;
-                total.add(c);
-                self.last.push(VersionCounts { info: champion, role: deploy::Role::Champion, rows: n, counts: c });
-            }
             Some((challenger, deploy::ChallengerMode::Canary { weight })) => {
                 let weight = *weight;
                 self.champion_rows.clear();
@@ -636,7 +622,8 @@ impl Scorer {
                 total.add(c);
                 self.last.push(VersionCounts { info, role: deploy::Role::Canary, rows: b.len(), counts: c });
             }
-            Some((challenger, deploy::ChallengerMode::Shadow)) => {
+            // No challenger, or one in shadow: the champion scores every row for the outputs.
+            challenger => {
                 let c = score_rows(
                     champion_model,
                     cache,
@@ -649,22 +636,24 @@ impl Scorer {
                 )?;
                 total.add(c);
                 self.last.push(VersionCounts { info: champion, role: deploy::Role::Champion, rows: n, counts: c });
-                batch.shadow_scores.resize(n, 0.0);
-                self.shadow_hits.clear();
-                self.shadow_hits.resize(n, false);
-                let c = score_rows(
-                    challenger,
-                    cache,
-                    bufs,
-                    features,
-                    f,
-                    None,
-                    &mut batch.shadow_scores,
-                    &mut self.shadow_hits,
-                )?;
-                let info = challenger.info.clone();
-                batch.shadow = Some(info.clone());
-                self.last.push(VersionCounts { info, role: deploy::Role::Shadow, rows: n, counts: c });
+                if let Some((challenger, deploy::ChallengerMode::Shadow)) = challenger {
+                    batch.shadow_scores.resize(n, 0.0);
+                    self.shadow_hits.clear();
+                    self.shadow_hits.resize(n, false);
+                    let c = score_rows(
+                        challenger,
+                        cache,
+                        bufs,
+                        features,
+                        f,
+                        None,
+                        &mut batch.shadow_scores,
+                        &mut self.shadow_hits,
+                    )?;
+                    let info = challenger.info.clone();
+                    batch.shadow = Some(info.clone());
+                    self.last.push(VersionCounts { info, role: deploy::Role::Shadow, rows: n, counts: c });
+                }
             }
         }
         Ok(total)
