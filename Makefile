@@ -42,8 +42,11 @@ demo: build
 # The last line sums every test binary's result (cargo prints one line per binary).
 test: setup
 	@mkdir -p .cache
+	@command -v chromium >/dev/null 2>&1 || [ "$${STREAMSCORE_SKIP_BROWSER:-}" = 1 ] || { \
+	  echo "note: Debian's chromium is missing; the report test needs it:"; \
+	  echo "      apt-get install chromium   (.ci/run does), or STREAMSCORE_SKIP_BROWSER=1 make test"; }
 	set -o pipefail; ORT_DYLIB_PATH="$(abspath $(ORT_LIB))" STREAMSCORE_TANSU="$(abspath $(TANSU_BIN))" \
-	STREAMSCORE_PYTHON="$(abspath $(PY))" \
+	STREAMSCORE_PYTHON="$(abspath $(PY))" STREAMSCORE_CHROMIUM="$(shell command -v chromium)" \
 	$(CARGO) test --locked --all-targets -- --test-threads=$${TEST_THREADS:-2} 2>&1 | tee .cache/test.log
 	@awk '/^test result:/ {p+=$$4; f+=$$6; i+=$$8} END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, i}' .cache/test.log
 

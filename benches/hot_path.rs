@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the per-event hot path, in pipeline order: decode, feature
-//! extraction, batching, cache, inference, drift, encoding of the scored record.
+//! extraction, batching, cache, inference, drift, the label join, encoding of the scored record.
 //!
 //! Every benchmark reports throughput in elements, one element being one event (one row), so
 //! criterion prints events/s. Inputs come from the seeded synthetic generator (`synth`), framed
@@ -23,14 +23,15 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 
-use streamscore::batcher::Batch;
+use streamscore::batcher::{Batch, Entry, EntryKind};
 use streamscore::cache::{Lookup, PredictionCache};
 use streamscore::codec::{encode_scored, parse_schema, write_frame_header, Decoder, SchemaStore, ScoredRecord};
 use streamscore::config::{CacheAdmission, Config};
 use streamscore::drift::DriftAccumulator;
 use streamscore::features::{FeatureExtractor, RowIdentity};
 use streamscore::model::manifest::Manifest;
-use streamscore::model::Model;
+use streamscore::model::{Model, ModelInfo};
+use streamscore::quality::{JoinLimits, QualityTracker};
 use streamscore::synth::{encode_transaction, Generator};
 
 use apache_avro::types::Value;
@@ -316,6 +317,57 @@ fn drift_cases(fx: &Fixture) -> Vec<Case> {
     })]
 }
 
+/// `quality/observe_256`: the label join's per-event cost on the inference thread
+/// (`[quality]` on): one 256-row scored batch's predictions remembered (keyed hash of the event
+/// id, one map insert each). The clock advances 1 ms per batch against a 1 s TTL, so slices
+/// rotate and expire as in steady state.
+fn quality_cases(fx: &Fixture) -> Vec<Case> {
+    let info = Arc::new(ModelInfo {
+        name: "fraud_mlp".into(),
+        version: "1".into(),
+        version_id: 1,
+        threshold: 0.5,
+        num_columns: fx.width,
+        execution_provider: "cpu",
+    });
+    let limits =
+        JoinLimits { prediction_ttl_ms: 1_000, max_predictions: 1_000_000, label_grace_ms: 0, max_waiting_labels: 0 };
+    let mut tracker = QualityTracker::new(limits);
+    let batches: Vec<Batch> = fx
+        .identities
+        .chunks(BATCH_ROWS)
+        .filter(|c| c.len() == BATCH_ROWS)
+        .map(|ids| {
+            let mut batch = Batch::new(fx.width, BATCH_ROWS);
+            for (i, identity) in ids.iter().enumerate() {
+                let (row, _, _) = batch.push_row();
+                batch.push_entry(
+                    Entry {
+                        topic: Arc::from("transactions"),
+                        partition: 0,
+                        offset: i as i64,
+                        epoch: 0,
+                        key: None,
+                        headers: None,
+                        timestamp_ms: None,
+                        kind: EntryKind::Row { row, identity: identity.clone() },
+                    },
+                    std::time::Instant::now(),
+                );
+                batch.scores.push(((i * 37) % 101) as f32 / 100.0);
+                batch.row_version.push(0);
+            }
+            batch.versions = vec![info.clone()];
+            batch
+        })
+        .collect();
+    let mut now = NOW_MS;
+    vec![Case::new("quality", "observe_256", None, BATCH_ROWS, move || {
+        now += 1;
+        tracker.observe_batch(black_box(&batches[(now as usize) % batches.len()]), now);
+    })]
+}
+
 /// `batcher/fill_256`: 256 × (push_row, copy the row and its missing flags in), then clear.
 fn batcher_cases(fx: &Fixture) -> Vec<Case> {
     let width = fx.width;
@@ -395,6 +447,7 @@ fn all_groups() -> Vec<(&'static str, Vec<Case>)> {
         ("features", features_cases(&fx)),
         ("cache", cache_cases(&fx)),
         ("drift", drift_cases(&fx)),
+        ("quality", quality_cases(&fx)),
         ("batcher", batcher_cases(&fx)),
         ("model", model_cases(&fx)),
     ]
@@ -444,6 +497,7 @@ fn smoke_test(args: &[String]) {
         "features/extract",
         "cache/key_and_lookup",
         "drift/observe",
+        "quality/observe_256",
         "batcher/fill_256",
     ]
     .iter()

@@ -67,6 +67,7 @@ pub struct RawConfig {
     pub cache: RawCache,
     pub delivery: RawDelivery,
     pub drift: RawDrift,
+    pub quality: RawQuality,
     pub telemetry: RawTelemetry,
     pub admin: RawAdmin,
 }
@@ -147,7 +148,10 @@ impl Default for RawSchemas {
             registry_username: String::new(),
             registry_password: String::new(),
             registry_timeout: "5s".into(),
-            local: BTreeMap::from([("1".to_string(), "schemas/transaction.avsc".to_string())]),
+            local: BTreeMap::from([
+                ("1".to_string(), "schemas/transaction.avsc".to_string()),
+                ("7".to_string(), "schemas/label.avsc".to_string()),
+            ]),
             scored_schema_id: 2,
             drift_schema_id: 3,
             max_message_bytes: 1_000_000,
@@ -323,6 +327,43 @@ pub struct RawDrift {
 impl Default for RawDrift {
     fn default() -> Self {
         Self { enabled: true, interval: "60s".into() }
+    }
+}
+
+/// Live model quality from late-arriving labels (docs/quality.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawQuality {
+    /// Join labels to predictions and publish quality reports.
+    pub enabled: bool,
+    /// Topic of `Label` records (schemas/label.avsc).
+    pub labels_topic: String,
+    /// Where a start reads the labels topic from: `latest` or `earliest`.
+    pub start_offset: String,
+    /// Length of one quality window.
+    pub interval: String,
+    /// How long a prediction waits for its label.
+    pub prediction_ttl: String,
+    /// Most predictions kept for the join; the oldest go first.
+    pub max_predictions: u64,
+    /// How long a label that arrived before its prediction waits for it.
+    pub label_grace: String,
+    /// Most such early labels kept.
+    pub max_waiting_labels: u64,
+}
+
+impl Default for RawQuality {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            labels_topic: "labels".into(),
+            start_offset: "latest".into(),
+            interval: "60s".into(),
+            prediction_ttl: "1h".into(),
+            max_predictions: 1_000_000,
+            label_grace: "30s".into(),
+            max_waiting_labels: 100_000,
+        }
     }
 }
 
@@ -535,6 +576,28 @@ pub struct DriftConfig {
     pub interval: Duration,
 }
 
+/// Where the labels consumer starts when the service starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelStart {
+    /// Labels published from now on (predictions from before a restart are gone anyway).
+    Latest,
+    /// Everything the labels topic still holds (replays, tests).
+    Earliest,
+}
+
+/// `[quality]`: labels joined to predictions (see `crate::quality`).
+#[derive(Debug, Clone)]
+pub struct QualityConfig {
+    pub enabled: bool,
+    pub labels_topic: String,
+    pub start_offset: LabelStart,
+    pub interval: Duration,
+    pub prediction_ttl: Duration,
+    pub max_predictions: usize,
+    pub label_grace: Duration,
+    pub max_waiting_labels: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
     pub http_bind: Option<SocketAddr>,
@@ -627,6 +690,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub delivery: DeliveryConfig,
     pub drift: DriftConfig,
+    pub quality: QualityConfig,
     pub telemetry: TelemetryConfig,
     /// `None` when `model.repository` is empty and `model.dir` is not `<root>/<name>/<version>`
     /// (then there is nothing to watch, and the admin API cannot be enabled).
@@ -807,6 +871,7 @@ fn deserialize_sections(table: toml::Table, problems: &mut Vec<ConfigProblem>) -
         cache: section(&table, "cache", problems),
         delivery: section(&table, "delivery", problems),
         drift: section(&table, "drift", problems),
+        quality: section(&table, "quality", problems),
         telemetry: section(&table, "telemetry", problems),
         admin: section(&table, "admin", problems),
     }
@@ -1098,6 +1163,20 @@ impl RawConfig {
             p.push(ConfigProblem { key: "drift.interval".into(), message: "must be at least 100ms".into() });
         }
 
+        let quality = check_quality(self.quality, p);
+        if quality.enabled {
+            let outputs = [&k.scored_topic, &k.dead_letter_topic, &k.monitoring_topic];
+            if k.input_topics.contains(&quality.labels_topic) || outputs.contains(&&quality.labels_topic) {
+                p.push(ConfigProblem {
+                    key: "quality.labels_topic".into(),
+                    message: format!(
+                        "`{}` is also an input or output topic; labels need a topic of their own",
+                        quality.labels_topic
+                    ),
+                });
+            }
+        }
+
         let t = self.telemetry;
         let http_bind = if t.http_bind.trim().is_empty() {
             None
@@ -1192,11 +1271,58 @@ impl RawConfig {
                 transaction_timeout,
             },
             drift: DriftConfig { enabled: dr.enabled, interval: drift_interval },
+            quality,
             telemetry: TelemetryConfig { http_bind, log_format, log_level: t.log_level, instance_id },
             repository,
             admin,
             source: None,
         })
+    }
+}
+
+/// `[quality]` → [`QualityConfig`].
+fn check_quality(q: RawQuality, p: &mut Vec<ConfigProblem>) -> QualityConfig {
+    let interval = duration("quality.interval", &q.interval, p);
+    let prediction_ttl = duration("quality.prediction_ttl", &q.prediction_ttl, p);
+    let label_grace = duration("quality.label_grace", &q.label_grace, p);
+    let start_offset = match q.start_offset.trim() {
+        "latest" => LabelStart::Latest,
+        "earliest" => LabelStart::Earliest,
+        other => {
+            p.push(ConfigProblem {
+                key: "quality.start_offset".into(),
+                message: format!("`{other}` is not one of: latest, earliest"),
+            });
+            LabelStart::Latest
+        }
+    };
+    if q.enabled {
+        non_empty("quality.labels_topic", &q.labels_topic, p);
+        if interval < Duration::from_millis(100) {
+            p.push(ConfigProblem { key: "quality.interval".into(), message: "must be at least 100ms".into() });
+        }
+        if prediction_ttl < Duration::from_secs(1) {
+            p.push(ConfigProblem {
+                key: "quality.prediction_ttl".into(),
+                message: "must be at least 1s (how long a prediction waits for its label)".into(),
+            });
+        }
+        if q.max_predictions < 1000 {
+            p.push(ConfigProblem {
+                key: "quality.max_predictions".into(),
+                message: "must be at least 1000 (each costs about 32 bytes)".into(),
+            });
+        }
+    }
+    QualityConfig {
+        enabled: q.enabled,
+        labels_topic: q.labels_topic.trim().to_string(),
+        start_offset,
+        interval,
+        prediction_ttl,
+        max_predictions: usize::try_from(q.max_predictions).unwrap_or(usize::MAX),
+        label_grace,
+        max_waiting_labels: usize::try_from(q.max_waiting_labels).unwrap_or(usize::MAX),
     }
 }
 
@@ -1406,6 +1532,7 @@ mod tests {
         assert_eq!(format!("{:?}", c.kafka), format!("{:?}", d.kafka));
         assert_eq!(format!("{:?}", c.model), format!("{:?}", d.model));
         assert_eq!(format!("{:?}", c.drift), format!("{:?}", d.drift));
+        assert_eq!(format!("{:?}", c.quality), format!("{:?}", d.quality));
         assert_eq!(format!("{:?}", c.schemas), format!("{:?}", d.schemas));
         assert_eq!(c.repository, d.repository);
         assert_eq!(format!("{:?}", c.admin), format!("{:?}", d.admin));
@@ -1496,6 +1623,45 @@ mod tests {
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"delivery.transaction_timeout"), "{p:?}");
         assert!(keys.contains(&"kafka.producer.\"transactional.id\""), "{p:?}");
+    }
+
+    #[test]
+    fn quality_is_off_by_default_and_its_keys_are_checked() {
+        let d = Config::from_toml_str("", "test", &[]).unwrap();
+        assert!(!d.quality.enabled);
+        assert_eq!(d.quality.labels_topic, "labels");
+        assert_eq!(d.quality.start_offset, LabelStart::Latest);
+        assert_eq!(d.quality.prediction_ttl, Duration::from_secs(3600));
+        assert_eq!(d.quality.max_predictions, 1_000_000);
+        assert_eq!(d.schemas.local.get(&7), Some(&PathBuf::from("schemas/label.avsc")));
+        let c = Config::from_toml_str(
+            "[quality]\nenabled = true\nlabels_topic = \"truth\"\nstart_offset = \"earliest\"\ninterval = \"5s\"\n",
+            "test",
+            &[("STREAMSCORE_QUALITY__PREDICTION_TTL".into(), "2h".into())],
+        )
+        .unwrap();
+        assert!(c.quality.enabled);
+        assert_eq!(
+            (c.quality.labels_topic.as_str(), c.quality.start_offset, c.quality.interval, c.quality.prediction_ttl),
+            ("truth", LabelStart::Earliest, Duration::from_secs(5), Duration::from_secs(7200))
+        );
+        let err = Config::from_toml_str(
+            "[quality]\nenabled = true\nlabels_topic = \"transactions\"\nstart_offset = \"middle\"\ninterval = \"1ms\"\nmax_predictions = 10\nlabel_gracee = \"1s\"\n",
+            "test",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "quality.labels_topic",
+            "quality.start_offset",
+            "quality.interval",
+            "quality.max_predictions",
+            "quality.label_gracee",
+        ] {
+            assert!(err.contains(key), "{key} missing in: {err}");
+        }
+        assert!(err.contains("labels need a topic of their own"), "{err}");
     }
 
     #[test]

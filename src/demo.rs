@@ -32,6 +32,17 @@ pub struct TrafficOptions {
     pub schema_id: u32,
     /// Events per second; 0 = as fast as possible.
     pub rate: f64,
+    /// Also publish a ground-truth label per valid transaction (docs/quality.md).
+    pub labels: Option<LabelTraffic>,
+}
+
+/// Labels for the synthetic transactions: the generator's own fraud draw, published `delay`
+/// after the transaction (as chargebacks come later), framed with `schema_id`.
+#[derive(Debug, Clone)]
+pub struct LabelTraffic {
+    pub topic: String,
+    pub delay: Duration,
+    pub schema_id: u32,
 }
 
 /// What was published.
@@ -42,6 +53,8 @@ pub struct Published {
     pub repeats: u64,
     /// Inputs drawn as fraud by the generator's known pattern.
     pub fraud: u64,
+    /// Labels published (with [`TrafficOptions::labels`]).
+    pub labels: u64,
 }
 
 /// Publishes synthetic transactions (Confluent framing, key = account id) to `topic`, calling
@@ -66,6 +79,9 @@ pub fn publish_synthetic(
         Malformed::NanAmount,
     ];
     let started = Instant::now();
+    // Labels not yet due: (due, event id, fraud), in due order (the delay is constant).
+    let mut due_labels: std::collections::VecDeque<(Instant, String, bool)> = std::collections::VecDeque::new();
+    let mut label_buf = Vec::with_capacity(64);
     for i in 0..opts.events {
         // splitmix64: a tiny deterministic stream for the repeat decision.
         rng_state = rng_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -97,8 +113,10 @@ pub fn publish_synthetic(
                 }
                 tx
             };
-            if gen.is_fraud(&tx) {
-                out.fraud += 1;
+            let fraud = gen.is_fraud(&tx);
+            out.fraud += u64::from(fraud);
+            if let Some(l) = &opts.labels {
+                due_labels.push_back((Instant::now() + l.delay, tx.event_id.clone(), fraud));
             }
             codec::write_frame_header(&mut buf, opts.schema_id);
             encode_transaction(&tx, &mut buf);
@@ -119,6 +137,15 @@ pub fn publish_synthetic(
             }
         }
         out.total += 1;
+        if let Some(l) = &opts.labels {
+            let now = Instant::now();
+            while due_labels.front().is_some_and(|(due, _, _)| *due <= now) {
+                if let Some((_, id, fraud)) = due_labels.pop_front() {
+                    send_label(producer, l, &id, fraud, &mut label_buf)?;
+                    out.labels += 1;
+                }
+            }
+        }
         if i % 1000 == 0 {
             producer.poll(Duration::ZERO);
             progress(out.total);
@@ -131,9 +158,43 @@ pub fn publish_synthetic(
             }
         }
     }
+    if let Some(l) = &opts.labels {
+        for (due, id, fraud) in due_labels {
+            let now = Instant::now();
+            if due > now {
+                producer.poll(due - now);
+            }
+            send_label(producer, l, &id, fraud, &mut label_buf)?;
+            out.labels += 1;
+        }
+    }
     producer.flush(Duration::from_secs(30))?;
     progress(out.total);
     Ok(out)
+}
+
+/// Publishes one `Label` record (schemas/label.avsc) keyed by the event id.
+fn send_label(
+    producer: &BaseProducer,
+    l: &LabelTraffic,
+    event_id: &str,
+    fraud: bool,
+    buf: &mut Vec<u8>,
+) -> Result<(), rdkafka::error::KafkaError> {
+    buf.clear();
+    codec::write_frame_header(buf, l.schema_id);
+    crate::synth::encode_label(event_id, fraud, Some(crate::sink::now_ms()), buf);
+    let mut record = BaseRecord::<[u8], [u8]>::to(&l.topic).key(event_id.as_bytes()).payload(&buf[..]);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Demo settings.
@@ -148,6 +209,7 @@ const INPUT: &str = "transactions";
 const SCORED: &str = "transactions.scored";
 const DLQ: &str = "transactions.dlq";
 const MONITORING: &str = "streamscore.monitoring";
+const LABELS: &str = "transactions.labels";
 
 /// Runs the demo, writing progress and the summary to `out`.
 pub async fn run(
@@ -170,7 +232,9 @@ pub async fn run(
             0,
         );
     }
-    for (topic, partitions) in [(INPUT, opts.partitions), (SCORED, opts.partitions), (DLQ, 1), (MONITORING, 1)] {
+    for (topic, partitions) in
+        [(INPUT, opts.partitions), (SCORED, opts.partitions), (DLQ, 1), (MONITORING, 1), (LABELS, 1)]
+    {
         cluster
             .create_topic(topic, partitions, 1)
             .with_context(|| format!("cannot create topic {topic} on the mock cluster"))?;
@@ -190,6 +254,9 @@ pub async fn run(
         seed: opts.seed,
         schema_id: 1,
         rate: 0.0,
+        // The ground truth of every valid transaction, at once (a real label comes much later):
+        // they wait for their predictions (quality.label_grace) and are joined as they come.
+        labels: Some(LabelTraffic { topic: LABELS.into(), delay: Duration::ZERO, schema_id: 7 }),
     };
     let published = tokio::task::spawn_blocking(move || publish_synthetic(&publisher, INPUT, &traffic, |_| {}))
         .await
@@ -200,6 +267,7 @@ pub async fn run(
         "published {} transactions to `{INPUT}`: {} malformed, {} repeats of earlier feature vectors, {} drawn as fraud by the known pattern",
         published.total, published.malformed, published.repeats, published.fraud
     )?;
+    writeln!(out, "published {} ground-truth labels to `{LABELS}` (live quality, docs/quality.md)", published.labels)?;
 
     let mut raw = RawConfig::default();
     raw.kafka.bootstrap_servers = bootstrap.clone();
@@ -213,6 +281,12 @@ pub async fn run(
     raw.telemetry.http_bind = String::new();
     raw.telemetry.instance_id = "demo".into();
     raw.drift.interval = "1h".into(); // one report: the final window at shutdown
+    raw.quality.enabled = true;
+    raw.quality.labels_topic = LABELS.into();
+    raw.quality.start_offset = "earliest".into();
+    raw.quality.interval = "1h".into();
+    raw.quality.label_grace = "10m".into();
+    raw.quality.max_waiting_labels = published.labels.max(1000);
     config_overrides(&mut raw);
     let config: Config = raw.check().context("demo configuration")?;
 
@@ -286,6 +360,20 @@ pub async fn run(
         ms(summary.latency_p50),
         ms(summary.latency_p99)
     )?;
+    for q in &summary.quality {
+        let c = &q.counts;
+        let pct = |v: Option<f64>| v.map(|x| format!("{:.1}%", 100.0 * x)).unwrap_or_else(|| "n/a".into());
+        writeln!(
+            out,
+            "live quality v{:<6}  precision {} · recall {} · ECE {:.3} · Brier {:.4}   ({} labels joined)",
+            q.model_version,
+            pct(c.precision()),
+            pct(c.recall()),
+            c.expected_calibration_error(),
+            c.brier_score(),
+            c.labels
+        )?;
+    }
     writeln!(out, "highest drift (PSI vs training reference):")?;
     for (name, psi) in &summary.top_drift {
         writeln!(out, "  {name:<32} {psi:.4}")?;

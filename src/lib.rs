@@ -20,6 +20,7 @@
 //! - [`sink`]: the producer for scored, dead-letter and shadow records; delivery acks feed [`offsets`].
 //! - [`offsets`]: per-partition tracking of in-flight batches; what is safe to commit.
 //! - [`drift`]: streaming statistics and PSI against the manifest's reference histograms.
+//! - [`quality`]: late labels joined to recent predictions; precision, recall, calibration.
 //! - [`telemetry`]: metric names, tracing set-up, the HTTP endpoints.
 //! - [`pipeline`]: wires the stages; start-up and graceful shutdown.
 //! - [`synth`]: the synthetic transaction generator (demo, `produce`, tests).
@@ -28,6 +29,7 @@
 //! - [`repository`]: the model repository (`<root>/<name>/<version>/`), its watcher, and the
 //!   [`repository::ControlPlane`] that loads versions and hands them to the inference thread.
 //! - [`admin`]: the authenticated, rate-limited admin HTTP API over the control plane.
+//! - [`report`]: `streamscore report`, a self-contained HTML drift/quality report of the monitoring topic.
 
 pub mod admin;
 pub mod batcher;
@@ -41,6 +43,8 @@ pub mod model;
 pub mod offsets;
 pub mod outcome;
 pub mod pipeline;
+pub mod quality;
+pub mod report;
 pub mod repository;
 pub mod sink;
 pub mod source;

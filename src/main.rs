@@ -15,10 +15,10 @@ use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
 
 use streamscore::config::{Config, LogFormat};
-use streamscore::demo::{self, DemoOptions, TrafficOptions};
+use streamscore::demo::{self, DemoOptions, LabelTraffic, TrafficOptions};
 use streamscore::model::verify;
 use streamscore::validate::{self, LimitOverrides, ValidateOptions};
-use streamscore::{pipeline, telemetry};
+use streamscore::{pipeline, report, telemetry};
 
 #[derive(Parser)]
 #[command(name = "streamscore", version, about = "Scores Kafka event streams with ONNX models")]
@@ -79,6 +79,17 @@ enum Command {
         /// Extra librdkafka producer properties, KEY=VALUE (TLS/SASL).
         #[arg(long = "property", short = 'X', value_parser = parse_property)]
         properties: Vec<(String, String)>,
+        /// Also publish the ground truth of every valid transaction (the generator's own fraud
+        /// draw) as a Label record (schemas/label.avsc) to this topic (docs/quality.md).
+        #[arg(long)]
+        labels_topic: Option<String>,
+        /// How long after its transaction a label is published (chargebacks come late).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        label_delay: Duration,
+        /// Schema id written in front of labels (7 = schemas/label.avsc in the shipped
+        /// [schemas.local]); with --registry-url, the schema is registered under <labels-topic>-value.
+        #[arg(long, default_value_t = 7)]
+        label_schema_id: u32,
     },
     /// Validation gate: load a candidate model as the service does (with signature and checksum
     /// verification), score its labelled dataset and check parity, quality and latency limits
@@ -129,6 +140,24 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a self-contained HTML drift and quality report of the monitoring topic
+    /// (docs/report.md): reads the whole topic once, without joining a consumer group.
+    Report {
+        #[arg(long, short, env = "STREAMSCORE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Topic to read (default: kafka.monitoring_topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only windows that ended (shadow scores scored) within this long before now, e.g. `6h`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// The HTML file to write.
+        #[arg(long, default_value = streamscore::report::DEFAULT_OUT)]
+        out: PathBuf,
+        /// Overall limit of the read, e.g. `60s`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        timeout: Duration,
+    },
     /// Sign DIR/manifest.json with an Ed25519 secret key: writes DIR/manifest.json.sig.
     Sign {
         /// Model version directory.
@@ -177,6 +206,9 @@ fn main() -> ExitCode {
                 max_batch_latency_ms,
             };
             run_validate(model, dataset, json, config, trusted_public_keys, require_signature, overrides)
+        }
+        Command::Report { config, topic, since, out, timeout } => {
+            run_report(&runtime, config, topic, since, out, timeout)
         }
         Command::Keygen { out } => keygen(&out),
         Command::Sign { model, key } => sign(&model, &key),
@@ -235,12 +267,17 @@ fn main() -> ExitCode {
             repeat_share,
             seed,
             properties,
+            labels_topic,
+            label_delay,
+            label_schema_id,
         } => {
             telemetry::init_tracing(LogFormat::Human, "warn");
+            let labels =
+                labels_topic.map(|topic| LabelTraffic { topic, delay: label_delay, schema_id: label_schema_id });
             match runtime.block_on(produce(
                 bootstrap_servers,
                 topic,
-                TrafficOptions { events: count, malformed_every, repeat_share, seed, schema_id, rate },
+                TrafficOptions { events: count, malformed_every, repeat_share, seed, schema_id, rate, labels },
                 registry_url,
                 properties,
             )) {
@@ -303,6 +340,42 @@ fn run_validate(
             } else {
                 ExitCode::from(1)
             }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `streamscore report`: exit 0 written, 1 broker or file failure, 2 bad configuration.
+fn run_report(
+    runtime: &tokio::runtime::Runtime,
+    config: Option<PathBuf>,
+    topic: Option<String>,
+    since: Option<Duration>,
+    out: PathBuf,
+    timeout: Duration,
+) -> ExitCode {
+    telemetry::init_tracing(LogFormat::Human, "warn");
+    let cfg = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = report::ReportOptions {
+        topic: topic.unwrap_or_else(|| cfg.kafka.monitoring_topic.clone()),
+        since,
+        out,
+        timeout,
+        idle_grace: report::IDLE_GRACE,
+    };
+    match runtime.block_on(report::run(&cfg, &opts)) {
+        Ok(summary) => {
+            println!("{}", summary.line());
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -395,6 +468,13 @@ async fn produce(
             .await
             .with_context(|| format!("registering the transaction schema at {url}"))?;
         println!("registered schemas/transaction.avsc as id {} under {topic}-value", opts.schema_id);
+        if let Some(labels) = opts.labels.as_mut() {
+            labels.schema_id = store
+                .register(&format!("{}-value", labels.topic), codec::LABEL_SCHEMA)
+                .await
+                .with_context(|| format!("registering the label schema at {url}"))?;
+            println!("registered schemas/label.avsc as id {} under {}-value", labels.schema_id, labels.topic);
+        }
     }
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &bootstrap).set("linger.ms", "5").set("enable.idempotence", "true");
@@ -422,6 +502,9 @@ async fn produce(
         secs,
         published.total as f64 / secs
     );
+    if published.labels > 0 {
+        println!("published {} labels ({} fraud)", published.labels, published.fraud);
+    }
     Ok(())
 }
 

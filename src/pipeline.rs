@@ -34,6 +34,8 @@ use crate::model::deploy::{
 use crate::model::{Model, ModelError, ModelInfo, Scorer};
 use crate::offsets::OffsetTracker;
 use crate::outcome::DeadLetterReason;
+use crate::quality::publish::QualityPublisher;
+use crate::quality::{self, JoinLimits, QualityTracker, QualityWindow};
 use crate::sink::{self, Ack, OutputProducer};
 use crate::telemetry::{self, names, Health, RunStats};
 use crate::{sink::now_ms, source};
@@ -169,6 +171,9 @@ pub struct RunSummary {
     pub latency_p99: Option<f64>,
     /// Highest-PSI columns of the last drift window (name, PSI), highest first.
     pub top_drift: Vec<(String, f64)>,
+    /// Live quality per version over the whole run (`[quality]`; empty when off or when no
+    /// label was joined): every window's sums merged.
+    pub quality: Vec<QualityWindow>,
     pub model_name: String,
     pub model_version: String,
 }
@@ -297,7 +302,7 @@ pub async fn run_with_control(
         timeout: r.timeout,
     });
     let store = Arc::new(
-        SchemaStore::new(reader, &cfg.schemas.local, registry, Some(tokio::runtime::Handle::current()))
+        SchemaStore::new(reader, &cfg.schemas.local, registry.clone(), Some(tokio::runtime::Handle::current()))
             .map_err(|e| PipelineError::Schema(e.to_string()))?,
     );
     // Decoding goes straight to the feature row through a plan per writer schema (the generic
@@ -345,6 +350,27 @@ pub async fn run_with_control(
         let (scored, drift) = (cfg.schemas.scored_schema_id, cfg.schemas.drift_schema_id);
         (scored, drift, codec::local_shadow_schema_id(scored, drift), codec::local_drift_alert_schema_id(scored, drift))
     };
+    // Quality reports (`<topic>-io.streamscore.monitoring.QualityReport`), only when labels are read.
+    let quality_schema_id = match (cfg.quality.enabled, cfg.schemas.registry.is_some()) {
+        (false, _) => 0,
+        (true, true) => store
+            .register(&codec::quality_subject(&cfg.kafka.monitoring_topic), codec::QUALITY_REPORT_SCHEMA)
+            .await
+            .map_err(|e| PipelineError::Schema(e.to_string()))?,
+        (true, false) => codec::local_quality_schema_id(cfg.schemas.scored_schema_id, cfg.schemas.drift_schema_id),
+    };
+    // Labels decode to schemas/label.avsc through a store of their own (same local files and
+    // registry as the inputs, another reader schema).
+    let label_decoder = if cfg.quality.enabled {
+        let label_reader =
+            codec::parse_schema(codec::LABEL_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
+        let label_store =
+            SchemaStore::new(label_reader, &cfg.schemas.local, registry, Some(tokio::runtime::Handle::current()))
+                .map_err(|e| PipelineError::Schema(e.to_string()))?;
+        Some(Decoder::new(Arc::new(label_store), cfg.schemas.max_message_bytes))
+    } else {
+        None
+    };
 
     let transactional = cfg.delivery.mode == DeliveryMode::ExactlyOnce;
     let producer = {
@@ -358,7 +384,7 @@ pub async fn run_with_control(
             _ = &mut shutdown => {
                 info!("shutdown requested during start-up");
                 shared.request_stop();
-                return Ok(summarize(&stats, started, &info.name, &info.version, Vec::new()));
+                return Ok(summarize(&stats, started, &info.name, &info.version, Vec::new(), Vec::new()));
             }
         }
     };
@@ -378,9 +404,39 @@ pub async fn run_with_control(
         set.track(info.version_id, &model.manifest);
         Arc::new(Mutex::new(set))
     });
+    let quality =
+        cfg.quality.enabled.then(|| Arc::new(Mutex::new(QualityTracker::new(JoinLimits::from_config(&cfg.quality)))));
+    // The labels reader stops on every way out of this function (StopFlagOnDrop), like the
+    // tasks above.
+    let labels_stop = Arc::new(AtomicBool::new(false));
+    let stop_labels = StopFlagOnDrop(labels_stop.clone());
+    let quality_totals: Arc<Mutex<Vec<QualityWindow>>> = Arc::default();
+    let mut labels_reader = None;
+    let mut quality_publisher = None;
+    if let (Some(tracker), Some(decoder)) = (quality.clone(), label_decoder) {
+        let quality_schema =
+            codec::parse_schema(codec::QUALITY_REPORT_SCHEMA).map_err(|e| PipelineError::Schema(e.to_string()))?;
+        labels_reader = Some(
+            quality::reader::spawn(&cfg, decoder, tracker.clone(), labels_stop.clone())
+                .map_err(|e| PipelineError::Kafka(e.to_string()))?,
+        );
+        let publisher = QualityPublisher {
+            tracker,
+            producer: monitoring_producer.clone(),
+            topic: cfg.kafka.monitoring_topic.clone(),
+            schema: quality_schema,
+            schema_id: quality_schema_id,
+            instance_id: cfg.telemetry.instance_id.clone(),
+            window_start_ms: now_ms(),
+            totals: quality_totals.clone(),
+        };
+        info!(labels_topic = %cfg.quality.labels_topic, interval = ?cfg.quality.interval, "live quality: joining labels to predictions");
+        quality_publisher = Some(tokio::spawn(publisher.run(cfg.quality.interval, stop_rx.clone())));
+    }
     let scorer = Scorer::new(model, PredictionCache::new(&cfg.cache));
     publish_deployment(&shared, &scorer);
-    let inference = spawn_inference(scorer, inference_rx, deploy_rx, to_sink, shared.clone(), drift.clone())?;
+    let taps = Taps { drift: drift.clone(), quality: quality.clone() };
+    let inference = spawn_inference(scorer, inference_rx, deploy_rx, to_sink, shared.clone(), taps)?;
     let sink = sink::spawn(sink::SinkParts {
         config: cfg.clone(),
         producer: producer.clone(),
@@ -429,7 +485,6 @@ pub async fn run_with_control(
         };
         tokio::spawn(reporter.run(cfg.drift.interval, stop_rx.clone()))
     });
-
     tokio::select! {
         _ = &mut shutdown => info!("shutdown requested; draining"),
         _ = shared.wake.notified() => {}
@@ -453,9 +508,16 @@ pub async fn run_with_control(
             shared.fail(PipelineError::Internal(format!("the {name} thread panicked")));
         }
     }
+    drop(stop_labels);
+    if let Some(reader) = labels_reader {
+        let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    }
     drop(stop_tasks);
     if let Some(r) = reporter {
         let _ = r.await;
+    }
+    if let Some(p) = quality_publisher {
+        let _ = p.await;
     }
     let drain = drain_deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(200));
     let (p, m) = (producer.clone(), monitoring_producer.clone());
@@ -483,7 +545,8 @@ pub async fn run_with_control(
         Some(s) => (s.champion.name.clone(), s.champion.version.clone()),
         None => (info.name.clone(), info.version.clone()),
     };
-    Ok(summarize(&stats, started, &name, &version, top_drift))
+    let quality_totals = quality_totals.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok(summarize(&stats, started, &name, &version, top_drift, quality_totals))
 }
 
 fn summarize(
@@ -492,6 +555,7 @@ fn summarize(
     model_name: &str,
     model_version: &str,
     top_drift: Vec<(String, f64)>,
+    quality: Vec<QualityWindow>,
 ) -> RunSummary {
     RunSummary {
         consumed: stats.consumed.load(Ordering::Relaxed),
@@ -504,8 +568,18 @@ fn summarize(
         latency_p50: stats.latency.quantile(0.5),
         latency_p99: stats.latency.quantile(0.99),
         top_drift,
+        quality,
         model_name: model_name.to_owned(),
         model_version: model_version.to_owned(),
+    }
+}
+
+/// Tells the labels reader thread to stop when dropped.
+struct StopFlagOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopFlagOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -587,8 +661,24 @@ fn apply_deploy_request(
     let _ = reply.send(result);
 }
 
-/// Per-version metrics and drift of one scored batch.
-fn record_batch(scorer: &Scorer, batch: &crate::batcher::Batch, drift: Option<&Arc<Mutex<DriftSet>>>) {
+/// What watches the scored batches besides the sink: drift statistics and the label join.
+#[derive(Clone, Default)]
+struct Taps {
+    drift: Option<Arc<Mutex<DriftSet>>>,
+    quality: Option<Arc<Mutex<QualityTracker>>>,
+}
+
+/// Per-version metrics, drift and the label join's predictions of one scored batch.
+fn record_batch(scorer: &Scorer, batch: &crate::batcher::Batch, taps: &Taps) {
+    if let Some(q) = &taps.quality {
+        if let Ok(mut tracker) = q.lock() {
+            tracker.observe_batch(batch, now_ms());
+        }
+    }
+    record_metrics_and_drift(scorer, batch, taps.drift.as_ref());
+}
+
+fn record_metrics_and_drift(scorer: &Scorer, batch: &crate::batcher::Batch, drift: Option<&Arc<Mutex<DriftSet>>>) {
     for v in scorer.last_counts() {
         let (model, version) = (v.info.name.clone(), v.info.version.clone());
         if v.counts.cache_misses > 0 {
@@ -653,8 +743,9 @@ fn spawn_inference(
     commands: DeployReceiver,
     output: crossbeam_channel::Sender<Batch>,
     shared: Arc<Shared>,
-    drift: Option<Arc<Mutex<DriftSet>>>,
+    taps: Taps,
 ) -> Result<std::thread::JoinHandle<()>, PipelineError> {
+    let drift = taps.drift.clone();
     std::thread::Builder::new()
         .name("streamscore-inference".into())
         .spawn(move || {
@@ -708,7 +799,7 @@ fn spawn_inference(
                         break;
                     }
                 }
-                record_batch(&scorer, &batch, drift.as_ref());
+                record_batch(&scorer, &batch, &taps);
                 batch.timing.inference = started.elapsed();
                 if output.send(batch).is_err() {
                     break;

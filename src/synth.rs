@@ -249,6 +249,14 @@ pub fn encode_transaction(tx: &Transaction, out: &mut Vec<u8>) {
     put_opt(out, tx.new_device, put_bool);
 }
 
+/// Appends the Avro binary body of a `Label` (`schemas/label.avsc`, no Confluent header): the
+/// ground truth of one event, for `streamscore produce --labels-topic` and tests.
+pub fn encode_label(event_id: &str, positive: bool, labelled_at_ms: Option<i64>, out: &mut Vec<u8>) {
+    put_str(out, event_id);
+    put_bool(out, positive);
+    put_opt(out, labelled_at_ms, put_long);
+}
+
 /// Avro `int`/`long`: zigzag, then little-endian base-128 varint.
 fn put_long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
@@ -601,6 +609,22 @@ mod tests {
             let Value::Record(fields) = value else { panic!("not a record") };
             let amount = fields.iter().find(|(n, _)| n == "amount").unwrap();
             assert!(matches!(amount.1, Value::Double(a) if a.is_nan()));
+        }
+    }
+
+    #[test]
+    fn encoded_label_decodes_with_the_label_schema() {
+        let schema = crate::codec::parse_schema(crate::codec::LABEL_SCHEMA).unwrap();
+        let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema).build().unwrap();
+        for (positive, at) in [(true, Some(1_767_225_600_123)), (false, None)] {
+            let mut buf = Vec::new();
+            encode_label("0b9f3c1e-2d4a-4f6b-8c7d-9e0f1a2b3c4d", positive, at, &mut buf);
+            let mut body = &buf[..];
+            let value = reader.read_value(&mut body).unwrap();
+            assert!(body.is_empty());
+            let label = crate::quality::Label::from_avro(&value, 42).unwrap();
+            assert_eq!(label.event_id, "0b9f3c1e-2d4a-4f6b-8c7d-9e0f1a2b3c4d");
+            assert_eq!((label.positive, label.labelled_at_ms), (positive, at.unwrap_or(42)));
         }
     }
 }

@@ -51,6 +51,18 @@ pub mod names {
     pub const SHADOW_RECORDS: &str = crate::model::deploy::SHADOW_RECORDS;
     pub const SHADOW_DELIVERY_FAILURES: &str = crate::model::deploy::SHADOW_DELIVERY_FAILURES;
     pub const REPOSITORY_SCANS: &str = "streamscore_model_repository_scans_total";
+    pub const LABELS: &str = "streamscore_labels_total";
+    pub const LABELS_WAITED: &str = "streamscore_labels_waited_total";
+    pub const LABEL_PARTITIONS: &str = "streamscore_label_partitions";
+    pub const QUALITY_PENDING_PREDICTIONS: &str = "streamscore_quality_pending_predictions";
+    pub const QUALITY_WAITING_LABELS: &str = "streamscore_quality_waiting_labels";
+    pub const QUALITY_PREDICTIONS_DROPPED: &str = "streamscore_quality_predictions_dropped_total";
+    pub const QUALITY_PRECISION: &str = "streamscore_quality_precision";
+    pub const QUALITY_RECALL: &str = "streamscore_quality_recall";
+    pub const QUALITY_CALIBRATION_ERROR: &str = "streamscore_quality_calibration_error";
+    pub const QUALITY_BRIER: &str = "streamscore_quality_brier_score";
+    pub const QUALITY_LABELLED: &str = "streamscore_quality_labelled_predictions_total";
+    pub const QUALITY_REPORTS: &str = "streamscore_quality_reports_total";
 }
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -176,6 +188,39 @@ fn describe() {
         "Model lifecycle changes by the admin API or the repository watcher, by action (load, promote, canary, canary_weight, shadow, clear_challenger, rollback, unload) and result (ok, refused, gate_failed, rejected, timeout, error)."
     );
     describe_counter!(names::REPOSITORY_SCANS, "Scans of the model repository by the watcher, by result (ok, error).");
+    describe_counter!(
+        names::LABELS,
+        "Labels read from quality.labels_topic, by outcome: matched (joined to this instance's prediction), unmatched (no prediction here: another instance's event, expired, or a second label), invalid (not a Label record)."
+    );
+    describe_counter!(
+        names::LABELS_WAITED,
+        "Labels that found no prediction on arrival and waited up to quality.label_grace for it (early labels, and those of events scored elsewhere)."
+    );
+    describe_gauge!(names::LABEL_PARTITIONS, "Partitions of the labels topic being read.");
+    describe_gauge!(
+        names::QUALITY_PENDING_PREDICTIONS,
+        "Predictions held for the label join (bounded by quality.max_predictions)."
+    );
+    describe_gauge!(names::QUALITY_WAITING_LABELS, "Early labels waiting for their prediction.");
+    describe_counter!(
+        names::QUALITY_PREDICTIONS_DROPPED,
+        "Predictions that left the join without a label, by reason: expired (older than quality.prediction_ttl) or capacity (quality.max_predictions reached)."
+    );
+    describe_gauge!(
+        names::QUALITY_PRECISION,
+        "Precision of the last quality window (NaN when nothing was predicted positive)."
+    );
+    describe_gauge!(names::QUALITY_RECALL, "Recall of the last quality window (NaN when no label was positive).");
+    describe_gauge!(
+        names::QUALITY_CALIBRATION_ERROR,
+        "Expected calibration error (10 bins) of the last quality window."
+    );
+    describe_gauge!(names::QUALITY_BRIER, "Brier score of the last quality window.");
+    describe_counter!(
+        names::QUALITY_LABELLED,
+        "Predictions joined to a label, by version and outcome (true_positive, false_positive, false_negative, true_negative)."
+    );
+    describe_counter!(names::QUALITY_REPORTS, "Quality reports published to the monitoring topic.");
 }
 
 /// Sets up `tracing` once per process (later calls are no-ops).

@@ -1548,6 +1548,22 @@ fn known_metrics() -> (BTreeSet<&'static str>, BTreeSet<&'static str>) {
         SHADOW_RECORDS,
         SHADOW_DELIVERY_FAILURES,
         REPOSITORY_SCANS,
+        DRIFT_JS,
+        DRIFT_P_VALUE,
+        DRIFT_ALERTS,
+        DRIFT_ALERTING,
+        LABELS,
+        LABELS_WAITED,
+        LABEL_PARTITIONS,
+        QUALITY_PENDING_PREDICTIONS,
+        QUALITY_WAITING_LABELS,
+        QUALITY_PREDICTIONS_DROPPED,
+        QUALITY_PRECISION,
+        QUALITY_RECALL,
+        QUALITY_CALIBRATION_ERROR,
+        QUALITY_BRIER,
+        QUALITY_LABELLED,
+        QUALITY_REPORTS,
     ]);
     (all, histograms)
 }

@@ -66,6 +66,26 @@ pub fn local_drift_alert_schema_id(scored_schema_id: u32, drift_schema_id: u32) 
     local_shadow_schema_id(scored_schema_id, drift_schema_id).saturating_add(1)
 }
 
+/// Schema of live quality reports, the fourth record type on the monitoring topic.
+pub const QUALITY_REPORT_SCHEMA: &str = include_str!("../../schemas/quality_report.avsc");
+/// Full name of [`QUALITY_REPORT_SCHEMA`]'s record.
+pub const QUALITY_REPORT_FULL_NAME: &str = "io.streamscore.monitoring.QualityReport";
+
+/// The registry subject of quality reports, `<monitoring_topic>-<record full name>`, like
+/// [`shadow_subject`].
+pub fn quality_subject(monitoring_topic: &str) -> String {
+    format!("{monitoring_topic}-{QUALITY_REPORT_FULL_NAME}")
+}
+
+/// The local (no registry) schema id of quality reports: the next free id after the drift
+/// alert one (6 with the defaults 2 and 3).
+pub fn local_quality_schema_id(scored_schema_id: u32, drift_schema_id: u32) -> u32 {
+    local_drift_alert_schema_id(scored_schema_id, drift_schema_id).saturating_add(1)
+}
+
+/// Reader schema of the labels topic (ground truth joined to predictions, see `quality`).
+pub const LABEL_SCHEMA: &str = include_str!("../../schemas/label.avsc");
+
 /// Errors outside the per-event path: schemas that do not parse, registry registration.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -123,6 +143,8 @@ mod tests {
             DRIFT_REPORT_SCHEMA,
             SHADOW_SCORE_SCHEMA,
             DRIFT_ALERT_SCHEMA,
+            QUALITY_REPORT_SCHEMA,
+            LABEL_SCHEMA,
         ] {
             parse_schema(s).unwrap();
         }
@@ -134,6 +156,9 @@ mod tests {
         assert_eq!(schema_label(DRIFT_ALERT_SCHEMA), DRIFT_ALERT_FULL_NAME);
         assert_eq!(local_drift_alert_schema_id(2, 3), 5);
         assert_eq!(local_drift_alert_schema_id(9, 3), 11);
+        assert_eq!(local_quality_schema_id(2, 3), 6);
+        assert_eq!(quality_subject("mon"), "mon-io.streamscore.monitoring.QualityReport");
+        assert_eq!(schema_label(QUALITY_REPORT_SCHEMA), QUALITY_REPORT_FULL_NAME);
     }
 
     #[test]

@@ -9,5 +9,8 @@ mod exactly_once;
 mod faults;
 mod harness_smoke;
 mod pipeline;
+mod quality;
+mod report;
+mod sasl;
 mod service;
 mod tls;

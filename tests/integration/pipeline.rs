@@ -481,7 +481,12 @@ async fn demo_runs_end_to_end_on_the_mock_cluster() {
             raw.model.onnxruntime_library = ort.display().to_string();
             raw.model.dir = model_dir.display().to_string();
             raw.schemas.reader_schema = reader.display().to_string();
-            raw.schemas.local = [("1".to_string(), reader.display().to_string())].into_iter().collect();
+            raw.schemas.local = [
+                ("1".to_string(), reader.display().to_string()),
+                ("7".to_string(), service::root().join("schemas/label.avsc").display().to_string()),
+            ]
+            .into_iter()
+            .collect();
         },
         &mut out,
     )
@@ -493,6 +498,11 @@ async fn demo_runs_end_to_end_on_the_mock_cluster() {
     assert!(summary.cache_hits > 0, "the demo's repeats hit the cache");
     assert!(!summary.dead_lettered.is_empty(), "the demo's malformed events are dead-lettered");
     assert!(!summary.top_drift.is_empty(), "the summary lists drift");
+    // The demo publishes the ground truth too: live quality joins it to the predictions.
+    assert_eq!(summary.quality.len(), 1, "{text}");
+    let joined = summary.quality[0].counts.labels;
+    assert!(joined > 0 && joined <= summary.scored, "{joined} labels joined, {} scored", summary.scored);
+    assert!(text.contains("live quality v1"), "{text}");
 }
 
 /// A model directory that does not exist stops start-up with a message naming it; an invalid

@@ -58,7 +58,7 @@ impl Topics {
 
 /// Where writer schemas come from in a test instance.
 pub enum Schemas<'a> {
-    /// Local id 1 = schemas/transaction.avsc.
+    /// Local id 1 = schemas/transaction.avsc, 7 = schemas/label.avsc.
     Local,
     /// Only the registry at this URL.
     Registry(&'a str),
@@ -76,7 +76,11 @@ pub fn config_toml(
 ) -> String {
     let root = root();
     let schema_section = match schemas {
-        Schemas::Local => format!("[schemas.local]\n\"1\" = \"{}\"\n", root.join("schemas/transaction.avsc").display()),
+        Schemas::Local => format!(
+            "[schemas.local]\n\"1\" = \"{}\"\n\"7\" = \"{}\"\n",
+            root.join("schemas/transaction.avsc").display(),
+            root.join("schemas/label.avsc").display()
+        ),
         Schemas::Registry(url) => format!("registry_url = \"{url}\"\n[schemas.local]\n"),
     };
     format!(

@@ -506,3 +506,450 @@ impl Drop for TlsBroker {
         let _ = self.tansu.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// SASL
+// ---------------------------------------------------------------------------------------------
+
+/// A SASL-terminating Kafka proxy in front of a plaintext Tansu (Python standard library only).
+/// Tansu 0.6.0 cannot be given SASL users (see docs/security.md), so the proxy plays the broker's
+/// part of the SASL exchange and forwards bytes unchanged once the client is authenticated:
+///
+/// - ApiVersions (18) is forwarded to Tansu and its answer relayed unchanged (it lists
+///   SaslHandshake 17 v0-1 and SaslAuthenticate 36 v0-2);
+/// - SaslHandshake (17, v0-1) is answered here: error 0, or 33 (UNSUPPORTED_SASL_MECHANISM) for a
+///   mechanism not enabled, plus the enabled mechanisms;
+/// - SaslAuthenticate (36, v0-2) runs the server side of PLAIN or SCRAM-SHA-256/512 (RFC 5802,
+///   7677; PBKDF2 with a fresh salt, 4096 iterations); a failure answers 58
+///   (SASL_AUTHENTICATION_FAILED) with a message and closes the connection. After a v0 handshake
+///   the tokens come as bare frames (pre-KIP-152 clients), also handled;
+/// - any other request before authentication closes the connection (no plaintext bypass).
+///
+/// Prints `ready`, then one line per outcome: `auth ok <MECH> user=<u> client=<client.id>`,
+/// `auth failed <MECH> user=<u> client=<client.id>: <reason>`, or
+/// `refused api_key=<k> v<v> client=<client.id> before authentication`; never the password.
+/// Exits when its stdin closes. `$1` listen port, `$2` Tansu's port, `$3` user, `$4` password,
+/// `$5` enabled mechanisms, comma-separated.
+const SASL_PROXY: &str = r#"
+import base64, hashlib, hmac, os, select, socket, struct, sys, threading
+listen_port, target_port = int(sys.argv[1]), int(sys.argv[2])
+user, password, enabled = sys.argv[3], sys.argv[4], sys.argv[5].split(",")
+HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
+ITERATIONS = 4096
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", listen_port))
+srv.listen(128)
+out = threading.Lock()
+
+def say(line):
+    with out:
+        print(line, flush=True)
+
+def report(ok, mechanism, user, client, reason=None):
+    # One line per authentication; never the password.
+    line = "auth %s %s user=%s client=%s" % ("ok" if ok else "failed", mechanism, user or "-", client)
+    say(line if reason is None else line + ": " + str(reason))
+
+class Closed(Exception):
+    pass
+
+class AuthFailed(Exception):
+    pass
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise Closed()
+        buf += chunk
+    return buf
+
+def read_frame(sock):
+    (size,) = struct.unpack(">i", recv_exact(sock, 4))
+    if size < 0 or size > 1 << 20:
+        raise Closed()
+    return recv_exact(sock, size)
+
+def send_frame(sock, body):
+    sock.sendall(struct.pack(">i", len(body)) + body)
+
+def uvarint(data, pos):
+    value = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+def put_uvarint(value):
+    out = b""
+    while value >= 0x80:
+        out += bytes([value & 0x7F | 0x80])
+        value >>= 7
+    return out + bytes([value])
+
+def skip_tags(data, pos):
+    count, pos = uvarint(data, pos)
+    for _ in range(count):
+        _, pos = uvarint(data, pos)
+        size, pos = uvarint(data, pos)
+        pos += size
+    return pos
+
+def header(frame):
+    # Request header v1: api_key, api_version, correlation_id, client_id (nullable int16 string).
+    # v2 (flexible versions) adds tagged fields, skipped by the caller that knows the version.
+    api_key, version, correlation, length = struct.unpack(">hhih", frame[:10])
+    client_id = frame[10:10 + length].decode(errors="replace") if length >= 0 else "-"
+    return api_key, version, correlation, client_id, 10 + max(length, 0)
+
+def int16_string(s):
+    raw = s.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+class Plain:
+    name = "PLAIN"
+
+    def step(self, token):
+        parts = token.split(b"\0")
+        if len(parts) != 3:
+            raise AuthFailed("malformed PLAIN token")
+        self.user = parts[1].decode(errors="replace")
+        if self.user != user or not hmac.compare_digest(parts[2], password.encode()):
+            raise AuthFailed("invalid credentials")
+        return b"", True
+
+class Scram:
+    def __init__(self, name):
+        self.name, self.hash = name, HASHES[name]
+        self.user = None
+        self.client_first_bare = None
+
+    def hmac(self, key, msg):
+        return hmac.new(key, msg, self.hash).digest()
+
+    def step(self, token):
+        text = token.decode(errors="replace")
+        if self.client_first_bare is None:
+            # client-first: gs2 header "n,," (no channel binding), then "n=user,r=nonce".
+            gs2, _, rest = text.partition(",")
+            authzid, _, bare = rest.partition(",")
+            if gs2 not in ("n", "y"):
+                raise AuthFailed("channel binding is not supported")
+            attrs = dict(kv.split("=", 1) for kv in bare.split(",") if "=" in kv)
+            self.user = attrs.get("n", "").replace("=2C", ",").replace("=3D", "=")
+            if self.user != user or not attrs.get("r"):
+                raise AuthFailed("invalid credentials")
+            self.gs2 = gs2 + "," + authzid + ","
+            self.client_first_bare = bare
+            self.nonce = attrs["r"] + base64.b64encode(os.urandom(18)).decode()
+            self.salt = os.urandom(16)
+            self.server_first = "r=%s,s=%s,i=%d" % (self.nonce, base64.b64encode(self.salt).decode(), ITERATIONS)
+            return self.server_first.encode(), False
+        # client-final: "c=biws,r=nonce,p=proof".
+        without_proof, _, proof = text.rpartition(",p=")
+        attrs = dict(kv.split("=", 1) for kv in without_proof.split(",") if "=" in kv)
+        if attrs.get("r") != self.nonce:
+            raise AuthFailed("nonce mismatch")
+        if attrs.get("c") != base64.b64encode(self.gs2.encode()).decode():
+            raise AuthFailed("channel binding mismatch")
+        salted = hashlib.pbkdf2_hmac(self.hash, password.encode(), self.salt, ITERATIONS)
+        client_key = self.hmac(salted, b"Client Key")
+        stored_key = hashlib.new(self.hash, client_key).digest()
+        auth_message = ",".join([self.client_first_bare, self.server_first, without_proof]).encode()
+        client_signature = self.hmac(stored_key, auth_message)
+        try:
+            proof = base64.b64decode(proof, validate=True)
+        except Exception:
+            raise AuthFailed("malformed proof")
+        if len(proof) != len(client_signature):
+            raise AuthFailed("malformed proof")
+        recovered = bytes(a ^ b for a, b in zip(proof, client_signature))
+        if not hmac.compare_digest(hashlib.new(self.hash, recovered).digest(), stored_key):
+            raise AuthFailed("invalid credentials")
+        server_key = self.hmac(salted, b"Server Key")
+        return ("v=" + base64.b64encode(self.hmac(server_key, auth_message)).decode()).encode(), True
+
+def mechanism_for(name):
+    if name not in enabled:
+        return None
+    return Plain() if name == "PLAIN" else Scram(name) if name in HASHES else None
+
+def authenticate_response(version, correlation, error, message, auth):
+    if version >= 2:
+        head = struct.pack(">i", correlation) + b"\0"
+        body = struct.pack(">h", error)
+        body += b"\0" if message is None else put_uvarint(len(message.encode()) + 1) + message.encode()
+        body += put_uvarint(len(auth) + 1) + auth + struct.pack(">q", 0) + b"\0"
+    else:
+        head = struct.pack(">i", correlation)
+        body = struct.pack(">h", error) + (struct.pack(">h", -1) if message is None else int16_string(message))
+        body += struct.pack(">i", len(auth)) + auth
+        if version >= 1:
+            body += struct.pack(">q", 0)
+    return head + body
+
+def linger_close(sock):
+    # Let the client read the last answer before the connection goes.
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(2)
+        while sock.recv(4096):
+            pass
+    except Exception:
+        pass
+
+def authenticate(client, upstream):
+    """Kafka protocol until the client is authenticated; True once it is."""
+    mechanism = None
+    while True:
+        frame = read_frame(client)
+        api_key, version, correlation, client_id, pos = header(frame)
+        if api_key == 18:
+            # ApiVersions: Tansu's answer, unchanged (it lists SaslHandshake and SaslAuthenticate).
+            send_frame(upstream, frame)
+            send_frame(client, read_frame(upstream))
+        elif api_key == 17 and version <= 1:
+            (length,) = struct.unpack(">h", frame[pos:pos + 2])
+            name = frame[pos + 2:pos + 2 + length].decode(errors="replace")
+            mechanism = mechanism_for(name)
+            body = struct.pack(">ih", correlation, 0 if mechanism else 33) + struct.pack(">i", len(enabled))
+            body += b"".join(int16_string(m) for m in enabled)
+            send_frame(client, body)
+            if mechanism is None:
+                report(False, name, None, client_id, "unsupported mechanism")
+                return False
+            if version == 0:
+                # Pre-KIP-152 clients: the tokens follow as bare frames.
+                return authenticate_raw(client, mechanism, client_id)
+        elif api_key == 36 and version <= 2 and mechanism is not None:
+            if version >= 2:
+                pos = skip_tags(frame, pos)
+                length, pos = uvarint(frame, pos)
+                token = frame[pos:pos + length - 1]
+            else:
+                (length,) = struct.unpack(">i", frame[pos:pos + 4])
+                token = frame[pos + 4:pos + 4 + length]
+            try:
+                answer, done = mechanism.step(token)
+            except AuthFailed as e:
+                report(False, mechanism.name, getattr(mechanism, "user", None), client_id, e)
+                message = "Authentication failed during authentication due to invalid credentials with SASL mechanism " + mechanism.name
+                send_frame(client, authenticate_response(version, correlation, 58, message, b""))
+                return False
+            send_frame(client, authenticate_response(version, correlation, 0, None, answer))
+            if done:
+                report(True, mechanism.name, mechanism.user, client_id)
+                return True
+        else:
+            say("refused api_key=%d v%d client=%s before authentication" % (api_key, version, client_id))
+            return False
+
+def authenticate_raw(client, mechanism, client_id):
+    while True:
+        try:
+            answer, done = mechanism.step(read_frame(client))
+        except AuthFailed as e:
+            report(False, mechanism.name, getattr(mechanism, "user", None), client_id, e)
+            return False
+        send_frame(client, answer)
+        if done:
+            report(True, mechanism.name, mechanism.user, client_id)
+            return True
+
+def handle(client):
+    try:
+        upstream = socket.create_connection(("127.0.0.1", target_port))
+    except Exception:
+        client.close()
+        return
+    try:
+        try:
+            ok = authenticate(client, upstream)
+        except (Closed, OSError, struct.error, IndexError, ValueError):
+            return
+        if not ok:
+            linger_close(client)
+            return
+        # Authenticated: plain bytes both ways.
+        while True:
+            for s in select.select([client, upstream], [], [])[0]:
+                data = s.recv(65536)
+                if not data:
+                    return
+                (upstream if s is client else client).sendall(data)
+    except Exception:
+        pass
+    finally:
+        client.close()
+        upstream.close()
+
+print("ready", flush=True)
+# Exit when the test process goes away (stdin closes).
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"#;
+
+/// The SASL user of every [`SaslBroker`].
+pub const SASL_USER: &str = "svc-streamscore";
+
+/// Every mechanism [`SaslBroker`] implements.
+pub const SASL_MECHANISMS: [&str; 3] = ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"];
+
+/// A dedicated Tansu reachable only through SASL: Tansu listens on a private loopback port and
+/// advertises the proxy's port, so every client connection (bootstrap and broker) goes through
+/// [`SASL_PROXY`] and has to authenticate as [`SASL_USER`] with [`SaslBroker::password`] before
+/// it gets anything but ApiVersions. The hop from the proxy to Tansu is plaintext. Both
+/// processes stop on drop.
+pub struct SaslBroker {
+    dir: tempfile::TempDir,
+    sasl_port: u16,
+    tansu_port: u16,
+    password: String,
+    tansu: Child,
+    proxy: Child,
+    log_path: PathBuf,
+    events: std::sync::Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SaslBroker {
+    /// Starts Tansu and the proxy with `mechanisms` enabled (a subset of [`SASL_MECHANISMS`])
+    /// and a fresh random password; returns once Tansu listens.
+    pub fn start(mechanisms: &[&str]) -> SaslBroker {
+        assert!(
+            !mechanisms.is_empty() && mechanisms.iter().all(|m| SASL_MECHANISMS.contains(m)),
+            "mechanisms {mechanisms:?} not among {SASL_MECHANISMS:?}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password = format!("S3CRET-sasl-{:016x}", rand::random::<u64>());
+        let tansu_port = free_port();
+        let sasl_port = free_port();
+        let log_path = dir.path().join("tansu.log");
+        let log = std::fs::File::create(&log_path).expect("tansu log");
+        let tansu = Command::new(tansu_path())
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(format!("tcp://127.0.0.1:{tansu_port}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{sasl_port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn tansu: {e}"));
+        let mut proxy = Command::new(super::python())
+            .arg("-c")
+            .arg(SASL_PROXY)
+            .arg(sasl_port.to_string())
+            .arg(tansu_port.to_string())
+            .arg(SASL_USER)
+            .arg(&password)
+            .arg(mechanisms.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn the SASL proxy: {e}"));
+        let mut stdout = BufReader::new(proxy.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read proxy ready");
+        let events = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let events = events.clone();
+            std::thread::spawn(move || {
+                for line in stdout.lines().map_while(Result::ok) {
+                    events.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            })
+        };
+        let broker =
+            SaslBroker { dir, sasl_port, tansu_port, password, tansu, proxy, log_path, events, reader: Some(reader) };
+        assert_eq!(line.trim(), "ready", "SASL proxy did not start");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr = ([127, 0, 0, 1], tansu_port).into();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "tansu never listened on {tansu_port}:\n{}", tail(&broker.log_path, 40));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    /// `bootstrap.servers` for clients (the proxy's port).
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.sasl_port)
+    }
+
+    /// The proxy's port, the only one Tansu advertises.
+    pub fn sasl_port(&self) -> u16 {
+        self.sasl_port
+    }
+
+    /// Tansu's own plaintext port (only the proxy should use it).
+    pub fn plaintext_port(&self) -> u16 {
+        self.tansu_port
+    }
+
+    /// The password of [`SASL_USER`] (random per broker).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// A scratch directory that lives as long as the broker.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// librdkafka properties for a client that logs in as [`SASL_USER`] with `mechanism`.
+    pub fn client_properties(&self, mechanism: &str) -> Vec<(String, String)> {
+        vec![
+            ("security.protocol".into(), "SASL_PLAINTEXT".into()),
+            ("sasl.mechanisms".into(), mechanism.into()),
+            ("sasl.username".into(), SASL_USER.into()),
+            ("sasl.password".into(), self.password.clone()),
+        ]
+    }
+
+    /// What the proxy printed so far after `ready`: one line per authentication or refusal.
+    pub fn auth_log(&self) -> Vec<String> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits up to `timeout` for a proxy line starting with `prefix`; whether one came.
+    pub fn wait_for_auth_log(&self, prefix: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.auth_log().iter().any(|l| l.starts_with(prefix)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path, lines)
+    }
+}
+
+impl Drop for SaslBroker {
+    fn drop(&mut self) {
+        drop(self.proxy.stdin.take());
+        let _ = self.proxy.kill();
+        let _ = self.proxy.wait();
+        let _ = self.tansu.kill();
+        let _ = self.tansu.wait();
+        // The proxy's stdout is closed now: the reader thread ends.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
