@@ -849,17 +849,26 @@ struct DriftReporter {
     last: Arc<Mutex<Vec<(String, f64)>>>,
 }
 
-impl DriftReporter {
-    async fn run(mut self, interval: Duration, mut stop: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.publish(),
-                _ = stop.wait_for(|s| *s) => break,
-            }
+/// Calls `tick` every `interval` until `stop` turns true, then once more: the last, partial
+/// window of a reporter would otherwise never be published.
+pub(crate) async fn every_interval_then_once_more(
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut tick: impl FnMut(),
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => tick(),
+            _ = stop.wait_for(|s| *s) => break,
         }
-        // The last, partial window: its rows would otherwise never be reported.
-        self.publish();
+    }
+    tick();
+}
+
+impl DriftReporter {
+    async fn run(mut self, interval: Duration, stop: watch::Receiver<bool>) {
+        every_interval_then_once_more(interval, stop, || self.publish()).await;
     }
 
     fn publish(&mut self) {

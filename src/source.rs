@@ -45,6 +45,28 @@ const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// Retries of a schema lookup while the registry is unreachable, before dead-lettering.
 const REGISTRY_RETRIES: u32 = 3;
 
+/// librdkafka properties of a consumer that reads whole topics by `assign` (the labels reader,
+/// `streamscore report`): the service's connection settings (`kafka.common`: TLS, SASL), a
+/// client id with `-<purpose>`, no group membership and no commits; `auto_offset_reset` for
+/// partitions without a position. `kafka.consumer` is not applied: those are the scoring group's.
+pub fn assigned_consumer_config(cfg: &Config, purpose: &str, auto_offset_reset: &str) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.bootstrap_servers)
+        // librdkafka wants a group id for a consumer handle; with `assign` it never joins it.
+        .set("group.id", format!("{}-{purpose}", k.group_id))
+        .set("client.id", format!("{}-{purpose}", k.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", auto_offset_reset)
+        .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.wait.max.ms", "100");
+    for (key, value) in &k.common {
+        c.set(key, value);
+    }
+    c
+}
+
 /// librdkafka consumer properties of group member `member` (0-based) of this instance: ours
 /// first, then the user's pass-through ones. With several consumer threads, each member's
 /// `client.id` (and `group.instance.id`, when static membership is configured) gets `-<member>`.

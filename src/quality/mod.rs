@@ -245,14 +245,67 @@ pub enum JoinOutcome {
     Unmatched,
 }
 
-/// Running sums of one version's joined labels in the current window. Everything is additive.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct QualityCounts {
-    pub labels: u64,
+/// Confusion counts at a decision threshold, and the ratios made of them (`None` where the
+/// denominator is 0). Shared by the service's windows and the report's merged windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Confusion {
     pub true_positives: u64,
     pub false_positives: u64,
     pub false_negatives: u64,
     pub true_negatives: u64,
+}
+
+impl Confusion {
+    /// Counts one (prediction, truth) pair.
+    pub fn add(&mut self, predicted: bool, truth: bool) {
+        match (predicted, truth) {
+            (true, true) => self.true_positives += 1,
+            (true, false) => self.false_positives += 1,
+            (false, true) => self.false_negatives += 1,
+            (false, false) => self.true_negatives += 1,
+        }
+    }
+
+    /// Adds another set of counts.
+    pub fn merge(&mut self, other: &Confusion) {
+        self.true_positives += other.true_positives;
+        self.false_positives += other.false_positives;
+        self.false_negatives += other.false_negatives;
+        self.true_negatives += other.true_negatives;
+    }
+
+    /// All four counts.
+    pub fn total(&self) -> u64 {
+        self.true_positives + self.false_positives + self.false_negatives + self.true_negatives
+    }
+
+    /// tp / (tp + fp); `None` when nothing was predicted positive.
+    pub fn precision(&self) -> Option<f64> {
+        ratio(self.true_positives, self.true_positives + self.false_positives)
+    }
+
+    /// tp / (tp + fn); `None` when no label was positive.
+    pub fn recall(&self) -> Option<f64> {
+        ratio(self.true_positives, self.true_positives + self.false_negatives)
+    }
+
+    /// Harmonic mean of precision and recall; `None` when either is undefined or both are 0.
+    pub fn f1(&self) -> Option<f64> {
+        let (p, r) = (self.precision()?, self.recall()?);
+        (p + r > 0.0).then(|| 2.0 * p * r / (p + r))
+    }
+
+    /// Share of positive labels; `None` without labels.
+    pub fn positive_rate(&self) -> Option<f64> {
+        ratio(self.true_positives + self.false_negatives, self.total())
+    }
+}
+
+/// Running sums of one version's joined labels in the current window. Everything is additive.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QualityCounts {
+    pub labels: u64,
+    pub confusion: Confusion,
     pub score_sum: f64,
     pub brier_sum: f64,
     pub log_loss_sum: f64,
@@ -272,13 +325,7 @@ pub struct CalibrationBin {
 impl QualityCounts {
     /// Adds one joined (score, label) pair; `positive_prediction` is score >= threshold.
     pub fn add(&mut self, score: f32, threshold: f32, positive: bool, delay_seconds: f64) {
-        let predicted = score >= threshold;
-        match (predicted, positive) {
-            (true, true) => self.true_positives += 1,
-            (true, false) => self.false_positives += 1,
-            (false, true) => self.false_negatives += 1,
-            (false, false) => self.true_negatives += 1,
-        }
+        self.confusion.add(score >= threshold, positive);
         self.labels += 1;
         let p = f64::from(score);
         let y = if positive { 1.0 } else { 0.0 };
@@ -298,10 +345,7 @@ impl QualityCounts {
     /// Adds another set of counts (merging windows or instances).
     pub fn merge(&mut self, other: &QualityCounts) {
         self.labels += other.labels;
-        self.true_positives += other.true_positives;
-        self.false_positives += other.false_positives;
-        self.false_negatives += other.false_negatives;
-        self.true_negatives += other.true_negatives;
+        self.confusion.merge(&other.confusion);
         self.score_sum += other.score_sum;
         self.brier_sum += other.brier_sum;
         self.log_loss_sum += other.log_loss_sum;
@@ -314,20 +358,19 @@ impl QualityCounts {
         self.delay_max_seconds = self.delay_max_seconds.max(other.delay_max_seconds);
     }
 
-    /// tp / (tp + fp); `None` when nothing was predicted positive.
+    /// See [`Confusion::precision`].
     pub fn precision(&self) -> Option<f64> {
-        ratio(self.true_positives, self.true_positives + self.false_positives)
+        self.confusion.precision()
     }
 
-    /// tp / (tp + fn); `None` when no label was positive.
+    /// See [`Confusion::recall`].
     pub fn recall(&self) -> Option<f64> {
-        ratio(self.true_positives, self.true_positives + self.false_negatives)
+        self.confusion.recall()
     }
 
-    /// Harmonic mean of precision and recall; `None` when either is undefined or both are 0.
+    /// See [`Confusion::f1`].
     pub fn f1(&self) -> Option<f64> {
-        let (p, r) = (self.precision()?, self.recall()?);
-        (p + r > 0.0).then(|| 2.0 * p * r / (p + r))
+        self.confusion.f1()
     }
 
     fn mean(&self, sum: f64) -> f64 {
@@ -339,7 +382,7 @@ impl QualityCounts {
     }
 
     pub fn positive_rate(&self) -> f64 {
-        self.mean((self.true_positives + self.false_negatives) as f64)
+        self.confusion.positive_rate().unwrap_or(0.0)
     }
 
     pub fn mean_score(&self) -> f64 {
@@ -360,22 +403,26 @@ impl QualityCounts {
 
     /// Expected calibration error: Σ count/labels · |mean score − positive share| over the bins.
     pub fn expected_calibration_error(&self) -> f64 {
-        if self.labels == 0 {
-            return 0.0;
-        }
-        let n = self.labels as f64;
-        self.bins
-            .iter()
-            .filter(|b| b.count > 0)
-            .map(|b| {
-                let c = b.count as f64;
-                c / n * (b.score_sum / c - b.positives as f64 / c).abs()
-            })
-            .sum()
+        expected_calibration_error(self.bins.iter().map(|b| (b.count, b.score_sum, b.positives))).unwrap_or(0.0)
     }
 }
 
-fn ratio(num: u64, den: u64) -> Option<f64> {
+/// Expected calibration error over reliability bins given as (count, Σ score, positives):
+/// Σ count/n · |mean score − positive share|, n = Σ count; `None` when every bin is empty.
+pub fn expected_calibration_error(bins: impl Iterator<Item = (u64, f64, u64)> + Clone) -> Option<f64> {
+    let n: u64 = bins.clone().map(|(count, _, _)| count).sum();
+    (n > 0).then(|| {
+        bins.filter(|&(count, _, _)| count > 0)
+            .map(|(count, score_sum, positives)| {
+                let c = count as f64;
+                c / n as f64 * (score_sum / c - positives as f64 / c).abs()
+            })
+            .sum()
+    })
+}
+
+/// num / den; `None` when den is 0.
+pub fn ratio(num: u64, den: u64) -> Option<f64> {
     (den > 0).then(|| num as f64 / den as f64)
 }
 
@@ -430,10 +477,10 @@ impl QualityWindow {
             ("window_end".into(), Value::TimestampMillis(self.window_end_ms)),
             ("threshold".into(), Value::Double(f64::from(self.threshold))),
             ("labels".into(), long(c.labels)),
-            ("true_positives".into(), long(c.true_positives)),
-            ("false_positives".into(), long(c.false_positives)),
-            ("false_negatives".into(), long(c.false_negatives)),
-            ("true_negatives".into(), long(c.true_negatives)),
+            ("true_positives".into(), long(c.confusion.true_positives)),
+            ("false_positives".into(), long(c.confusion.false_positives)),
+            ("false_negatives".into(), long(c.confusion.false_negatives)),
+            ("true_negatives".into(), long(c.confusion.true_negatives)),
             ("precision".into(), opt(c.precision())),
             ("recall".into(), opt(c.recall())),
             ("f1".into(), opt(c.f1())),

@@ -27,15 +27,8 @@ pub struct QualityPublisher {
 
 impl QualityPublisher {
     /// Publishes every `interval` until `stop`, then once more for the last, partial window.
-    pub async fn run(mut self, interval: Duration, mut stop: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.publish(),
-                _ = stop.wait_for(|s| *s) => break,
-            }
-        }
-        self.publish();
+    pub async fn run(mut self, interval: Duration, stop: watch::Receiver<bool>) {
+        crate::pipeline::every_interval_then_once_more(interval, stop, || self.publish()).await;
     }
 
     /// Ends the current window now and publishes it.
@@ -91,10 +84,10 @@ impl QualityPublisher {
         metrics::gauge!(names::QUALITY_CALIBRATION_ERROR, &labels).set(c.expected_calibration_error());
         metrics::gauge!(names::QUALITY_BRIER, &labels).set(c.brier_score());
         for (outcome, n) in [
-            ("true_positive", c.true_positives),
-            ("false_positive", c.false_positives),
-            ("false_negative", c.false_negatives),
-            ("true_negative", c.true_negatives),
+            ("true_positive", c.confusion.true_positives),
+            ("false_positive", c.confusion.false_positives),
+            ("false_negative", c.confusion.false_negatives),
+            ("true_negative", c.confusion.true_negatives),
         ] {
             metrics::counter!(names::QUALITY_LABELLED, "model" => model.clone(), "version" => version.clone(), "outcome" => outcome)
                 .increment(n);

@@ -19,6 +19,7 @@ use super::{Label, QualityTracker};
 use crate::codec::Decoder;
 use crate::config::{Config, LabelStart};
 use crate::sink::now_ms;
+use crate::source;
 use crate::telemetry::names;
 
 /// How often the topic's partitions are checked again.
@@ -37,30 +38,13 @@ pub enum ReaderError {
     Thread(String),
 }
 
-/// librdkafka properties of the labels consumer: the connection settings the service uses
-/// (`kafka.common`: TLS, SASL), no group membership, no commits.
+/// librdkafka properties of the labels consumer (see [`source::assigned_consumer_config`]).
 pub fn labels_consumer_config(cfg: &Config) -> ClientConfig {
-    let k = &cfg.kafka;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.bootstrap_servers)
-        // Required by librdkafka even without a group; never joined (assign, no commits).
-        .set("group.id", format!("{}-labels", k.group_id))
-        .set("client.id", format!("{}-labels", k.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set(
-            "auto.offset.reset",
-            match cfg.quality.start_offset {
-                LabelStart::Latest => "latest",
-                LabelStart::Earliest => "earliest",
-            },
-        )
-        .set("fetch.wait.max.ms", "100")
-        .set("fetch.queue.backoff.ms", "10");
-    for (key, value) in &k.common {
-        c.set(key, value);
-    }
-    c
+    let reset = match cfg.quality.start_offset {
+        LabelStart::Latest => "latest",
+        LabelStart::Earliest => "earliest",
+    };
+    source::assigned_consumer_config(cfg, "labels", reset)
 }
 
 /// Starts the reader thread; it stops when `stop` is set.

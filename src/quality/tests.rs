@@ -83,7 +83,15 @@ fn counts_match_hand_computed_metrics() {
     for (s, y) in [(0.95f32, true), (0.85, false), (0.35, true), (0.15, false), (0.65, true)] {
         c.add(s, 0.5, y, 2.0);
     }
-    assert_eq!((c.true_positives, c.false_positives, c.false_negatives, c.true_negatives), (2, 1, 1, 1));
+    assert_eq!(
+        (
+            c.confusion.true_positives,
+            c.confusion.false_positives,
+            c.confusion.false_negatives,
+            c.confusion.true_negatives
+        ),
+        (2, 1, 1, 1)
+    );
     close(c.precision().unwrap(), 2.0 / 3.0);
     close(c.recall().unwrap(), 2.0 / 3.0);
     close(c.f1().unwrap(), 2.0 / 3.0);
@@ -248,7 +256,16 @@ fn labels_join_their_own_predictions_per_version_once() {
     let windows = t.take_windows(0, 3_000);
     assert_eq!(windows.len(), 1);
     let c = &windows[0].counts;
-    assert_eq!((c.labels, c.true_positives, c.false_negatives, c.false_positives, c.true_negatives), (3, 1, 1, 1, 0));
+    assert_eq!(
+        (
+            c.labels,
+            c.confusion.true_positives,
+            c.confusion.false_negatives,
+            c.confusion.false_positives,
+            c.confusion.true_negatives
+        ),
+        (3, 1, 1, 1, 0)
+    );
     // Delay: labelled_at − scored_at, (60 + 30 + 30) / 3 seconds.
     close(c.label_delay_mean_seconds(), 40.0);
     close(c.delay_max_seconds, 60.0);
@@ -276,7 +293,14 @@ fn canary_rows_and_shadow_scores_count_for_their_own_versions() {
     windows.sort_by(|a, b| a.model_version.cmp(&b.model_version));
     let by: Vec<_> = windows
         .iter()
-        .map(|w| (w.model_version.as_str(), w.counts.labels, w.counts.true_positives, w.counts.false_negatives))
+        .map(|w| {
+            (
+                w.model_version.as_str(),
+                w.counts.labels,
+                w.counts.confusion.true_positives,
+                w.counts.confusion.false_negatives,
+            )
+        })
         .collect();
     // v1: 0.9 tp, 0.2 fn; v2 (threshold 0.8): 0.7 fn, 0.85 tp; v3 (0.3): 0.4 tp, 0.1 fn, 0.35 tp, 0.9 tp.
     assert_eq!(by, vec![("1", 2, 1, 1), ("2", 2, 1, 1), ("3", 4, 3, 1)]);
@@ -328,7 +352,7 @@ fn early_labels_wait_for_their_prediction_within_the_grace() {
     t.observe_batch(&scored(&[(event_id(1), 0.8, 0)], std::slice::from_ref(&v1), None), 6_000);
     assert_eq!(t.pending_predictions(), 0);
     let w = t.take_windows(0, 7_000);
-    assert_eq!((w.len(), w[0].counts.labels, w[0].counts.true_positives), (1, 1, 1));
+    assert_eq!((w.len(), w[0].counts.labels, w[0].counts.confusion.true_positives), (1, 1, 1));
     // Event 2's label outlives its grace (10 s + a slice): unmatched when the stats are taken.
     let s = t.take_stats(30_000);
     assert_eq!((s.matched, s.matched_after_waiting, s.waited, s.unmatched), (1, 1, 2, 1));

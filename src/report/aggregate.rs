@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::records::{CalibrationBin, DriftAlert, DriftReport, FeatureStats, QualityReport, Records, ShadowScore};
 use crate::drift;
+use crate::quality::{self, ratio, Confusion};
 
 /// A model version: what the report groups by.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -180,10 +181,7 @@ pub struct MergedQuality {
     /// Decision threshold (the last one seen: it is a property of the version).
     pub threshold: f64,
     pub labels: u64,
-    pub true_positives: u64,
-    pub false_positives: u64,
-    pub false_negatives: u64,
-    pub true_negatives: u64,
+    pub confusion: Confusion,
     pub brier_sum: f64,
     pub log_loss_sum: f64,
     /// Σ mean_score · labels: the predicted score summed over the joined predictions.
@@ -235,10 +233,12 @@ impl MergedQuality {
             instances: BTreeSet::from([q.instance_id.clone()]),
             threshold: q.threshold,
             labels,
-            true_positives: non_negative(q.true_positives),
-            false_positives: non_negative(q.false_positives),
-            false_negatives: non_negative(q.false_negatives),
-            true_negatives: non_negative(q.true_negatives),
+            confusion: Confusion {
+                true_positives: non_negative(q.true_positives),
+                false_positives: non_negative(q.false_positives),
+                false_negatives: non_negative(q.false_negatives),
+                true_negatives: non_negative(q.true_negatives),
+            },
             brier_sum: q.brier_sum,
             log_loss_sum: q.log_loss_sum,
             score_sum: q.mean_score * labels as f64,
@@ -256,10 +256,7 @@ impl MergedQuality {
         self.instances.extend(other.instances.iter().cloned());
         self.threshold = other.threshold;
         self.labels += other.labels;
-        self.true_positives += other.true_positives;
-        self.false_positives += other.false_positives;
-        self.false_negatives += other.false_negatives;
-        self.true_negatives += other.true_negatives;
+        self.confusion.merge(&other.confusion);
         self.brier_sum += other.brier_sum;
         self.log_loss_sum += other.log_loss_sum;
         self.score_sum += other.score_sum;
@@ -278,20 +275,19 @@ impl MergedQuality {
         self.calibration.sort_by(|a, b| a.lower.total_cmp(&b.lower));
     }
 
-    /// tp / (tp + fp); `None` when no prediction was positive.
+    /// See [`Confusion::precision`].
     pub fn precision(&self) -> Option<f64> {
-        ratio(self.true_positives, self.true_positives + self.false_positives)
+        self.confusion.precision()
     }
 
-    /// tp / (tp + fn); `None` when no label was positive.
+    /// See [`Confusion::recall`].
     pub fn recall(&self) -> Option<f64> {
-        ratio(self.true_positives, self.true_positives + self.false_negatives)
+        self.confusion.recall()
     }
 
-    /// Harmonic mean of precision and recall; `None` when either is `None` or both are 0.
+    /// See [`Confusion::f1`].
     pub fn f1(&self) -> Option<f64> {
-        let (p, r) = (self.precision()?, self.recall()?);
-        (p + r > 0.0).then(|| 2.0 * p * r / (p + r))
+        self.confusion.f1()
     }
 
     /// brier_sum / labels.
@@ -306,7 +302,7 @@ impl MergedQuality {
 
     /// Share of positive labels.
     pub fn positive_rate(&self) -> Option<f64> {
-        ratio(self.true_positives + self.false_negatives, self.labels)
+        ratio(self.confusion.true_positives + self.confusion.false_negatives, self.labels)
     }
 
     /// Mean predicted score of the joined predictions.
@@ -321,21 +317,8 @@ impl MergedQuality {
 
     /// Σ over bins of count/n · |mean score − positive share|, with n the predictions in the bins.
     pub fn expected_calibration_error(&self) -> Option<f64> {
-        let n: u64 = self.calibration.iter().map(|b| b.count).sum();
-        if n == 0 {
-            return None;
-        }
-        Some(
-            self.calibration
-                .iter()
-                .filter_map(|b| Some(b.count as f64 / n as f64 * (b.mean_score()? - b.observed_rate()?).abs()))
-                .sum(),
-        )
+        quality::expected_calibration_error(self.calibration.iter().map(|b| (b.count, b.score_sum, b.positives)))
     }
-}
-
-fn ratio(num: u64, den: u64) -> Option<f64> {
-    (den > 0).then(|| num as f64 / den as f64)
 }
 
 fn non_negative(v: i64) -> u64 {

@@ -12,30 +12,17 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use super::records::RawRecord;
 use super::ReportError;
 use crate::config::Config;
+use crate::source;
 
 /// How long one metadata or watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one poll waits before the loop re-checks its conditions.
 const POLL: Duration = Duration::from_millis(100);
 
-/// The consumer's settings: the service's connection settings (bootstrap servers and the
-/// `kafka.common` pass-through, which carries TLS/SASL) and no group membership or commits.
+/// The consumer's settings: the service's connection settings (TLS/SASL included), no group
+/// membership, no commits (see [`source::assigned_consumer_config`]).
 pub fn consumer_config(cfg: &Config) -> ClientConfig {
-    let k = &cfg.kafka;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.bootstrap_servers)
-        // librdkafka wants a group id for a consumer handle; with `assign` it never joins it.
-        .set("group.id", format!("{}-report", k.group_id))
-        .set("client.id", format!("{}-report", k.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.queue.backoff.ms", "10")
-        .set("fetch.wait.max.ms", "100");
-    for (key, value) in &k.common {
-        c.set(key, value);
-    }
-    c
+    source::assigned_consumer_config(cfg, "report", "earliest")
 }
 
 /// What a read returned.

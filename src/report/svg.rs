@@ -259,19 +259,7 @@ pub fn line_chart(chart: &LineChart) -> String {
 
     let mut body = String::new();
     // Grid and y ticks.
-    let yt = nice_ticks(y0, y1, 5);
-    let ystep = if yt.len() > 1 { yt[1] - yt[0] } else { 1.0 };
-    for t in &yt {
-        let y = sy(*t);
-        let _ = write!(
-            body,
-            "<line class=\"grid\" x1=\"{plot_l}\" y1=\"{y:.1}\" x2=\"{plot_r}\" y2=\"{y:.1}\"/>\
-             <text class=\"tick\" x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{label}</text>",
-            tx = plot_l - 6.0,
-            ty = y + 4.0,
-            label = value_label(*t, ystep),
-        );
-    }
+    y_grid(&mut body, &nice_ticks(y0, y1, 5), plot_l, plot_r, sy);
     // X ticks.
     let xt: Vec<(f64, String)> = match &chart.x {
         XAxis::Time => time_ticks(x0, x1, 6),
@@ -378,19 +366,7 @@ pub fn bar_chart(chart: &BarChart) -> String {
     let bar = (slot * 0.8 / chart.groups.len().max(1) as f64).max(1.0);
 
     let mut body = String::new();
-    let yt = nice_ticks(0.0, y1, 5);
-    let ystep = if yt.len() > 1 { yt[1] - yt[0] } else { 1.0 };
-    for t in &yt {
-        let y = sy(*t);
-        let _ = write!(
-            body,
-            "<line class=\"grid\" x1=\"{plot_l}\" y1=\"{y:.1}\" x2=\"{plot_r}\" y2=\"{y:.1}\"/>\
-             <text class=\"tick\" x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{label}</text>",
-            tx = plot_l - 6.0,
-            ty = y + 4.0,
-            label = value_label(*t, ystep),
-        );
-    }
+    y_grid(&mut body, &nice_ticks(0.0, y1, 5), plot_l, plot_r, sy);
     let mut names = Vec::new();
     for (g, (name, values)) in chart.groups.iter().enumerate() {
         let c = colour(g);
@@ -444,4 +420,20 @@ pub fn bar_chart(chart: &BarChart) -> String {
     out.push_str(&legend_svg);
     out.push_str("</svg>");
     out
+}
+
+/// Horizontal grid lines with their value labels at `ticks`, `sy` mapping a value to its y.
+fn y_grid(body: &mut String, ticks: &[f64], plot_l: f64, plot_r: f64, sy: impl Fn(f64) -> f64) {
+    let step = if ticks.len() > 1 { ticks[1] - ticks[0] } else { 1.0 };
+    for t in ticks {
+        let y = sy(*t);
+        let _ = write!(
+            body,
+            "<line class=\"grid\" x1=\"{plot_l}\" y1=\"{y:.1}\" x2=\"{plot_r}\" y2=\"{y:.1}\"/>\
+             <text class=\"tick\" x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{label}</text>",
+            tx = plot_l - 6.0,
+            ty = y + 4.0,
+            label = value_label(*t, step),
+        );
+    }
 }

@@ -165,7 +165,13 @@ fn quality_reports_merge_counts_and_sums_and_recompute_ratios() {
     assert_eq!(merged.len(), 1);
     let q = &merged[0];
     assert_eq!(
-        (q.labels, q.true_positives, q.false_positives, q.false_negatives, q.true_negatives),
+        (
+            q.labels,
+            q.confusion.true_positives,
+            q.confusion.false_positives,
+            q.confusion.false_negatives,
+            q.confusion.true_negatives
+        ),
         (150, 10, 5, 4, 131)
     );
     assert!(close(q.precision().unwrap(), 10.0 / 15.0));
@@ -206,7 +212,7 @@ fn aggregate_groups_by_version_and_totals_quality_over_windows() {
     let v1 = agg.versions.values().next().unwrap();
     assert_eq!(v1.quality.len(), 2);
     let total = v1.quality_total.as_ref().unwrap();
-    assert_eq!((total.labels, total.true_positives), (300, 20));
+    assert_eq!((total.labels, total.confusion.true_positives), (300, 20));
     assert!(close(total.precision().unwrap(), 20.0 / 30.0));
     assert_eq!(v1.alerting_columns().into_iter().collect::<Vec<_>>(), vec!["amount"]);
     assert_eq!(agg.instances.len(), 2);

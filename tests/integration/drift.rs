@@ -6,25 +6,9 @@ use std::time::Duration;
 use apache_avro::types::Value;
 
 use streamscore::codec;
-use streamscore::synth::encode_transaction;
 
-use crate::common::{self, Broker, TestRecord};
+use crate::common::{self, Broker};
 use crate::service::{self, InProcess, Schemas, Topics};
-
-/// `n` synthetic transactions (local schema id 1) with every amount multiplied by `factor`.
-fn shifted(n: usize, seed: u64, factor: f64) -> Vec<TestRecord> {
-    service::synthetic(n, seed, 1)
-        .transactions
-        .into_iter()
-        .map(|mut tx| {
-            tx.amount *= factor;
-            let mut value = Vec::new();
-            codec::write_frame_header(&mut value, 1);
-            encode_transaction(&tx, &mut value);
-            (Some(tx.account_id.clone().into_bytes()), value, Vec::new(), None)
-        })
-        .collect()
-}
 
 /// Amounts ×20 (`amount_log1p` moves by ~3, far outside its training histogram) arrive in bursts
 /// spread over several 400 ms windows, so at least `consecutive_windows` (3) windows cross; the
@@ -47,7 +31,7 @@ async fn shifted_amounts_raise_a_drift_alert_for_that_column_only() {
     let running = InProcess::start(cfg);
     let (bursts, per_burst) = (8u64, 500usize);
     for i in 0..bursts {
-        common::produce_values(&bootstrap, &topics.input, shifted(per_burst, 100 + i, 20.0)).await;
+        common::produce_values(&bootstrap, &topics.input, service::shifted(per_burst, 100 + i, 20.0)).await;
         let want = (i + 1) * per_burst as u64;
         assert!(running.wait_outcomes(want, Duration::from_secs(90)).await, "only {} outcomes", running.outcomes());
         tokio::time::sleep(Duration::from_millis(600)).await;

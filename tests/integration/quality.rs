@@ -73,9 +73,9 @@ fn opt_double(fields: &HashMap<String, Value>, name: &str) -> Option<f64> {
 /// 600 events scored, then labels for them (a fifth contradicting the model, some with upper-case
 /// ids, half without `labelled_at`), 20 labels published *before* their events, 50 labels of
 /// events this instance never saw (they wait out the grace, then count as unmatched), 10
-/// records that are not labels. Expect: 620 matched, 50
-/// unmatched, 10 invalid, 70 that waited; QualityReports (local id 6) whose merged confusion counts and
-/// calibration bins equal those computed here from the scored topic; precision/recall gauges.
+/// records that are not labels. Expect: 620 matched, 50 unmatched, 10 invalid, 70 that waited;
+/// QualityReports (local id 6) whose merged confusion counts and calibration bins equal those
+/// computed here from the scored topic; precision/recall gauges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_labels_join_predictions_and_reports_add_up_to_the_scored_outputs() {
     let bootstrap = Broker::shared().bootstrap();

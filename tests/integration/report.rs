@@ -15,7 +15,6 @@ use apache_avro::types::Value;
 use serde_json::Value as Json;
 
 use streamscore::codec;
-use streamscore::synth::encode_transaction;
 
 use crate::common::{self, Broker, Registry, TestRecord};
 use crate::service::{self, InProcess, Schemas, Topics};
@@ -30,21 +29,6 @@ const HIGH: (usize, f64) = (8, 0.85);
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
-}
-
-/// `n` synthetic transactions (local schema id 1) with every amount multiplied by `factor`.
-fn shifted(n: usize, seed: u64, factor: f64) -> Vec<TestRecord> {
-    service::synthetic(n, seed, 1)
-        .transactions
-        .into_iter()
-        .map(|mut tx| {
-            tx.amount *= factor;
-            let mut value = Vec::new();
-            codec::write_frame_header(&mut value, 1);
-            encode_transaction(&tx, &mut value);
-            (Some(tx.account_id.clone().into_bytes()), value, Vec::new(), None)
-        })
-        .collect()
 }
 
 /// The confusion counts of one (version, instance, window): all different, so a wrong merge
@@ -268,7 +252,7 @@ async fn report_of_a_live_monitoring_topic_renders_in_chromium() {
     let running = InProcess::start(service::config(&toml));
     let per_burst = 500usize;
     for i in 0..8u64 {
-        common::produce_values(&bootstrap, &topics.input, shifted(per_burst, 300 + i, 20.0)).await;
+        common::produce_values(&bootstrap, &topics.input, service::shifted(per_burst, 300 + i, 20.0)).await;
         let want = (i + 1) * per_burst as u64;
         assert!(running.wait_outcomes(want, Duration::from_secs(90)).await, "only {} outcomes", running.outcomes());
         tokio::time::sleep(Duration::from_millis(600)).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -21,7 +21,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use streamscore::config::Config;
 
 use crate::common::broker::{SaslBroker, SASL_MECHANISMS, SASL_USER};
-use crate::common::random_topic;
+use crate::common::{self, random_topic};
 use crate::service::{self, Binary, InProcess, Schemas, Topics};
 
 /// The `client.id` of the test's own clients; streamscore's are `streamscore` (the default).
@@ -35,19 +35,6 @@ fn sasl_client(broker: &SaslBroker, mechanism: &str) -> ClientConfig {
         c.set(k, v);
     }
     c
-}
-
-/// Metadata over `config` within `timeout`, off the reactor: Ok(broker ports) or the error.
-async fn metadata(config: ClientConfig, timeout: Duration) -> Result<Vec<i32>, String> {
-    tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = config.create().map_err(|e| format!("create: {e}"))?;
-        client
-            .fetch_metadata(None, timeout)
-            .map(|m| m.brokers().iter().map(|b| b.port()).collect())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .expect("metadata task")
 }
 
 /// The `[kafka.common]` table for streamscore: no password (that comes from the environment).
@@ -110,7 +97,7 @@ async fn scores_over_sasl(mechanism: &str) {
     const N: usize = 100;
     // All mechanisms enabled: the one used is the one streamscore was configured with.
     let broker = SaslBroker::start(&SASL_MECHANISMS);
-    let ports = metadata(sasl_client(&broker, mechanism), Duration::from_secs(15)).await;
+    let ports = common::broker_ports(sasl_client(&broker, mechanism), Duration::from_secs(15)).await;
     assert_eq!(
         ports.as_deref(),
         Ok(&[i32::from(broker.sasl_port())][..]),
@@ -207,21 +194,24 @@ async fn streamscore_scores_over_sasl_plain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_plaintext_and_unoffered_mechanism_are_refused() {
     let broker = SaslBroker::start(&["SCRAM-SHA-512"]);
-    metadata(sasl_client(&broker, "SCRAM-SHA-512"), Duration::from_secs(15)).await.expect("the right password");
+    common::broker_ports(sasl_client(&broker, "SCRAM-SHA-512"), Duration::from_secs(15))
+        .await
+        .expect("the right password");
 
     let wrong = format!("{}-wrong", broker.password());
     let mut wrong_password = sasl_client(&broker, "SCRAM-SHA-512");
     wrong_password.set("sasl.password", &wrong);
-    let err = metadata(wrong_password, Duration::from_secs(3)).await.expect_err("a wrong password must fail");
+    let err =
+        common::broker_ports(wrong_password, Duration::from_secs(3)).await.expect_err("a wrong password must fail");
     eprintln!("wrong password: {err}");
     assert!(!err.contains(&wrong), "the error shows the password: {err}");
 
     let mut plaintext = ClientConfig::new();
     plaintext.set("bootstrap.servers", broker.bootstrap()).set("client.id", TEST_CLIENT);
-    let err = metadata(plaintext, Duration::from_secs(3)).await.expect_err("a plaintext client must fail");
+    let err = common::broker_ports(plaintext, Duration::from_secs(3)).await.expect_err("a plaintext client must fail");
     eprintln!("plaintext: {err}");
 
-    let err = metadata(sasl_client(&broker, "PLAIN"), Duration::from_secs(3))
+    let err = common::broker_ports(sasl_client(&broker, "PLAIN"), Duration::from_secs(3))
         .await
         .expect_err("PLAIN is not offered by this broker");
     eprintln!("PLAIN: {err}");

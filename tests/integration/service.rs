@@ -414,3 +414,18 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// `n` synthetic transactions (local schema id 1) with every amount multiplied by `factor`.
+pub fn shifted(n: usize, seed: u64, factor: f64) -> Vec<TestRecord> {
+    synthetic(n, seed, 1)
+        .transactions
+        .into_iter()
+        .map(|mut tx| {
+            tx.amount *= factor;
+            let mut value = Vec::new();
+            codec::write_frame_header(&mut value, 1);
+            encode_transaction(&tx, &mut value);
+            (Some(tx.account_id.clone().into_bytes()), value, Vec::new(), None)
+        })
+        .collect()
+}

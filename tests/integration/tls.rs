@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use crate::common::broker::{TestPki, TlsBroker};
-use crate::common::random_topic;
+use crate::common::{self, random_topic};
 use crate::service::{self, InProcess, Schemas, Topics};
 
 fn tls_client(broker: &TlsBroker) -> ClientConfig {
@@ -24,19 +23,6 @@ fn tls_client(broker: &TlsBroker) -> ClientConfig {
         c.set(k, v);
     }
     c
-}
-
-/// Metadata over `config` within `timeout`, off the reactor: Ok(broker ports) or the error.
-async fn metadata(config: ClientConfig, timeout: Duration) -> Result<Vec<i32>, String> {
-    tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = config.create().map_err(|e| format!("create: {e}"))?;
-        client
-            .fetch_metadata(None, timeout)
-            .map(|m| m.brokers().iter().map(|b| b.port()).collect())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .expect("metadata task")
 }
 
 async fn create_topics(broker: &TlsBroker, topics: &Topics) {
@@ -57,7 +43,7 @@ async fn create_topics(broker: &TlsBroker, topics: &Topics) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamscore_scores_over_tls_with_a_generated_ca() {
     let broker = TlsBroker::start();
-    let ports = metadata(tls_client(&broker), Duration::from_secs(15)).await;
+    let ports = common::broker_ports(tls_client(&broker), Duration::from_secs(15)).await;
     assert_eq!(
         ports.as_deref(),
         Ok(&[i32::from(broker.bootstrap().rsplit(':').next().unwrap().parse::<u16>().unwrap())][..]),
@@ -108,17 +94,19 @@ async fn streamscore_scores_over_tls_with_a_generated_ca() {
 async fn wrong_ca_and_plaintext_clients_are_refused() {
     let broker = TlsBroker::start();
     // The right CA works (so the failures below are about trust, not a dead broker).
-    metadata(tls_client(&broker), Duration::from_secs(15)).await.expect("metadata with the right CA");
+    common::broker_ports(tls_client(&broker), Duration::from_secs(15)).await.expect("metadata with the right CA");
 
     let other = TestPki::generate_ca(broker.pki.dir.path(), "other-ca");
     let mut wrong_ca = tls_client(&broker);
     wrong_ca.set("ssl.ca.location", other.display().to_string());
-    let err = metadata(wrong_ca, Duration::from_secs(5)).await.expect_err("a client with the wrong CA must fail");
+    let err =
+        common::broker_ports(wrong_ca, Duration::from_secs(5)).await.expect_err("a client with the wrong CA must fail");
     eprintln!("wrong CA: {err}");
 
     let mut plaintext = ClientConfig::new();
     plaintext.set("bootstrap.servers", broker.bootstrap());
-    let err =
-        metadata(plaintext, Duration::from_secs(5)).await.expect_err("a plaintext client must fail on the TLS port");
+    let err = common::broker_ports(plaintext, Duration::from_secs(5))
+        .await
+        .expect_err("a plaintext client must fail on the TLS port");
     eprintln!("plaintext: {err}");
 }

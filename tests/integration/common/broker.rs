@@ -419,6 +419,33 @@ impl TestPki {
     }
 }
 
+/// Waits (bounded by [`READY_TIMEOUT`]) until a dedicated Tansu accepts connections on `port`.
+fn wait_until_listening(port: u16, log_path: &Path) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let addr = ([127, 0, 0, 1], port).into();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "tansu never listened on {port}:\n{}", tail(log_path, 40));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A dedicated Tansu listening on `listen_port` that advertises `advertised_port` (a proxy's), so
+/// every client connection after the bootstrap goes through that proxy too. Logs to `log_path`.
+fn spawn_hidden_tansu(listen_port: u16, advertised_port: u16, log_path: &Path) -> Child {
+    let log = std::fs::File::create(log_path).expect("tansu log");
+    Command::new(tansu_path())
+        .arg("broker")
+        .arg("--listener-url")
+        .arg(format!("tcp://127.0.0.1:{listen_port}"))
+        .arg("--advertised-listener-url")
+        .arg(format!("tcp://127.0.0.1:{advertised_port}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn tansu: {e}"))
+}
+
 /// A dedicated Tansu reachable only over TLS: Tansu listens on a private loopback port and
 /// advertises the TLS port, so every client connection (bootstrap and broker) goes through
 /// the TLS terminator. Both processes stop on drop.
@@ -437,18 +464,7 @@ impl TlsBroker {
         let tansu_port = free_port();
         let tls_port = free_port();
         let log_path = pki.dir.path().join("tansu.log");
-        let log = std::fs::File::create(&log_path).expect("tansu log");
-        let tansu = Command::new(tansu_path())
-            .arg("broker")
-            .arg("--listener-url")
-            .arg(format!("tcp://127.0.0.1:{tansu_port}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{tls_port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn tansu: {e}"));
+        let tansu = spawn_hidden_tansu(tansu_port, tls_port, &log_path);
         let mut proxy = Command::new(super::python())
             .arg("-c")
             .arg(TLS_PROXY)
@@ -465,12 +481,7 @@ impl TlsBroker {
         BufReader::new(proxy.stdout.take().expect("piped stdout")).read_line(&mut line).expect("read proxy ready");
         assert_eq!(line.trim(), "ready", "TLS proxy did not start");
         let broker = TlsBroker { pki, tls_port, tansu_port, tansu, proxy, log_path };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = ([127, 0, 0, 1], tansu_port).into();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "tansu never listened on {tansu_port}:\n{}", tail(&broker.log_path, 40));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_listening(tansu_port, &broker.log_path);
         broker
     }
 
@@ -832,18 +843,7 @@ impl SaslBroker {
         let tansu_port = free_port();
         let sasl_port = free_port();
         let log_path = dir.path().join("tansu.log");
-        let log = std::fs::File::create(&log_path).expect("tansu log");
-        let tansu = Command::new(tansu_path())
-            .arg("broker")
-            .arg("--listener-url")
-            .arg(format!("tcp://127.0.0.1:{tansu_port}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{sasl_port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn tansu: {e}"));
+        let tansu = spawn_hidden_tansu(tansu_port, sasl_port, &log_path);
         let mut proxy = Command::new(super::python())
             .arg("-c")
             .arg(SASL_PROXY)
@@ -872,12 +872,7 @@ impl SaslBroker {
         let broker =
             SaslBroker { dir, sasl_port, tansu_port, password, tansu, proxy, log_path, events, reader: Some(reader) };
         assert_eq!(line.trim(), "ready", "SASL proxy did not start");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = ([127, 0, 0, 1], tansu_port).into();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "tansu never listened on {tansu_port}:\n{}", tail(&broker.log_path, 40));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_listening(tansu_port, &broker.log_path);
         broker
     }
 

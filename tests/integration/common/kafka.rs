@@ -222,3 +222,16 @@ async fn assigned_consumer(config: ClientConfig, topic: &str) -> StreamConsumer 
     }
     consumer
 }
+
+/// Metadata over `config` within `timeout`, off the reactor: Ok(broker ports) or the error.
+pub async fn broker_ports(config: ClientConfig, timeout: Duration) -> Result<Vec<i32>, String> {
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create().map_err(|e| format!("create: {e}"))?;
+        client
+            .fetch_metadata(None, timeout)
+            .map(|m| m.brokers().iter().map(|b| b.port()).collect())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("metadata task")
+}

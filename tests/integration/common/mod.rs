@@ -15,8 +15,8 @@ pub use broker::Broker;
 // Re-exported for the test modules; not every one uses every helper.
 #[allow(unused_imports)]
 pub use kafka::{
-    consume_n, consume_n_with, consume_until_quiet, consumer_config, create_topic, headers_of, partition_count,
-    produce_values, producer_config, random_topic, wait_for_partitions, TestRecord,
+    broker_ports, consume_n, consume_n_with, consume_until_quiet, consumer_config, create_topic, headers_of,
+    partition_count, produce_values, producer_config, random_topic, wait_for_partitions, TestRecord,
 };
 #[allow(unused_imports)]
 pub use registry::{http, http_with_headers, HttpResponse, Registry};
