@@ -53,8 +53,11 @@ impl IdText {
 
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // The inline bytes are a copy of a `&str`'s first `len` bytes: valid UTF-8.
-            IdRepr::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            // SAFETY: `Inline` is only built by `IdText::new`, from all `len` bytes of a `&str`
+            // (never a prefix), and never mutated: the bytes are valid UTF-8. Checking them again
+            // on every read cost ~1% of the service's CPU (perf), for ids read several times
+            // per event.
+            IdRepr::Inline { len, bytes } => unsafe { std::str::from_utf8_unchecked(&bytes[..usize::from(*len)]) },
             IdRepr::Heap(s) => s,
         }
     }

@@ -488,15 +488,20 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
     if transactional {
         *shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()) = consumer.group_metadata();
     }
+    // One clock read per turn, right after the poll: it stamps the input's arrival, decides
+    // whether the open batch is due, and (a few microseconds stale at most) serves the next
+    // turn's commit timer and poll budget.
+    let mut now = Instant::now();
     while !shared.stopping() {
         // Fixed mode: the configuration. Adaptive: the controller's current targets (two atomic
         // loads per turn; the sink updates them once per acknowledged batch).
         let policy = shared.batching.as_ref().map_or(fixed, |a| a.policy());
-        let now = Instant::now();
         if !transactional && now >= next_commit {
             let owned = ctx.builder().owned();
             commit(&consumer, &shared.tracker, Some(&owned));
             next_commit = now + cfg.delivery.commit_interval;
+            // A synchronous commit takes a round trip: the poll budget below needs the time now.
+            now = Instant::now();
         }
         if shared.take_rewind() {
             rewind(&consumer, &mut ctx.builder(), shared);
@@ -511,7 +516,12 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
             b.target_size = policy.max_size;
             let both_full = b.pending.is_some() && b.batch.len() >= max_size;
             let wait = if b.paused || both_full { BACKPRESSURE_WAIT } else { Duration::ZERO };
-            match b.push_pending(wait) {
+            let handoff = b.push_pending(wait);
+            if !wait.is_zero() {
+                // The hand-off may have waited: the poll budget below needs the time now.
+                now = Instant::now();
+            }
+            match handoff {
                 Handoff::Closed => break,
                 Handoff::Full => {
                     // Both batches full: wait for inference (polling in between). Only sustained
@@ -542,14 +552,18 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
                 }
             }
         };
+        let polled = consumer.poll(budget);
+        now = Instant::now();
+        // One lock for the input and the sealing decision (not during the poll: the rebalance
+        // callback, which runs inside it, takes the builder too).
+        let mut b = ctx.builder();
         // Whether this poll found nothing already fetched (adaptive mode's seal, below).
-        let caught_up = match consumer.poll(budget) {
+        let caught_up = match polled {
             None => true,
             Some(Ok(msg)) => {
                 // Possible while paused (already fetched, or a partition assigned meanwhile):
                 // it joins the open batch, which waits for the pending one.
-                let mut b = ctx.builder();
-                accept(&mut b, &msg, cfg, decoder, shared);
+                accept(&mut b, &msg, cfg, decoder, shared, now);
                 false
             }
             // Transient errors (broker down, rebalance in progress) are retried by librdkafka;
@@ -561,7 +575,6 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
             }
             Some(Err(_)) => true,
         };
-        let mut b = ctx.builder();
         // A due batch is sealed at once when inference has room. When it has none, the batch
         // keeps filling up to max_batch_size first: under load, batches grow to the size that
         // makes inference cheapest, and only a full batch waits (and pauses consumption).
@@ -571,9 +584,9 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
         let room = b.to_inference.as_ref().is_some_and(|tx| !tx.is_full());
         let len = b.batch.len();
         let due = if shared.batching.is_some() {
-            len >= policy.max_size || (caught_up && policy.is_due(&b.batch, Instant::now()))
+            len >= policy.max_size || (caught_up && policy.is_due(&b.batch, now))
         } else {
-            policy.is_due(&b.batch, Instant::now())
+            policy.is_due(&b.batch, now)
         };
         if b.pending.is_none() && due && (room || len >= max_size) {
             match b.seal(shared, Duration::ZERO) {
@@ -645,9 +658,16 @@ fn rewind(consumer: &BaseConsumer<SourceContext>, b: &mut Builder, shared: &Shar
     }
 }
 
-/// Decodes one message into the open batch (a scored row or a dead-letter entry).
-fn accept(b: &mut Builder, msg: &BorrowedMessage<'_>, cfg: &Config, decoder: &Decoder, shared: &Shared) {
-    let received = Instant::now();
+/// Decodes one message, received at `received`, into the open batch (a scored row or a
+/// dead-letter entry).
+fn accept(
+    b: &mut Builder,
+    msg: &BorrowedMessage<'_>,
+    cfg: &Config,
+    decoder: &Decoder,
+    shared: &Shared,
+    received: Instant,
+) {
     let topic = b.topic(msg.topic());
     let (partition, offset) = (msg.partition(), msg.offset());
     b.note_offset(&topic, partition, offset);
