@@ -187,11 +187,11 @@ impl<T> Generations<T> {
     }
 
     /// Inserts (or replaces) `key`; `false` when the store holds nothing at all (capacity 0).
+    /// Expiry is the caller's ([`Generations::expire`], once per batch of inserts).
     fn insert(&mut self, key: u64, item: T, now_ms: i64, dropped: &mut Dropped) -> bool {
         if self.capacity == 0 {
             return false;
         }
-        self.expire(now_ms, dropped);
         if self.len >= self.capacity {
             // The oldest slice goes whole: capacity is a bound, not a target.
             if let Some(s) = self.slices.pop_front() {
@@ -588,7 +588,12 @@ impl QualityTracker {
             slot_of.push(s);
         }
         let shadow = batch.shadow.as_ref().map(|s| self.slot(s));
+        // Expiry once per batch (one clock value for all its rows), not per row.
         let mut dropped = Dropped::default();
+        self.predictions.expire(now_ms, &mut dropped);
+        let mut early = Dropped::default();
+        self.waiting.expire(now_ms, &mut early);
+        self.stats.waiting_expired += early.expired;
         for entry in &batch.entries {
             let EntryKind::Row { row, identity } = &entry.kind else { continue };
             let (row, key) = (*row, self.key(&identity.event_id));
@@ -600,9 +605,6 @@ impl QualityTracker {
             };
             let p = Prediction { scored_at_ms: now_ms, score, version, shadow_version, shadow_score };
             if !self.waiting.is_empty() {
-                let mut early = Dropped::default();
-                self.waiting.expire(now_ms, &mut early);
-                self.stats.waiting_expired += early.expired;
                 if let Some(w) = self.waiting.take(key) {
                     self.apply(&p, w.positive, w.labelled_at_ms);
                     self.stats.matched += 1;
@@ -630,10 +632,12 @@ impl QualityTracker {
             return JoinOutcome::Matched;
         }
         let mut early = Dropped::default();
+        self.waiting.expire(now_ms, &mut early);
         let w = WaitingLabel { positive: label.positive, labelled_at_ms: label.labelled_at_ms };
-        if self.limits.label_grace_ms > 0 && self.waiting.insert(key, w, now_ms, &mut early) {
-            self.stats.waiting_expired += early.expired;
-            self.stats.waiting_evicted += early.capacity;
+        let waits = self.limits.label_grace_ms > 0 && self.waiting.insert(key, w, now_ms, &mut early);
+        self.stats.waiting_expired += early.expired;
+        self.stats.waiting_evicted += early.capacity;
+        if waits {
             self.stats.waited += 1;
             JoinOutcome::Waiting
         } else {

@@ -285,18 +285,7 @@ pub fn line_chart(chart: &LineChart) -> String {
         XAxis::Time => "time (UTC)".to_string(),
         XAxis::Value(l) => l.clone(),
     };
-    let _ = write!(
-        body,
-        "<line class=\"axis\" x1=\"{plot_l}\" y1=\"{plot_t}\" x2=\"{plot_l}\" y2=\"{plot_b}\"/>\
-         <line class=\"axis\" x1=\"{plot_l}\" y1=\"{plot_b}\" x2=\"{plot_r}\" y2=\"{plot_b}\"/>\
-         <text class=\"axis-label\" x=\"{xc:.1}\" y=\"{xl}\" text-anchor=\"middle\">{xlab}</text>\
-         <text class=\"axis-label\" transform=\"translate(14 {yc:.1}) rotate(-90)\" text-anchor=\"middle\">{ylab}</text>",
-        xc = (plot_l + plot_r) / 2.0,
-        xl = plot_b + 34.0,
-        yc = (plot_t + plot_b) / 2.0,
-        xlab = escape(&x_label),
-        ylab = escape(&chart.y_label),
-    );
+    axes(&mut body, (plot_l, plot_r, plot_t, plot_b), 34.0, &x_label, &chart.y_label);
     if chart.diagonal {
         let (a, b) = (x0.max(y0), x1.min(y1));
         let _ = write!(
@@ -399,18 +388,7 @@ pub fn bar_chart(chart: &BarChart) -> String {
             label = escape(&shorten(cat, 14)),
         );
     }
-    let _ = write!(
-        body,
-        "<line class=\"axis\" x1=\"{plot_l}\" y1=\"{plot_t}\" x2=\"{plot_l}\" y2=\"{plot_b}\"/>\
-         <line class=\"axis\" x1=\"{plot_l}\" y1=\"{plot_b}\" x2=\"{plot_r}\" y2=\"{plot_b}\"/>\
-         <text class=\"axis-label\" x=\"{xc:.1}\" y=\"{xl}\" text-anchor=\"middle\">{xlab}</text>\
-         <text class=\"axis-label\" transform=\"translate(14 {yc:.1}) rotate(-90)\" text-anchor=\"middle\">{ylab}</text>",
-        xc = (plot_l + plot_r) / 2.0,
-        xl = plot_b + 62.0,
-        yc = (plot_t + plot_b) / 2.0,
-        xlab = escape(&chart.x_label),
-        ylab = escape(&chart.y_label),
-    );
+    axes(&mut body, (plot_l, plot_r, plot_t, plot_b), 62.0, &chart.x_label, &chart.y_label);
     let mut legend_svg = String::new();
     let legend_height = legend(&mut legend_svg, &names, plot_b + 84.0);
     let height = plot_b + 72.0 + legend_height + 8.0;
@@ -436,4 +414,27 @@ fn y_grid(body: &mut String, ticks: &[f64], plot_l: f64, plot_r: f64, sy: impl F
             label = value_label(*t, step),
         );
     }
+}
+
+/// The two axis lines of the plot area `(left, right, top, bottom)` and their labels; the x label
+/// sits `x_label_below` under the plot (room for the tick labels).
+fn axes(
+    body: &mut String,
+    (plot_l, plot_r, plot_t, plot_b): (f64, f64, f64, f64),
+    x_label_below: f64,
+    x_label: &str,
+    y_label: &str,
+) {
+    let _ = write!(
+        body,
+        "<line class=\"axis\" x1=\"{plot_l}\" y1=\"{plot_t}\" x2=\"{plot_l}\" y2=\"{plot_b}\"/>\
+         <line class=\"axis\" x1=\"{plot_l}\" y1=\"{plot_b}\" x2=\"{plot_r}\" y2=\"{plot_b}\"/>\
+         <text class=\"axis-label\" x=\"{xc:.1}\" y=\"{xl}\" text-anchor=\"middle\">{xlab}</text>\
+         <text class=\"axis-label\" transform=\"translate(14 {yc:.1}) rotate(-90)\" text-anchor=\"middle\">{ylab}</text>",
+        xc = (plot_l + plot_r) / 2.0,
+        xl = plot_b + x_label_below,
+        yc = (plot_t + plot_b) / 2.0,
+        xlab = escape(x_label),
+        ylab = escape(y_label),
+    );
 }
