@@ -2,20 +2,25 @@
 //!
 //! Keyed by (model version id, 64-bit hash of the feature vector's bit patterns). The version id
 //! comes from [`crate::model::ModelInfo::version_id`], so one version never serves another's
-//! score. The hash is SipHash with random per-process keys, and every entry keeps its feature
-//! vector: a hit is served only when the vectors are equal, so neither chance nor an attacker who
-//! crafts colliding inputs (to borrow a benign transaction's score) can get a wrong score.
+//! score. The key's hash is foldhash (its quality variant) with random per-process seeds, and
+//! every entry keeps a second, independent fingerprint of its feature vector: SipHash-1-3 (a
+//! pseudo-random function) under its own random per-process key. A hit is served only when both
+//! agree, so chance (two independent 64-bit hashes colliding) and an attacker who crafts inputs
+//! to borrow a benign transaction's score (who would have to predict a keyed SipHash output he
+//! never sees) cannot get a wrong score.
 //!
 //! Cost matters here: with a small model, one inference costs ~0.3 µs per row, so a cache that
-//! costs more than that per event makes the service slower. Two choices keep it cheap: the key
-//! is already a keyed hash, so the maps that hold keys use it as their hash ([`KeyHasher`])
+//! costs more than that per event makes the service slower. Three choices keep it cheap: the
+//! row is hashed four features per folded multiply (SipHash over the same 64 bytes cost ~13% of
+//! the scoring thread in a profile); the key is already a keyed hash, so the maps that hold keys
+//! use it as their hash ([`KeyHasher`])
 //! instead of hashing it again (moka re-hashes every key when its table grows or is cleaned,
-//! which profiling showed as the largest single cost); and an entry is one allocation (score
-//! and row bits in one `Arc<[u32]>`).
+//! which profiling showed as the largest single cost); and an entry is 16 bytes inline (score
+//! and fingerprint; the fingerprint is computed only for inserts and for lookups that find an
+//! entry). Keeping the whole row instead cost ~130 bytes more per entry (13 MB at 100 000).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{CacheAdmission, CacheConfig};
@@ -23,13 +28,17 @@ use crate::config::{CacheAdmission, CacheConfig};
 /// Cache key: (model version id, feature-vector hash).
 pub type CacheKey = (u64, u64);
 
-/// A cached score with the exact row it belongs to, in one allocation: element 0 is the
-/// score's bit pattern, the rest are the row's (see [`bits`]).
-type CachedScore = Arc<[u32]>;
+/// A cached score and the fingerprint of the row it belongs to.
+#[derive(Debug, Clone, Copy)]
+struct CachedScore {
+    score: f32,
+    fingerprint: u64,
+}
 
 /// Hasher for [`CacheKey`]s (and anything else keyed by them): the row part is already a
-/// SipHash output under per-process random keys, so it is used as the hash, mixed with the
-/// version id. Hash flooding stays impossible: nobody outside the process can predict a key.
+/// foldhash output under per-process random seeds, so it is used as the hash, mixed with the
+/// version id. Nobody outside the process can predict a key, so nobody can aim many inputs at
+/// one bucket.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KeyHasher(u64);
 
@@ -69,7 +78,10 @@ impl BuildHasher for BuildKeyHasher {
 #[derive(Clone)]
 pub struct PredictionCache {
     inner: Option<moka::sync::Cache<CacheKey, CachedScore, BuildKeyHasher>>,
-    hasher: RandomState,
+    /// Seeds of the row hash (a clone shares the seeds, as it shares the moka cache).
+    hasher: foldhash::quality::RandomState,
+    /// Key of the rows' fingerprints (SipHash-1-3; shared by clones likewise).
+    fingerprints: RandomState,
     /// `cache.admission = "seen_twice"`: remembers recent first sightings.
     doorkeeper: Option<Doorkeeper>,
 }
@@ -154,7 +166,7 @@ impl PredictionCache {
             moka::sync::Cache::builder().max_capacity(max_entries).time_to_live(ttl).build_with_hasher(BuildKeyHasher)
         });
         let doorkeeper = (enabled && admission == CacheAdmission::SeenTwice).then(|| Doorkeeper::new(max_entries));
-        Self { inner, hasher: RandomState::new(), doorkeeper }
+        Self { inner, hasher: foldhash::quality::RandomState::default(), fingerprints: RandomState::new(), doorkeeper }
     }
 
     pub fn enabled(&self) -> bool {
@@ -164,8 +176,27 @@ impl PredictionCache {
     /// The key of `row` under model version `version_id`. NaN never reaches here (the feature
     /// stage rejects it).
     pub fn key(&self, version_id: u64, row: &[f32]) -> CacheKey {
-        // Two features per SipHash word: half the rounds of hashing them one by one.
+        // Four features per folded multiply.
         let mut h = self.hasher.build_hasher();
+        let mut quads = row.chunks_exact(4);
+        for q in &mut quads {
+            h.write_u128(
+                u128::from(bits(q[0]))
+                    | u128::from(bits(q[1])) << 32
+                    | u128::from(bits(q[2])) << 64
+                    | u128::from(bits(q[3])) << 96,
+            );
+        }
+        for v in quads.remainder() {
+            h.write_u32(bits(*v));
+        }
+        h.write_usize(row.len());
+        (version_id, h.finish())
+    }
+
+    /// The fingerprint that entries keep of their row (see the module docs).
+    fn fingerprint(&self, row: &[f32]) -> u64 {
+        let mut h = self.fingerprints.build_hasher();
         let mut pairs = row.chunks_exact(2);
         for p in &mut pairs {
             h.write_u64(u64::from(bits(p[0])) | u64::from(bits(p[1])) << 32);
@@ -173,11 +204,12 @@ impl PredictionCache {
         if let [last] = pairs.remainder() {
             h.write_u32(bits(*last));
         }
-        (version_id, h.finish())
+        h.write_usize(row.len());
+        h.finish()
     }
 
-    /// The cached score of exactly `row` (checked element by element), or whether to insert
-    /// its score once computed. With `seen_twice` admission, a vector not seen recently is a
+    /// The cached score of `row` (its fingerprint checked too), or whether to insert its score
+    /// once computed. With `seen_twice` admission, a vector not seen recently is a
     /// miss without asking the cache (it was never inserted), and is remembered.
     pub fn lookup(&mut self, key: &CacheKey, row: &[f32]) -> Lookup {
         let Some(cache) = &self.inner else { return Lookup::Miss { admit: false } };
@@ -186,11 +218,7 @@ impl PredictionCache {
                 return Lookup::Miss { admit: false };
             }
         }
-        let hit = cache.get(key).and_then(|cached| {
-            let (score, cached_row) = cached.split_first()?;
-            (cached_row.len() == row.len() && cached_row.iter().zip(row).all(|(a, b)| *a == bits(*b)))
-                .then_some(f32::from_bits(*score))
-        });
+        let hit = cache.get(key).and_then(|cached| (cached.fingerprint == self.fingerprint(row)).then_some(cached.score));
         match hit {
             Some(score) => Lookup::Hit(score),
             None => Lookup::Miss { admit: true },
@@ -200,8 +228,7 @@ impl PredictionCache {
     /// Caches `score` for `row` (call it for misses that [`Lookup::Miss`] said to admit).
     pub fn insert(&self, key: CacheKey, row: &[f32], score: f32) {
         if let Some(c) = &self.inner {
-            let entry: CachedScore = std::iter::once(score.to_bits()).chain(row.iter().map(|v| bits(*v))).collect();
-            c.insert(key, entry);
+            c.insert(key, CachedScore { score, fingerprint: self.fingerprint(row) });
         }
     }
 

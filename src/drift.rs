@@ -9,7 +9,9 @@
 //!
 //! For every column (and the score), over the `n` finite values `x` of the window:
 //! - `mean = (1/n) Σ x`, `std = sqrt((1/n) Σ (x - mean)²)` (population standard deviation),
-//!   accumulated with Welford's update in `f64`, so large offsets don't cancel;
+//!   accumulated in `f64` per batch as sums of deviations from the running mean (shifted
+//!   data), merged into the window with Chan et al.'s pairwise update, so large offsets don't
+//!   cancel and no value costs a division;
 //! - `min`, `max` of the values; `mean`, `std`, `min`, `max` are all `0.0` when `n = 0`;
 //! - `bin_counts`: a histogram on the manifest's reference bins. With interior edges
 //!   `e0 < … < e(k-1)`, bin 0 = `(-inf, e0)`, bin i = `[e(i-1), e(i))`, bin k = `[e(k-1), +inf)`
@@ -530,6 +532,15 @@ impl Streak {
     }
 }
 
+/// Moments of one batch of a column, as sums of deviations from `shift`.
+#[derive(Debug, Default, Clone, Copy)]
+struct BatchMoments {
+    n: u64,
+    shift: f64,
+    s1: f64,
+    s2: f64,
+}
+
 /// Running statistics of one column within the current window.
 #[derive(Debug, Clone)]
 struct ColumnAcc {
@@ -540,10 +551,14 @@ struct ColumnAcc {
     count: u64,
     missing: u64,
     mean: f64,
-    /// Welford's sum of squared deviations from the running mean.
+    /// Sum of squared deviations from the mean (merged batch by batch with Chan et al.'s
+    /// pairwise formula).
     m2: f64,
     min: f64,
     max: f64,
+    /// The current batch (see [`ColumnAcc::push`]): values counted, and the sums of their
+    /// deviations and squared deviations from `shift`.
+    batch: BatchMoments,
     test: DriftTest,
     thresholds: DriftThresholds,
     /// PSI, JS, p-value streaks.
@@ -569,25 +584,70 @@ impl ColumnAcc {
             m2: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            batch: BatchMoments::default(),
             test: DriftTest::for_kind(kind),
             thresholds: spec.thresholds(name),
             streaks: [Streak::default(); 3],
         }
     }
 
+    /// Starts a batch: deviations are summed from the running mean (or, before any value, from
+    /// `first`, the batch's first value), which keeps the sums small and their difference exact
+    /// enough (the shifted-data algorithm) without a division per value as Welford's needs.
+    #[inline]
+    fn begin_batch(&mut self, first: f64) {
+        let shift = if self.count > 0 {
+            self.mean
+        } else if first.is_finite() {
+            first
+        } else {
+            0.0
+        };
+        self.batch = BatchMoments { shift, ..BatchMoments::default() };
+    }
+
+    /// Adds one value to the current batch (between [`begin_batch`](Self::begin_batch) and
+    /// [`end_batch`](Self::end_batch)). Non-finite values are not counted.
     #[inline]
     fn push(&mut self, x: f64, missing: bool) {
         if !x.is_finite() {
             return;
         }
-        self.count += 1;
+        let b = &mut self.batch;
+        b.n += 1;
+        let d = x - b.shift;
+        b.s1 += d;
+        b.s2 += d * d;
         self.missing += u64::from(missing);
-        let delta = x - self.mean;
-        self.mean += delta / self.count as f64;
-        self.m2 += delta * (x - self.mean);
         self.min = self.min.min(x);
         self.max = self.max.max(x);
-        self.counts[bin_index(&self.edges, x)] += 1;
+        // Edges are finite and strictly increasing (the manifest loader checks), so for a
+        // finite x the number of edges <= x is its bin; counting is branch-free for the few
+        // edges columns have, a binary search is better beyond.
+        let bin = if self.edges.len() <= 16 {
+            self.edges.iter().map(|&e| usize::from(e <= x)).sum()
+        } else {
+            bin_index(&self.edges, x)
+        };
+        self.counts[bin] += 1;
+    }
+
+    /// Merges the current batch into the window's count, mean and `m2` (Chan et al.).
+    #[inline]
+    fn end_batch(&mut self) {
+        let BatchMoments { n, shift, s1, s2 } = std::mem::take(&mut self.batch);
+        if n == 0 {
+            return;
+        }
+        let nb = n as f64;
+        let mean_b = shift + s1 / nb;
+        let m2_b = (s2 - s1 * s1 / nb).max(0.0);
+        let na = self.count as f64;
+        let total = na + nb;
+        let delta = mean_b - self.mean;
+        self.mean += delta * (nb / total);
+        self.m2 += m2_b + delta * delta * (na * nb / total);
+        self.count += n;
     }
 
     fn take(&mut self) -> ColumnStats {
@@ -738,6 +798,13 @@ impl DriftAccumulator {
         // With no columns only the scores bound `n`.
         let per_row = |len: usize| len.checked_div(f).unwrap_or(usize::MAX);
         let n = scores.len().min(per_row(rows.len())).min(per_row(missing.len()));
+        if n == 0 {
+            return;
+        }
+        for (acc, &x) in self.columns.iter_mut().zip(rows) {
+            acc.begin_batch(f64::from(x));
+        }
+        self.score.begin_batch(f64::from(scores[0]));
         if f > 0 {
             for (row, flags) in rows.chunks_exact(f).zip(missing.chunks_exact(f)).take(n) {
                 for ((acc, &x), &m) in self.columns.iter_mut().zip(row).zip(flags) {
@@ -748,6 +815,10 @@ impl DriftAccumulator {
         for &s in &scores[..n] {
             self.score.push(f64::from(s), false);
         }
+        for acc in &mut self.columns {
+            acc.end_batch();
+        }
+        self.score.end_batch();
         self.rows += n as u64;
     }
 
@@ -945,6 +1016,55 @@ mod tests {
         assert_eq!(w.score.count, 7);
         assert!((w.score.mean - 0.3).abs() < 1e-6);
         assert_eq!(w.score.bin_counts, vec![3, 2, 2, 0]);
+    }
+
+    #[test]
+    fn large_offsets_and_batch_sizes_do_not_change_mean_and_std() {
+        // Values near 1e9 with a spread of a few units: the naive Σx² − (Σx)²/n would lose all
+        // digits; shifted sums merged batch by batch must match a two-pass computation, however
+        // the same values are cut into batches (including a first batch of a non-finite value).
+        let xs: Vec<f32> = (0..5_000).map(|i| 1.0e9 + ((i * 7919) % 1000) as f32 / 100.0).collect();
+        let vals: Vec<f64> = xs.iter().map(|&x| f64::from(x)).collect();
+        let n = vals.len() as f64;
+        let mean = vals.iter().sum::<f64>() / n;
+        let std = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        for cuts in [vec![5_000], vec![1, 4_999], vec![256; 20], vec![3, 97, 1000, 3900]] {
+            let mut acc = two_column_acc();
+            acc.observe(&[f32::NAN, 0.0], &[false, false], &[0.5]);
+            let mut start = 0;
+            for len in cuts {
+                let end = (start + len).min(xs.len());
+                let rows: Vec<f32> = xs[start..end].iter().flat_map(|&x| [x, 0.0]).collect();
+                acc.observe(&rows, &vec![false; rows.len()], &vec![0.5; end - start]);
+                start = end;
+            }
+            let w = acc.take_window(0, 1);
+            let amount = &w.features[0];
+            assert_eq!(amount.count, 5_000);
+            assert!((amount.mean - mean).abs() <= 1e-12 * mean, "{} vs {mean}", amount.mean);
+            assert!((amount.std - std).abs() <= 1e-9 * std, "{} vs {std}", amount.std);
+            assert_eq!(amount.bin_counts, vec![0, 0, 0, 5_000]);
+        }
+    }
+
+    #[test]
+    fn bins_by_counting_equal_bins_by_search_for_any_number_of_edges() {
+        for k in [0usize, 1, 2, 15, 16, 17, 40] {
+            let edges: Vec<f64> = (0..k).map(|i| i as f64 * 0.5 - 3.0).collect();
+            let mut acc = DriftAccumulator::from_histograms(
+                "m",
+                "1",
+                &[hist("x", &edges, &vec![1; k + 1])],
+                &hist("score", &[0.5], &[1, 1]),
+            );
+            let xs: Vec<f32> = (0..400).map(|i| i as f32 * 0.06 - 12.0).chain(edges.iter().map(|&e| e as f32)).collect();
+            acc.observe(&xs, &vec![false; xs.len()], &vec![0.1; xs.len()]);
+            let mut want = vec![0u64; k + 1];
+            for &x in &xs {
+                want[bin_index(&edges, f64::from(x))] += 1;
+            }
+            assert_eq!(acc.take_window(0, 1).features[0].bin_counts, want, "{k} edges");
+        }
     }
 
     #[test]

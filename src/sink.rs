@@ -162,11 +162,35 @@ fn settle(b: &BatchAck, shared: &Shared) {
     for r in &b.received {
         processing.record(acked.saturating_duration_since(*r).as_secs_f64());
     }
+    let produced = b.produced.get().copied().unwrap_or(acked);
+    record_stages(b, produced, acked);
     if let Some(batching) = &shared.batching {
-        let produced = b.produced.get().copied().unwrap_or(acked);
         if let Some(feedback) = BatchFeedback::from_timing(&b.timing, b.inputs, produced, acked) {
             batching.observe(&feedback);
         }
+    }
+}
+
+/// Records `streamscore_batch_stage_seconds` for a settled batch (once per batch, from its
+/// oldest input's receipt: an upper bound for every input in it).
+fn record_stages(b: &BatchAck, produced: Instant, acked: Instant) {
+    let (Some(&first), Some(sealed), Some(started), Some(sink)) =
+        (b.received.first(), b.timing.sealed_at, b.timing.inference_started, b.timing.sink_started)
+    else {
+        return;
+    };
+    let inferred = started + b.timing.inference;
+    let stages = [
+        ("batching", sealed.saturating_duration_since(first)),
+        ("inference_queue", started.saturating_duration_since(sealed)),
+        ("inference", b.timing.inference),
+        ("sink_queue", sink.saturating_duration_since(inferred)),
+        ("produce", produced.saturating_duration_since(sink)),
+        ("broker_ack", acked.saturating_duration_since(produced)),
+        ("in_streamscore", produced.saturating_duration_since(first)),
+    ];
+    for (stage, d) in stages {
+        metrics::histogram!(names::BATCH_STAGE_SECONDS, "stage" => stage).record(d.as_secs_f64());
     }
 }
 

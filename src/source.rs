@@ -90,6 +90,10 @@ pub fn consumer_config(cfg: &Config, member: usize) -> ClientConfig {
         // Brokers that hold a fetch for its full wait when little data is there (Tansu does)
         // would add up to 500 ms (the default) of latency after a resume.
         .set("fetch.wait.max.ms", "100")
+        // Prefetch per partition: the default (100 000 messages) held ~30 MB of fetched messages
+        // on a backlog with 4 partitions; 20 000 (~0.3 s at 300 000 events/s over 4 partitions)
+        // measured the same CPU and throughput with that memory freed.
+        .set("queued.min.messages", "20000")
         .set("statistics.interval.ms", "5000");
     if cfg.delivery.mode == DeliveryMode::ExactlyOnce {
         // Never score records of aborted or still-open upstream transactions.

@@ -1515,7 +1515,8 @@ fn keda_scales_on_the_configured_group_within_the_partitions() {
 /// Every metric streamscore exports (src/telemetry.rs), and which are histograms.
 fn known_metrics() -> (BTreeSet<&'static str>, BTreeSet<&'static str>) {
     use streamscore::telemetry::names::*;
-    let histograms = BTreeSet::from([BATCH_SIZE, INFERENCE_SECONDS, END_TO_END_SECONDS, PROCESSING_SECONDS]);
+    let histograms =
+        BTreeSet::from([BATCH_SIZE, INFERENCE_SECONDS, END_TO_END_SECONDS, PROCESSING_SECONDS, BATCH_STAGE_SECONDS]);
     let all = BTreeSet::from([
         EVENTS_CONSUMED,
         EVENTS_SCORED,
@@ -1524,6 +1525,7 @@ fn known_metrics() -> (BTreeSet<&'static str>, BTreeSet<&'static str>) {
         INFERENCE_SECONDS,
         END_TO_END_SECONDS,
         PROCESSING_SECONDS,
+        BATCH_STAGE_SECONDS,
         BATCH_TARGET_SIZE,
         BATCH_TARGET_DELAY,
         CACHE_HITS,
@@ -1811,7 +1813,7 @@ fn grafana_provisions_the_dashboard_over_the_prometheus_data_source() {
     // What the operations issue asks the dashboard to show.
     use streamscore::telemetry::names;
     let shows = |needles: &[&str]| exprs.iter().any(|(_, e)| needles.iter().all(|n| e.contains(n)));
-    let wanted: [(&str, &[&str]); 11] = [
+    let wanted: [(&str, &[&str]); 12] = [
         ("throughput: consumed", &["rate(", names::EVENTS_CONSUMED]),
         ("throughput: scored", &["rate(", names::EVENTS_SCORED]),
         ("lag", &[names::CONSUMER_LAG]),
@@ -1824,6 +1826,7 @@ fn grafana_provisions_the_dashboard_over_the_prometheus_data_source() {
             &["histogram_quantile(0.5", "streamscore_processing_latency_seconds_bucket"],
         ),
         ("batch sizes", &["streamscore_batch_size_"]),
+        ("time per pipeline stage", &["by (le, stage)", "streamscore_batch_stage_seconds_bucket"]),
         ("cache hit rate", &[names::CACHE_HITS, names::CACHE_MISSES]),
         ("dead letters by reason", &["by (reason)", names::EVENTS_DEAD_LETTERED]),
         ("drift per feature", &["feature", names::DRIFT_PSI]),

@@ -112,6 +112,17 @@ def proc_cpu(pid: int) -> float | None:
         return None
 
 
+def proc_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def proc_hwm_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -249,9 +260,17 @@ def total(metrics: dict, name: str) -> float:
     return sum(v for _, v in metrics.get(name, []))
 
 
-def histogram_quantiles(metrics: dict, name: str, qs=(0.5, 0.99)) -> dict[float, float | None]:
+# `streamscore_batch_stage_seconds` stages, in pipeline order (see src/telemetry.rs).
+STAGES = ("batching", "inference_queue", "inference", "sink_queue", "produce", "in_streamscore", "broker_ack")
+
+
+def histogram_quantiles(metrics: dict, name: str, qs=(0.5, 0.99), having: str = "") -> dict[float, float | None]:
+    """Quantiles of a histogram, interpolated inside its buckets; `having`: only series whose
+    labels contain it (e.g. 'stage="batching"')."""
     buckets = []
     for labels, v in metrics.get(name + "_bucket", []):
+        if having not in labels:
+            continue
         m = re.search(r'le="([^"]+)"', labels)
         if m:
             le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
@@ -532,11 +551,15 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
         q = histogram_quantiles(m, "streamscore_end_to_end_latency_seconds")
         qp = histogram_quantiles(m, "streamscore_processing_latency_seconds")
         ms = lambda v: v * 1e3 if v is not None else None  # noqa: E731
+        stages = {st: {q: ms(v) for q, v in histogram_quantiles(m, "streamscore_batch_stage_seconds",
+                                                                  having=f'stage="{st}"').items()}
+                  for st in STAGES}
         res.update(achieved_rate=float(m_prod.group(1)) if m_prod else n / (time.time() - t0),
                    scored_per_s=n / (t1 - t0),
                    cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
                    p50_ms=ms(q[0.5]), p99_ms=ms(q[0.99]),
                    proc_p50_ms=ms(qp[0.5]), proc_p99_ms=ms(qp[0.99]),
+                   own_p50_ms=stages["in_streamscore"][0.5], own_p99_ms=stages["in_streamscore"][0.99], stages=stages,
                    rss_mb=proc_hwm_mb(proc.pid),
                    pauses=total(m, "streamscore_backpressure_pauses_total"),
                    buckets=buckets_of(m, "streamscore_end_to_end_latency_seconds"),
@@ -549,6 +572,54 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
     finally:
         if producer is not None and producer.poll() is None:
             stop(producer, 3)
+        stop(proc)
+    return res
+
+
+def run_steady(broker: Broker, workdir: str, n: int, scrape_every: float) -> Result:
+    """Memory at steady state: a backlog of `n` transactions with repeats (so the prediction cache
+    fills to its default capacity) consumed by a fresh streamscore whose /metrics is scraped only
+    every `scrape_every` seconds, as a Prometheus server would (samples buffered between scrapes
+    count); RSS read from /proc every 0.5 s."""
+    topic, prefix = "bench.steady.in", "bench.steady"
+    create_topics(broker.bootstrap, [topic, f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"],
+                  ARGS.partitions)
+    preload(broker.bootstrap, topic, n, repeat_share=ARGS.repeat_share, seed=11)
+    cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic, prefix,
+                                          ARGS.streamscore_consumer)
+    logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
+    proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
+    res = Result(contender="streamscore steady state", events=n, scrape_every_s=scrape_every)
+    samples: list[tuple[float, float]] = []
+    try:
+        t0 = time.time()
+        next_scrape = t0 + scrape_every
+        deadline = t0 + max(300.0, n / 5_000)
+        while True:
+            time.sleep(0.5)
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamscore exited with {proc.returncode} (log: {logf.name})")
+            rss = proc_rss_mb(proc.pid)
+            if rss is not None:
+                samples.append((time.time() - t0, rss))
+            if time.time() >= next_scrape:
+                next_scrape += scrape_every
+                m = scrape(metrics_url)
+                outputs = total(m, "streamscore_events_scored_total") + total(m, "streamscore_events_dead_lettered_total")
+                if outputs >= n:
+                    res.update(cache_hits=total(m, "streamscore_cache_hits_total"),
+                               cache_misses=total(m, "streamscore_cache_misses_total"))
+                    break
+            if time.time() > deadline:
+                raise RuntimeError(f"steady-state run: not done within {deadline - t0:.0f} s")
+        last = [r for t, r in samples if t >= samples[-1][0] - 5.0]
+        res.update(peak_rss_mb=proc_hwm_mb(proc.pid), final_rss_mb=samples[-1][1], last5_max_rss_mb=max(last),
+                   seconds=samples[-1][0],
+                   timeline=[(round(t, 1), round(r)) for t, r in samples[:: max(1, len(samples) // 12)]])
+    except Exception as e:
+        res["error"] = str(e)
+    finally:
         stop(proc)
     return res
 
@@ -580,8 +651,8 @@ def batching_report(batching: dict, rate: float) -> list[str]:
              f"each on a fresh topic and group, same data (seed 7):")
     L.append("")
     L.append("| setting | [batch] | scored/s | end-to-end p50 ms | end-to-end p99 ms | processing p50 ms | processing p99 ms "
-             "| CPU-s per M events | mean batch | adaptive size / delay at the end | notes |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+             "| in streamscore p50 / p99 ms | CPU-s per M events | mean batch | adaptive size / delay at the end | notes |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for label, b in batching.items():
         r = b.get("rate") or {}
         notes = []
@@ -591,6 +662,7 @@ def batching_report(batching: dict, rate: float) -> list[str]:
             notes.append(f"{r['pauses']:.0f} backpressure pauses")
         L.append(f"| {label} | {settings(b['batch'])} | {fmt(r.get('scored_per_s'))} | {fmt(r.get('p50_ms'), '.1f')} | "
                  f"{fmt(r.get('p99_ms'), '.1f')} | {fmt(r.get('proc_p50_ms'), '.1f')} | {fmt(r.get('proc_p99_ms'), '.1f')} | "
+                 f"{fmt(r.get('own_p50_ms'), '.1f')} / {fmt(r.get('own_p99_ms'), '.1f')} | "
                  f"{fmt(r.get('cpu_s_per_m'), '.2f')} | {fmt(r.get('mean_batch'), '.0f')} | {targets(r)} | {'; '.join(notes)} |")
     L.append("")
     if any("sat" in b for b in batching.values()):
@@ -622,7 +694,7 @@ def batching_report(batching: dict, rate: float) -> list[str]:
 
 
 def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching: dict | None = None,
-           batching_rate: float = 0.0) -> str:
+           batching_rate: float = 0.0, steady: Result | None = None) -> str:
     L = []
     L.append(f"# streamscore end-to-end benchmark, {meta['date']}")
     L.append("")
@@ -698,6 +770,13 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
         rss = get(wl, "streamscore", "rss_mb")
         row(f"streamscore peak RSS ({wl})", rss, f"≤ {TARGET_RSS_MB:.0f} MB", rss is not None and rss <= TARGET_RSS_MB,
             spec=".0f", suffix=" MB")
+    if steady and "error" not in steady:
+        rss = steady.get("peak_rss_mb")
+        row(f"streamscore peak RSS at steady state ({steady['events']:,} events with {ARGS.repeat_share:.0%} repeats, "
+            f"the cache filling from repeats, /metrics scraped every {steady['scrape_every_s']:.0f} s)", rss, f"≤ {TARGET_RSS_MB:.0f} MB",
+            rss is not None and rss <= TARGET_RSS_MB, spec=".0f", suffix=" MB")
+    elif steady:
+        L.append(f"| steady-state run | FAILED: {steady['error'][:300]} | | |")
     if lat and "error" not in lat:
         row(f"streamscore p50 latency at {lat['offered_rate']:,.0f} events/s offered", lat["p50_ms"], "(context)", True,
             spec=".1f", suffix=" ms")
@@ -709,6 +788,12 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
         row("streamscore p99 processing latency (received → acknowledged), same run", lat.get("proc_p99_ms"),
             f"≤ {TARGET_P99_MS:.0f} ms (what streamscore adds)",
             lat.get("proc_p99_ms") is not None and lat["proc_p99_ms"] <= TARGET_P99_MS, spec=".1f", suffix=" ms")
+        row("streamscore p99 before the broker (each batch's oldest input: received → every outcome enqueued in the "
+            "producer), same run", lat.get("own_p99_ms"), f"≤ {TARGET_P99_MS:.0f} ms (the part streamscore controls)",
+            lat.get("own_p99_ms") is not None and lat["own_p99_ms"] <= TARGET_P99_MS, spec=".1f", suffix=" ms")
+        ack = (lat.get("stages") or {}).get("broker_ack") or {}
+        row("producer linger + broker acknowledgement p99 (last outcome enqueued → acknowledged), same run",
+            ack.get(0.99), "(the broker's part)", True, spec=".1f", suffix=" ms")
     elif lat:
         L.append(f"| latency run | FAILED: {lat['error'][:300]} | | |")
     for wl in ("plain", "repeats"):
@@ -741,8 +826,21 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
                  + f", total {lat['buckets'][-1][1]:.0f}. Processing latency (received by streamscore's source → "
                  f"acknowledged, `streamscore_processing_latency_seconds`), cumulative: "
                  + ", ".join(f"≤{le * 1e3:g} ms: {c:.0f}" for le, c in lat.get("proc_buckets", []) if le != float("inf"))
+                 + ". Where each batch's time went (`streamscore_batch_stage_seconds`, per batch from its oldest "
+                 "input, p50 / p99 ms): "
+                 + ", ".join(f"{st} {fmt(q.get(0.5), '.2f')} / {fmt(q.get(0.99), '.2f')}"
+                             for st, q in (lat.get("stages") or {}).items())
                  + "."
                  + (f" Extra consumer properties: {', '.join(ARGS.streamscore_consumer)}." if ARGS.streamscore_consumer else ""))
+        L.append("")
+    if steady and "error" not in steady:
+        lookups = (steady.get("cache_hits") or 0) + (steady.get("cache_misses") or 0)
+        L.append(f"Steady-state run: {steady['events']:,} transactions ({ARGS.repeat_share:.0%} repeats, seed 11) "
+                 f"preloaded, consumed by a fresh streamscore in {steady['seconds']:.0f} s with /metrics scraped every "
+                 f"{steady['scrape_every_s']:.0f} s; cache hits {steady.get('cache_hits', 0):,.0f} of {lookups:,.0f} "
+                 f"lookups; RSS (MB) over time: "
+                 + ", ".join(f"{t:g} s: {r}" for t, r in steady["timeline"])
+                 + f"; peak {steady['peak_rss_mb']:.0f} MB, highest in the last 5 s {steady['last5_max_rss_mb']:.0f} MB.")
         L.append("")
     if batching:
         L.extend(batching_report(batching, batching_rate))
@@ -765,10 +863,14 @@ def main() -> int:
     ap.add_argument("--streamscore-consumer", action="append", default=[], metavar="KEY=VALUE",
                     help="extra librdkafka consumer property ([kafka.consumer]) for every streamscore run (diagnostics), "
                          "e.g. fetch.wait.max.ms=10; named in the report")
+    ap.add_argument("--steady-events", type=int, default=3_000_000,
+                    help="backlog of the steady-state memory run (long enough to fill the prediction cache)")
+    ap.add_argument("--steady-scrape-seconds", type=float, default=15.0,
+                    help="how often the steady-state run scrapes /metrics (Prometheus' default interval)")
     ap.add_argument("--batching-seconds", type=float, default=10.0,
                     help="seconds per setting of the batching comparison at the latency run's rate")
     ap.add_argument("--skip", default="",
-                    help="comma list of: peer, passthrough, ort, latency, repeats, batching, batching-saturation")
+                    help="comma list of: peer, passthrough, ort, latency, repeats, steady, batching, batching-saturation")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "bench-results"))
     ARGS = ap.parse_args()
     skip = set(filter(None, ARGS.skip.split(",")))
@@ -801,7 +903,7 @@ def main() -> int:
     log(f"work dir {workdir}")
     broker = Broker(workdir)
     results: dict = {}
-    ort = lat = None
+    ort = lat = steady = None
     batching: dict = {}
     rate = 0.0
 
@@ -862,6 +964,11 @@ def main() -> int:
             else:
                 lat = Result(error="no saturation figure from the plain streamscore run")
 
+        if "steady" not in skip:
+            log(f"steady state: {ARGS.steady_events:,} events, /metrics scraped every {ARGS.steady_scrape_seconds:.0f} s ...")
+            steady = run_steady(broker, workdir, ARGS.steady_events, ARGS.steady_scrape_seconds)
+            log(f"steady {json.dumps(steady)}")
+
         if "batching" not in skip:
             if not rate:
                 batching["error"] = "no saturation figure from the plain streamscore run"
@@ -882,7 +989,7 @@ def main() -> int:
     finally:
         broker.stop()
 
-    text = report(results, ort, lat, meta, batching, rate)
+    text = report(results, ort, lat, meta, batching, rate, steady)
     print(text)
     os.makedirs(ARGS.out_dir, exist_ok=True)
     base = os.path.join(ARGS.out_dir, f"e2e-{started.strftime('%Y-%m-%d')}")
@@ -895,6 +1002,7 @@ def main() -> int:
     print(f"written to {os.path.relpath(path, os.getcwd())}")
     log(f"logs kept in {workdir}")
     failed = any("error" in r for r in results.values()) or (ort and "error" in ort) or (lat and "error" in lat) \
+        or (steady and "error" in steady) \
         or "error" in batching or any("error" in r for b in batching.values() if isinstance(b, dict)
                                       for k, r in b.items() if k in ("rate", "sat"))
     return 1 if failed else 0

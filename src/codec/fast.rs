@@ -268,7 +268,8 @@ enum Written<'a> {
     Str(&'a str),
     Symbol(u32),
     Timestamp(i64),
-    Uuid(Uuid),
+    /// The uuid, and its text when that is already what `Uuid::to_string` writes.
+    Uuid(Uuid, Option<&'a str>),
 }
 
 /// A value of the reader's type (timestamps are `Long`, enums their reader symbol index).
@@ -282,7 +283,8 @@ enum Resolved<'a> {
     Double(f64),
     Text(&'a str),
     Symbol(u32),
-    Uuid(Uuid),
+    /// The uuid, and its text when that is already what `Uuid::to_string` writes.
+    Uuid(Uuid, Option<&'a str>),
     /// Bytes: no feature or identity field takes them.
     Other,
 }
@@ -298,7 +300,7 @@ impl Owned {
             Owned::Double(v) => Resolved::Double(*v),
             Owned::Text(s) => Resolved::Text(s),
             Owned::Symbol(i) => Resolved::Symbol(*i),
-            Owned::Uuid(u) => Resolved::Uuid(*u),
+            Owned::Uuid(u) => Resolved::Uuid(*u, None),
             Owned::Other => Resolved::Other,
         }
     }
@@ -876,7 +878,13 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self) -> Result<&'a str, Bad> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| Bad("a string is not UTF-8"))
+        let b = self.bytes()?;
+        if b.is_ascii() {
+            // SAFETY: ASCII is UTF-8. (The check is cheaper than full validation on the short,
+            // mostly ASCII strings of events.)
+            return Ok(unsafe { std::str::from_utf8_unchecked(b) });
+        }
+        std::str::from_utf8(b).map_err(|_| Bad("a string is not UTF-8"))
     }
 
     /// One array or map block's item count (0 ends the sequence), checked like apache-avro's
@@ -929,7 +937,7 @@ fn skip(node: &Node, cur: &mut Cursor<'_>) -> Result<(), Bad> {
             cur.string()?;
         }
         Node::UuidString => {
-            uuid(cur.string()?)?;
+            uuid(cur)?;
         }
         Node::UuidBytes => {
             if cur.bytes()?.len() != 16 {
@@ -1000,8 +1008,27 @@ fn branch(cur: &mut Cursor<'_>, branches: usize) -> Result<usize, Bad> {
     }
 }
 
-fn uuid(text: &str) -> Result<Uuid, Bad> {
-    text.parse().map_err(|_| Bad("a uuid string does not parse"))
+/// A uuid string: parsed from its bytes (a uuid that parses is ASCII, hence UTF-8), with its
+/// text kept when it is the canonical form (lower-case, hyphenated: what `Uuid::to_string`
+/// writes, so the identity needs no re-encoding). Anything else is checked as the generic path
+/// does it: UTF-8 first, then the uuid syntax.
+fn uuid<'a>(cur: &mut Cursor<'a>) -> Result<(Uuid, Option<&'a str>), Bad> {
+    let start = cur.pos;
+    let b = cur.bytes()?;
+    if let Ok(u) = Uuid::try_parse_ascii(b) {
+        // Every parsable form is ASCII; 36 bytes is the hyphenated one.
+        let canonical = b.len() == 36 && !b.iter().any(u8::is_ascii_uppercase);
+        // SAFETY: `b` parsed as a uuid, so it holds only ASCII characters.
+        return Ok((u, canonical.then(|| unsafe { std::str::from_utf8_unchecked(b) })));
+    }
+    cur.pos = start;
+    let text = cur.string()?;
+    Ok((text.parse().map_err(|_| Bad("a uuid string does not parse"))?, None))
+}
+
+/// Whether `text` is a uuid's canonical text (see [`uuid`]).
+fn canonical_uuid(text: &str) -> bool {
+    text.len() == 36 && !text.bytes().any(|c| c.is_ascii_uppercase())
 }
 
 /// Reads a field; `Ok(None)` when its value does not resolve to the reader type.
@@ -1029,7 +1056,10 @@ fn read_leaf<'a>(leaf: Leaf, cur: &mut Cursor<'a>) -> Result<Written<'a>, Bad> {
         Leaf::String => Written::Str(cur.string()?),
         Leaf::Enum(n) => Written::Symbol(symbol(cur, n)?),
         Leaf::TimestampMillis => Written::Timestamp(cur.long()?),
-        Leaf::Uuid => Written::Uuid(uuid(cur.string()?)?),
+        Leaf::Uuid => {
+            let (u, text) = uuid(cur)?;
+            Written::Uuid(u, text)
+        }
     })
 }
 
@@ -1076,8 +1106,8 @@ fn resolve<'a>(conv: &Conv, w: Written<'a>) -> Option<Resolved<'a>> {
         }
         (Conv::Timestamp, W::Int(v)) => Resolved::Long(i64::from(v)),
         (Conv::Timestamp, W::Long(v) | W::Timestamp(v)) => Resolved::Long(v),
-        (Conv::Uuid, W::Uuid(u)) => Resolved::Uuid(u),
-        (Conv::Uuid, W::Str(s)) => Resolved::Uuid(s.parse().ok()?),
+        (Conv::Uuid, W::Uuid(u, text)) => Resolved::Uuid(u, text),
+        (Conv::Uuid, W::Str(s)) => Resolved::Uuid(s.parse().ok()?, canonical_uuid(s).then_some(s)),
         _ => return None,
     })
 }
@@ -1109,8 +1139,9 @@ impl Row<'_> {
             None => {}
             Some(Ident::EventId) => {
                 self.ids.event_id = match value {
+                    Resolved::Uuid(_, Some(text)) => Some(IdText::new(text)),
                     // What `Uuid::to_string` writes, without the formatting machinery.
-                    Resolved::Uuid(u) => Some(IdText::new(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()))),
+                    Resolved::Uuid(u, None) => Some(IdText::new(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()))),
                     Resolved::Text(s) => Some(IdText::new(s)),
                     _ => None,
                 }

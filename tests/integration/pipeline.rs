@@ -326,6 +326,22 @@ async fn drift_reports_metrics_and_health_endpoints() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
+    // Where each batch's time went: every stage counted once per acknowledged batch, and the
+    // stages before the broker add up to the time in streamscore.
+    let stage = |suffix: &str, stage: &str| -> f64 {
+        let prefix = format!("streamscore_batch_stage_seconds_{suffix}{{stage=\"{stage}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix));
+        line.and_then(|l| l[prefix.len()..].trim().parse().ok()).unwrap_or_else(|| panic!("/metrics lacks {prefix}"))
+    };
+    let batches = stage("count", "in_streamscore");
+    assert!(batches >= 1.0);
+    let before_broker = ["batching", "inference_queue", "inference", "sink_queue", "produce"];
+    for s in before_broker.iter().chain(&["broker_ack"]) {
+        assert_eq!(stage("count", s), batches, "stage {s}");
+    }
+    let parts: f64 = before_broker.iter().map(|s| stage("sum", s)).sum();
+    let whole = stage("sum", "in_streamscore");
+    assert!((parts - whole).abs() < 1e-6 * batches + 1e-9, "stages add up to {parts} s, in_streamscore is {whole} s");
     let summary = running.stop().await;
     assert_eq!(summary.scored, n as u64);
 
