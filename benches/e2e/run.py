@@ -112,26 +112,24 @@ def proc_cpu(pid: int) -> float | None:
         return None
 
 
-def proc_rss_mb(pid: int) -> float | None:
+def proc_status_mb(pid: int, field: str) -> float | None:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM, ...) in MB."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def proc_rss_mb(pid: int) -> float | None:
+    return proc_status_mb(pid, "VmRSS")
 
 
 def proc_hwm_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return proc_status_mb(pid, "VmHWM")
 
 
 def reap(proc: subprocess.Popen, timeout: float) -> tuple[int | None, float | None, float | None]:
