@@ -164,6 +164,13 @@ def stop(proc: subprocess.Popen, grace: float = 10.0):
 
 # ── broker ────────────────────────────────────────────────────────────────────────────────────
 
+def background() -> list[str]:
+    """Command prefix for the broker and the load generator: `nice -n N` with `--background-nice N`
+    (they share the machine's cores with the process under test)."""
+    n = getattr(ARGS, "background_nice", 0) if ARGS is not None else 0
+    return ["nice", "-n", str(n)] if n else []
+
+
 class Broker:
     def __init__(self, workdir: str):
         if not os.access(TANSU, os.X_OK):
@@ -173,7 +180,7 @@ class Broker:
         self.log_path = os.path.join(workdir, "tansu.log")
         url = f"tcp://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [TANSU, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            background() + [TANSU, "broker", "--listener-url", url, "--advertised-listener-url", url],
             stdin=subprocess.DEVNULL, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -218,7 +225,7 @@ def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
 
 def preload(bootstrap: str, topic: str, count: int, repeat_share: float = 0.0, rate: float = 0.0,
             seed: int = 1, wait: bool = True):
-    cmd = [STREAMSCORE, "produce", "--bootstrap-servers", bootstrap, "--topic", topic, "--count", str(count),
+    cmd = background() + [STREAMSCORE, "produce", "--bootstrap-servers", bootstrap, "--topic", topic, "--count", str(count),
            "--seed", str(seed)]
     if repeat_share:
         cmd += ["--repeat-share", str(repeat_share)]
@@ -701,6 +708,8 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
     L.append(f"- broker: Tansu 0.6.0 (memory storage) on the same machine; {ARGS.partitions} partitions per topic; "
              f"N = {ARGS.events:,} transactions per workload; batch size {BATCH}; model models/fraud_mlp/1; "
              f"ONNX Runtime 1.31.1, 1 intra-op thread everywhere")
+    if ARGS.background_nice:
+        L.append(f"- the broker and the load generator ran under `nice -n {ARGS.background_nice}`")
     if ARGS.streamscore_consumer:
         L.append(f"- **diagnostic run**: streamscore ran with extra consumer properties {', '.join(ARGS.streamscore_consumer)}")
     L.append(f"- clients: streamscore and passthrough use rdkafka 0.39 (bundled librdkafka 2.12.1); "
@@ -861,6 +870,9 @@ def main() -> int:
     ap.add_argument("--streamscore-consumer", action="append", default=[], metavar="KEY=VALUE",
                     help="extra librdkafka consumer property ([kafka.consumer]) for every streamscore run (diagnostics), "
                          "e.g. fetch.wait.max.ms=10; named in the report")
+    ap.add_argument("--background-nice", type=int, default=0, metavar="N",
+                    help="run the broker and the load generator under `nice -n N` (so that, on a machine with "
+                         "few cores, the contenders get the CPU first; 0 = same priority)")
     ap.add_argument("--steady-events", type=int, default=3_000_000,
                     help="backlog of the steady-state memory run (long enough to fill the prediction cache)")
     ap.add_argument("--steady-scrape-seconds", type=float, default=15.0,
