@@ -218,7 +218,8 @@ impl PredictionCache {
                 return Lookup::Miss { admit: false };
             }
         }
-        let hit = cache.get(key).and_then(|cached| (cached.fingerprint == self.fingerprint(row)).then_some(cached.score));
+        let hit =
+            cache.get(key).and_then(|cached| (cached.fingerprint == self.fingerprint(row)).then_some(cached.score));
         match hit {
             Some(score) => Lookup::Hit(score),
             None => Lookup::Miss { admit: true },

@@ -1057,7 +1057,8 @@ mod tests {
                 &[hist("x", &edges, &vec![1; k + 1])],
                 &hist("score", &[0.5], &[1, 1]),
             );
-            let xs: Vec<f32> = (0..400).map(|i| i as f32 * 0.06 - 12.0).chain(edges.iter().map(|&e| e as f32)).collect();
+            let xs: Vec<f32> =
+                (0..400).map(|i| i as f32 * 0.06 - 12.0).chain(edges.iter().map(|&e| e as f32)).collect();
             acc.observe(&xs, &vec![false; xs.len()], &vec![0.1; xs.len()]);
             let mut want = vec![0u64; k + 1];
             for &x in &xs {

@@ -12,9 +12,9 @@
 //! that runs the upkeep every [`UPKEEP_INTERVAL`].
 
 use std::net::SocketAddr;
-use std::time::Duration;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 

@@ -48,10 +48,7 @@ static TURN: Mutex<()> = Mutex::new(());
 #[test]
 fn histogram_samples_are_folded_into_buckets_without_a_scrape() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let recorder = PrometheusBuilder::new()
-        .set_buckets(&[0.001, 0.01, 0.1, 1.0])
-        .expect("buckets")
-        .build_recorder();
+    let recorder = PrometheusBuilder::new().set_buckets(&[0.001, 0.01, 0.1, 1.0]).expect("buckets").build_recorder();
     let handle = recorder.handle();
     let n = 200_000u64;
     let before = LIVE.load(Ordering::Relaxed);
@@ -72,7 +69,10 @@ fn histogram_samples_are_folded_into_buckets_without_a_scrape() {
         std::thread::sleep(Duration::from_millis(20));
         live = LIVE.load(Ordering::Relaxed) - before;
     }
-    assert!(live <= buffered / 10, "upkeep did not release the buffered samples: {live} of {buffered} bytes still live");
+    assert!(
+        live <= buffered / 10,
+        "upkeep did not release the buffered samples: {live} of {buffered} bytes still live"
+    );
 
     // Nothing lost: every sample is in the buckets.
     let page = handle.render();

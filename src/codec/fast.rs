@@ -1141,7 +1141,9 @@ impl Row<'_> {
                 self.ids.event_id = match value {
                     Resolved::Uuid(_, Some(text)) => Some(IdText::new(text)),
                     // What `Uuid::to_string` writes, without the formatting machinery.
-                    Resolved::Uuid(u, None) => Some(IdText::new(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()))),
+                    Resolved::Uuid(u, None) => {
+                        Some(IdText::new(u.hyphenated().encode_lower(&mut Uuid::encode_buffer())))
+                    }
                     Resolved::Text(s) => Some(IdText::new(s)),
                     _ => None,
                 }
