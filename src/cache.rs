@@ -18,12 +18,118 @@
 //! which profiling showed as the largest single cost); and an entry is 16 bytes inline (score
 //! and fingerprint; the fingerprint is computed only for inserts and for lookups that find an
 //! entry). Keeping the whole row instead cost ~130 bytes more per entry (13 MB at 100 000).
+//!
+//! Even so, a moka lookup that finds an entry, or an insert, costs ~0.5–1 µs: more than a small
+//! model's inference per row. With `cache.bypass_unprofitable` (default) the cache measures
+//! itself: per window of [`WINDOW_LOOKUPS`] lookups, the time spent in it (keys, lookups,
+//! inserts) against what its hits saved (hits × the window's inference time per inferred row).
+//! A window that cost more than it saved turns the cache off for the next
+//! [`FIRST_BYPASS_WINDOWS`] windows' worth of rows, doubling after each further unprofitable
+//! window up to [`MAX_BYPASS_WINDOWS`]; then it is consulted again for one window (a probe).
+//! A profitable window resets the doubling. Entries stay where they are while bypassed (their
+//! TTL still runs).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
+use tracing::{debug, info};
+
 use crate::config::{CacheAdmission, CacheConfig};
+use crate::telemetry::names;
+
+/// Lookups per profitability verdict (see the module docs).
+pub const WINDOW_LOOKUPS: u64 = 65_536;
+/// A first bypass lasts this many windows' worth of rows.
+pub const FIRST_BYPASS_WINDOWS: u64 = 8;
+/// The longest bypass, in windows' worth of rows.
+pub const MAX_BYPASS_WINDOWS: u64 = 128;
+
+/// What one scoring call spent in the cache and in inference (for the profitability check).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CacheUse {
+    /// Rows looked up.
+    pub lookups: u64,
+    /// Rows served from the cache.
+    pub hits: u64,
+    /// Time in keys, lookups, de-duplication and inserts.
+    pub cache_time: Duration,
+    /// Rows that went to inference.
+    pub inferred: u64,
+    /// Inference time for them.
+    pub inference_time: Duration,
+}
+
+/// A profitability verdict (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// The window paid for itself (or is not complete yet).
+    Keep,
+    /// The window cost more than it saved: bypass the cache for `rows` rows. `first`: the
+    /// window before was profitable (or this is the first verdict).
+    Bypass { rows: u64, first: bool, cost_ns_per_lookup: f64, saved_ns_per_lookup: f64 },
+}
+
+/// The clock-free profitability check.
+#[derive(Debug, Clone)]
+pub struct Governor {
+    window: CacheUse,
+    /// Rows still to bypass (0 = consult the cache).
+    bypass_left: u64,
+    /// Length of the next bypass, in windows.
+    next_windows: u64,
+}
+
+impl Default for Governor {
+    fn default() -> Self {
+        Self { window: CacheUse::default(), bypass_left: 0, next_windows: FIRST_BYPASS_WINDOWS }
+    }
+}
+
+impl Governor {
+    /// Whether `rows` rows should consult the cache; while bypassing, counts them off (and
+    /// returns true again once the bypass is used up: the probe).
+    pub fn consult(&mut self, rows: u64) -> bool {
+        if self.bypass_left == 0 {
+            return true;
+        }
+        self.bypass_left = self.bypass_left.saturating_sub(rows);
+        false
+    }
+
+    /// Adds one call's use; at the end of a window, the verdict on it.
+    pub fn account(&mut self, u: CacheUse) -> Verdict {
+        let w = &mut self.window;
+        w.lookups += u.lookups;
+        w.hits += u.hits;
+        w.cache_time += u.cache_time;
+        w.inferred += u.inferred;
+        w.inference_time += u.inference_time;
+        if w.lookups < WINDOW_LOOKUPS {
+            return Verdict::Keep;
+        }
+        let w = std::mem::take(&mut self.window);
+        let cost = w.cache_time.as_nanos() as f64;
+        // Without any inferred row every lookup hit: nothing to compare with, and the cache
+        // served the whole window.
+        if w.inferred == 0 {
+            self.next_windows = FIRST_BYPASS_WINDOWS;
+            return Verdict::Keep;
+        }
+        let per_row = w.inference_time.as_nanos() as f64 / w.inferred as f64;
+        let saved = w.hits as f64 * per_row;
+        if cost <= saved {
+            self.next_windows = FIRST_BYPASS_WINDOWS;
+            return Verdict::Keep;
+        }
+        let rows = self.next_windows * WINDOW_LOOKUPS;
+        let first = self.next_windows == FIRST_BYPASS_WINDOWS;
+        self.bypass_left = rows;
+        self.next_windows = (self.next_windows * 2).min(MAX_BYPASS_WINDOWS);
+        let lookups = w.lookups as f64;
+        Verdict::Bypass { rows, first, cost_ns_per_lookup: cost / lookups, saved_ns_per_lookup: saved / lookups }
+    }
+}
 
 /// Cache key: (model version id, feature-vector hash).
 pub type CacheKey = (u64, u64);
@@ -84,6 +190,8 @@ pub struct PredictionCache {
     fingerprints: RandomState,
     /// `cache.admission = "seen_twice"`: remembers recent first sightings.
     doorkeeper: Option<Doorkeeper>,
+    /// `cache.bypass_unprofitable`: the profitability check.
+    governor: Option<Governor>,
 }
 
 /// What a lookup found.
@@ -158,7 +266,11 @@ fn bits(v: f32) -> u32 {
 
 impl PredictionCache {
     pub fn new(cfg: &CacheConfig) -> Self {
-        Self::with_limits(cfg.enabled, cfg.max_entries, cfg.ttl, cfg.admission)
+        let mut cache = Self::with_limits(cfg.enabled, cfg.max_entries, cfg.ttl, cfg.admission);
+        if cfg.enabled && cfg.bypass_unprofitable {
+            cache.governor = Some(Governor::default());
+        }
+        cache
     }
 
     pub fn with_limits(enabled: bool, max_entries: u64, ttl: Duration, admission: CacheAdmission) -> Self {
@@ -166,7 +278,61 @@ impl PredictionCache {
             moka::sync::Cache::builder().max_capacity(max_entries).time_to_live(ttl).build_with_hasher(BuildKeyHasher)
         });
         let doorkeeper = (enabled && admission == CacheAdmission::SeenTwice).then(|| Doorkeeper::new(max_entries));
-        Self { inner, hasher: foldhash::quality::RandomState::default(), fingerprints: RandomState::new(), doorkeeper }
+        Self {
+            inner,
+            hasher: foldhash::quality::RandomState::default(),
+            fingerprints: RandomState::new(),
+            doorkeeper,
+            governor: None,
+        }
+    }
+
+    /// Turns the profitability check on or off (see the module docs).
+    pub fn with_governor(mut self, governor: Option<Governor>) -> Self {
+        self.governor = governor.filter(|_| self.inner.is_some());
+        self
+    }
+
+    /// Whether `rows` rows should consult the cache: false when it is disabled or bypassed for
+    /// now (see the module docs).
+    pub fn consult(&mut self, rows: usize) -> bool {
+        if self.inner.is_none() {
+            return false;
+        }
+        let Some(g) = &mut self.governor else { return true };
+        let was_bypassing = g.bypass_left > 0;
+        let consult = g.consult(rows as u64);
+        if was_bypassing && g.bypass_left == 0 {
+            debug!("prediction cache: bypass over, consulting it again to re-measure");
+            metrics::gauge!(names::CACHE_BYPASSED).set(0.0);
+        }
+        consult
+    }
+
+    /// Reports what a call that consulted the cache spent (see the module docs).
+    pub fn account(&mut self, usage: CacheUse) {
+        let Some(g) = &mut self.governor else { return };
+        if let Verdict::Bypass { rows, first, cost_ns_per_lookup, saved_ns_per_lookup } = g.account(usage) {
+            let (cost, saved) = (cost_ns_per_lookup.round(), saved_ns_per_lookup.round());
+            if first {
+                info!(
+                    rows,
+                    cost_ns_per_lookup = cost,
+                    saved_ns_per_lookup = saved,
+                    "prediction cache: it cost more than the inference its hits saved; bypassing it (re-measured \
+                     now and then; cache.bypass_unprofitable = false keeps it on)"
+                );
+            } else {
+                debug!(
+                    rows,
+                    cost_ns_per_lookup = cost,
+                    saved_ns_per_lookup = saved,
+                    "prediction cache: still unprofitable"
+                );
+            }
+            metrics::gauge!(names::CACHE_BYPASSED).set(1.0);
+            metrics::counter!(names::CACHE_BYPASSES).increment(1);
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -275,6 +441,82 @@ mod tests {
         // A different vector is a different key.
         let other = [1.0, 2.5, 1e-7];
         assert_eq!(c.get(&c.key(1, &other), &other), None);
+    }
+
+    fn usage(lookups: u64, hits: u64, cache_us: u64, inferred: u64, inference_us: u64) -> CacheUse {
+        CacheUse {
+            lookups,
+            hits,
+            cache_time: Duration::from_micros(cache_us),
+            inferred,
+            inference_time: Duration::from_micros(inference_us),
+        }
+    }
+
+    #[test]
+    fn governor_keeps_a_cache_whose_hits_save_more_than_it_costs() {
+        let mut g = Governor::default();
+        // Half of the window's lookups hit; a row costs 2 µs to infer, a lookup 0.5 µs.
+        let w = WINDOW_LOOKUPS;
+        assert_eq!(g.account(usage(w / 2, w / 4, w / 4, w / 4, w / 2)), Verdict::Keep, "window not complete");
+        assert_eq!(g.account(usage(w / 2, w / 4, w / 4, w / 4, w / 2)), Verdict::Keep);
+        assert!(g.consult(256));
+        // A window where every row hit (nothing inferred to compare with) keeps it too.
+        assert_eq!(g.account(usage(w, w, w, 0, 0)), Verdict::Keep);
+    }
+
+    #[test]
+    fn governor_bypasses_an_unprofitable_cache_then_probes_and_backs_off() {
+        let mut g = Governor::default();
+        let w = WINDOW_LOOKUPS;
+        // 10% hits at 0.3 µs per inferred row save 0.03 µs per lookup; lookups cost 0.5 µs.
+        let unprofitable = usage(w, w / 10, w / 2, w - w / 10, (w - w / 10) * 3 / 10);
+        let Verdict::Bypass { rows, first, cost_ns_per_lookup, saved_ns_per_lookup } = g.account(unprofitable) else {
+            panic!("an unprofitable window must bypass");
+        };
+        assert_eq!((rows, first), (FIRST_BYPASS_WINDOWS * w, true));
+        assert!((cost_ns_per_lookup - 500.0).abs() < 1.0, "{cost_ns_per_lookup}");
+        assert!((saved_ns_per_lookup - 30.0).abs() < 1.0, "{saved_ns_per_lookup}");
+        // Bypassed for exactly that many rows, then consulted again (the probe).
+        assert!(!g.consult(rows - 1));
+        assert!(!g.consult(1));
+        assert!(g.consult(1));
+        // Still unprofitable: the next bypass is twice as long, up to the cap.
+        let Verdict::Bypass { rows, first, .. } = g.account(unprofitable) else { panic!("bypass") };
+        assert_eq!((rows, first), (2 * FIRST_BYPASS_WINDOWS * w, false));
+        for _ in 0..10 {
+            assert!(!g.consult(u64::MAX));
+            assert!(matches!(g.account(unprofitable), Verdict::Bypass { .. }));
+        }
+        assert_eq!(g.bypass_left, MAX_BYPASS_WINDOWS * w);
+        // A profitable probe resets the back-off.
+        assert!(!g.consult(u64::MAX));
+        assert_eq!(g.account(usage(w, w / 2, w / 4, w / 2, w)), Verdict::Keep);
+        let Verdict::Bypass { rows, first, .. } = g.account(unprofitable) else { panic!("bypass") };
+        assert_eq!((rows, first), (FIRST_BYPASS_WINDOWS * w, true));
+    }
+
+    #[test]
+    fn a_bypassed_cache_is_not_consulted_and_only_a_configured_one_bypasses() {
+        let cfg = |bypass| CacheConfig {
+            enabled: true,
+            max_entries: 100,
+            admission: CacheAdmission::Always,
+            ttl: Duration::from_secs(60),
+            bypass_unprofitable: bypass,
+        };
+        let w = WINDOW_LOOKUPS;
+        let unprofitable = usage(w, 0, w, w, w / 10);
+        let mut on = PredictionCache::new(&cfg(true));
+        let mut off = PredictionCache::new(&cfg(false));
+        for c in [&mut on, &mut off] {
+            assert!(c.consult(10));
+            c.account(unprofitable);
+        }
+        assert!(!on.consult(10), "bypassed after an unprofitable window");
+        assert!(off.consult(10), "bypass_unprofitable = false: always consulted");
+        let mut disabled = PredictionCache::new(&CacheConfig { enabled: false, ..cfg(true) });
+        assert!(!disabled.consult(10));
     }
 
     #[test]

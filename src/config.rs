@@ -275,11 +275,19 @@ pub struct RawCache {
     pub ttl: String,
     /// `seen_twice` (default): a vector is cached from its second sighting on; `always`: from its first.
     pub admission: String,
+    /// Bypass the cache while it costs more than the inference its hits save.
+    pub bypass_unprofitable: bool,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
-        Self { enabled: true, max_entries: 100_000, ttl: "10m".into(), admission: "seen_twice".into() }
+        Self {
+            enabled: true,
+            max_entries: 100_000,
+            ttl: "10m".into(),
+            admission: "seen_twice".into(),
+            bypass_unprofitable: true,
+        }
     }
 }
 
@@ -557,6 +565,8 @@ pub struct CacheConfig {
     pub max_entries: u64,
     pub admission: CacheAdmission,
     pub ttl: Duration,
+    /// See [`crate::cache`] (the profitability check).
+    pub bypass_unprofitable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1261,7 +1271,13 @@ impl RawConfig {
                 latency_target,
                 queue_depth: b.queue_depth,
             },
-            cache: CacheConfig { enabled: c.enabled, max_entries: c.max_entries, admission, ttl },
+            cache: CacheConfig {
+                enabled: c.enabled,
+                max_entries: c.max_entries,
+                admission,
+                ttl,
+                bypass_unprofitable: c.bypass_unprofitable,
+            },
             delivery: DeliveryConfig {
                 mode,
                 commit_interval,

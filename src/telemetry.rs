@@ -34,6 +34,8 @@ pub mod names {
     pub const BATCH_TARGET_SIZE: &str = "streamscore_batch_target_size";
     pub const BATCH_TARGET_DELAY: &str = "streamscore_batch_target_delay_seconds";
     pub const CACHE_HITS: &str = "streamscore_cache_hits_total";
+    pub const CACHE_BYPASSED: &str = "streamscore_cache_bypassed";
+    pub const CACHE_BYPASSES: &str = "streamscore_cache_bypasses_total";
     pub const CACHE_MISSES: &str = "streamscore_cache_misses_total";
     pub const CONSUMER_LAG: &str = "streamscore_consumer_lag";
     pub const DRIFT_PSI: &str = "streamscore_drift_psi";
@@ -155,6 +157,12 @@ fn describe() {
     );
     describe_counter!(names::CACHE_HITS, "Rows served from the prediction cache.");
     describe_counter!(names::CACHE_MISSES, "Rows that needed inference.");
+    describe_gauge!(
+        names::CACHE_BYPASSED,
+        "1 while the prediction cache is bypassed because it cost more than the inference it saved \
+         (cache.bypass_unprofitable)."
+    );
+    describe_counter!(names::CACHE_BYPASSES, "Times the prediction cache was found unprofitable and bypassed.");
     describe_gauge!(
         names::CONSUMER_LAG,
         "Messages behind the partition's high watermark (from librdkafka statistics)."

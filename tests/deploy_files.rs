@@ -1530,6 +1530,8 @@ fn known_metrics() -> (BTreeSet<&'static str>, BTreeSet<&'static str>) {
         BATCH_TARGET_DELAY,
         CACHE_HITS,
         CACHE_MISSES,
+        CACHE_BYPASSED,
+        CACHE_BYPASSES,
         CONSUMER_LAG,
         DRIFT_PSI,
         DRIFT_REPORTS,

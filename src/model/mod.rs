@@ -22,7 +22,7 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 
 use crate::batcher::Batch;
-use crate::cache::{BuildKeyHasher, CacheKey, Lookup, PredictionCache};
+use crate::cache::{BuildKeyHasher, CacheKey, CacheUse, Lookup, PredictionCache};
 use crate::config::{ExecutionProvider, GraphOptimization, ModelConfig};
 pub use manifest::Manifest;
 
@@ -682,8 +682,9 @@ fn score_rows(
     if count == 0 {
         return Ok(ScoreCounts::default());
     }
-    if !cache.enabled() {
-        // No cache: no hashing either, one inference over the rows.
+    if !cache.consult(count) {
+        // No cache (disabled, or bypassed while unprofitable): no hashing either, one inference
+        // over the rows.
         let started = std::time::Instant::now();
         match subset {
             None => {
@@ -706,6 +707,7 @@ fn score_rows(
     let version_id = model.info.version_id;
     b.first_miss.clear();
     b.repeats.clear();
+    let lookups_started = std::time::Instant::now();
     for k in 0..count {
         let i = at(k);
         let key = cache.key(version_id, row(i));
@@ -733,7 +735,14 @@ fn score_rows(
     }
     let m = b.miss_index.len();
     let mut counts = ScoreCounts { cache_hits: count - m, cache_misses: m, inference: std::time::Duration::ZERO };
+    let mut usage = CacheUse {
+        lookups: count as u64,
+        hits: (count - m) as u64,
+        cache_time: lookups_started.elapsed(),
+        ..CacheUse::default()
+    };
     if m == 0 {
+        cache.account(usage);
         return Ok(counts);
     }
     let started = std::time::Instant::now();
@@ -748,6 +757,7 @@ fn score_rows(
         model.infer(&b.miss_rows, m, &mut b.out)?;
     }
     counts.inference = started.elapsed();
+    let inserts_started = std::time::Instant::now();
     for (j, &i) in b.miss_index.iter().enumerate() {
         let score = b.out[j];
         scores[i] = score;
@@ -756,6 +766,10 @@ fn score_rows(
             cache.insert(key, row(i), score);
         }
     }
+    usage.cache_time += inserts_started.elapsed();
+    usage.inferred = m as u64;
+    usage.inference_time = counts.inference;
+    cache.account(usage);
     for &(i, m) in &b.repeats {
         scores[i] = b.out[m];
     }
@@ -1244,6 +1258,42 @@ mod tests {
         assert_eq!(&batch.scores[..3], &scores[..]);
         assert_eq!(batch.cache_hits, vec![true, true, true, false]);
         assert_eq!(batch.model.as_ref().map(|m| m.version.as_str()), Some("1"));
+    }
+
+    #[test]
+    fn an_unprofitable_cache_is_bypassed_then_consulted_again() {
+        use crate::cache::{Governor, WINDOW_LOOKUPS};
+        let model = Model::load(&model_config()).expect("model");
+        let f = model.info.num_columns;
+        let cache =
+            PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60), CacheAdmission::Always)
+                .with_governor(Some(Governor::default()));
+        let mut scorer = Scorer::new(model, cache);
+        let mut batch = Batch::new(f, 2);
+        for r in 0..2 {
+            let (_, row, _) = batch.push_row();
+            row.iter_mut().enumerate().for_each(|(i, v)| *v = (r * f + i) as f32 / 100.0);
+        }
+        let fresh = scorer.score(&mut batch).expect("score");
+        assert_eq!((fresh.cache_hits, fresh.cache_misses), (0, 2));
+        let scores = batch.scores.clone();
+        assert_eq!(scorer.score(&mut batch).expect("score").cache_hits, 2, "consulted: both rows hit");
+        // A window that cost far more than its hits saved (as the scoring calls report it).
+        let w = WINDOW_LOOKUPS;
+        scorer.cache.account(CacheUse {
+            lookups: w,
+            hits: 0,
+            cache_time: std::time::Duration::from_millis(50),
+            inferred: w,
+            inference_time: std::time::Duration::from_millis(20),
+        });
+        let bypassed = scorer.score(&mut batch).expect("score");
+        assert_eq!((bypassed.cache_hits, bypassed.cache_misses), (0, 2), "bypassed: inferred, not looked up");
+        assert_eq!(batch.scores, scores, "the same scores without the cache");
+        assert_eq!(batch.cache_hits, vec![false, false]);
+        // Once the bypass's rows are used up, the cache (still holding the rows) is consulted again.
+        while !scorer.cache.consult(1 << 16) {}
+        assert_eq!(scorer.score(&mut batch).expect("score").cache_hits, 2);
     }
 
     // ---- deployment: commands and routing ------------------------------------------------
