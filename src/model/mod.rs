@@ -1234,6 +1234,16 @@ mod tests {
         }
     }
 
+    /// A batch (room for `capacity`) of `n` distinct rows of width `f`.
+    fn distinct_rows(f: usize, n: usize, capacity: usize) -> Batch {
+        let mut batch = Batch::new(f, capacity);
+        for r in 0..n {
+            let (_, row, _) = batch.push_row();
+            row.iter_mut().enumerate().for_each(|(i, v)| *v = (r * f + i) as f32 / 100.0);
+        }
+        batch
+    }
+
     #[test]
     fn scorer_serves_repeats_from_the_cache_and_marks_them() {
         let model = Model::load(&model_config()).expect("model");
@@ -1242,11 +1252,7 @@ mod tests {
             model,
             PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60), CacheAdmission::Always),
         );
-        let mut batch = Batch::new(f, 4);
-        for r in 0..3 {
-            let (_, row, _) = batch.push_row();
-            row.iter_mut().enumerate().for_each(|(i, v)| *v = (r * f + i) as f32 / 100.0);
-        }
+        let mut batch = distinct_rows(f, 3, 4);
         let first = scorer.score(&mut batch).expect("score");
         assert_eq!((first.cache_hits, first.cache_misses), (0, 3));
         let scores = batch.scores.clone();
@@ -1269,11 +1275,7 @@ mod tests {
             PredictionCache::with_limits(true, 1000, std::time::Duration::from_secs(60), CacheAdmission::Always)
                 .with_governor(Some(Governor::default()));
         let mut scorer = Scorer::new(model, cache);
-        let mut batch = Batch::new(f, 2);
-        for r in 0..2 {
-            let (_, row, _) = batch.push_row();
-            row.iter_mut().enumerate().for_each(|(i, v)| *v = (r * f + i) as f32 / 100.0);
-        }
+        let mut batch = distinct_rows(f, 2, 2);
         let fresh = scorer.score(&mut batch).expect("score");
         assert_eq!((fresh.cache_hits, fresh.cache_misses), (0, 2));
         let scores = batch.scores.clone();
