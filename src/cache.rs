@@ -255,6 +255,25 @@ impl Doorkeeper {
     }
 }
 
+/// Hashes `row`'s bit patterns (see [`bits`]), four features per write (one folded multiply in
+/// foldhash), and its length.
+fn hash_row(mut h: impl Hasher, row: &[f32]) -> u64 {
+    let mut quads = row.chunks_exact(4);
+    for q in &mut quads {
+        h.write_u128(
+            u128::from(bits(q[0]))
+                | u128::from(bits(q[1])) << 32
+                | u128::from(bits(q[2])) << 64
+                | u128::from(bits(q[3])) << 96,
+        );
+    }
+    for v in quads.remainder() {
+        h.write_u32(bits(*v));
+    }
+    h.write_usize(row.len());
+    h.finish()
+}
+
 /// Bit pattern of a feature value; `-0.0` and `0.0` are equal so that equal inputs hit.
 fn bits(v: f32) -> u32 {
     if v == 0.0 {
@@ -342,36 +361,12 @@ impl PredictionCache {
     /// The key of `row` under model version `version_id`. NaN never reaches here (the feature
     /// stage rejects it).
     pub fn key(&self, version_id: u64, row: &[f32]) -> CacheKey {
-        // Four features per folded multiply.
-        let mut h = self.hasher.build_hasher();
-        let mut quads = row.chunks_exact(4);
-        for q in &mut quads {
-            h.write_u128(
-                u128::from(bits(q[0]))
-                    | u128::from(bits(q[1])) << 32
-                    | u128::from(bits(q[2])) << 64
-                    | u128::from(bits(q[3])) << 96,
-            );
-        }
-        for v in quads.remainder() {
-            h.write_u32(bits(*v));
-        }
-        h.write_usize(row.len());
-        (version_id, h.finish())
+        (version_id, hash_row(self.hasher.build_hasher(), row))
     }
 
     /// The fingerprint that entries keep of their row (see the module docs).
     fn fingerprint(&self, row: &[f32]) -> u64 {
-        let mut h = self.fingerprints.build_hasher();
-        let mut pairs = row.chunks_exact(2);
-        for p in &mut pairs {
-            h.write_u64(u64::from(bits(p[0])) | u64::from(bits(p[1])) << 32);
-        }
-        if let [last] = pairs.remainder() {
-            h.write_u32(bits(*last));
-        }
-        h.write_usize(row.len());
-        h.finish()
+        hash_row(self.fingerprints.build_hasher(), row)
     }
 
     /// The cached score of `row` (its fingerprint checked too), or whether to insert its score

@@ -368,15 +368,21 @@ def batch_figures(m: dict) -> dict:
     return out
 
 
-def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix: str, timeout: float,
-                    batch: dict | None = None) -> Result:
+def start_streamscore(broker: Broker, workdir: str, topic_in: str, prefix: str, batch: dict | None = None):
+    """`streamscore run` on `topic_in` with its output topics `<prefix>.*` (created here), group
+    `<prefix>.group` and log `<workdir>/<prefix>.log`: (process, log file, metrics URL)."""
     create_topics(broker.bootstrap, [f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"], ARGS.partitions)
     cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic_in, prefix,
                                           ARGS.streamscore_consumer, batch)
     logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
     proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=logf, stderr=subprocess.STDOUT,
-                            env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
+                            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
+    return proc, logf, metrics_url
+
+
+def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix: str, timeout: float,
+                    batch: dict | None = None) -> Result:
+    proc, logf, metrics_url = start_streamscore(broker, workdir, topic_in, prefix, batch)
     res = Result(contender="streamscore", events=n)
     try:
         prev = None  # (t, outputs, cpu, broker_cpu) of the previous poll
@@ -516,12 +522,8 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
     n = int(rate * seconds)
     topic = f"bench.{name}.in"
     prefix = f"bench.{name}.streamscore"
-    create_topics(broker.bootstrap, [topic, f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"], ARGS.partitions)
-    cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic, prefix,
-                                          ARGS.streamscore_consumer, batch)
-    logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
-    proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
+    create_topics(broker.bootstrap, [topic], ARGS.partitions)
+    proc, logf, metrics_url = start_streamscore(broker, workdir, topic, prefix, batch)
     res = Result(contender="streamscore latency", offered_rate=rate, events=n)
     producer = None
     try:
@@ -587,14 +589,9 @@ def run_steady(broker: Broker, workdir: str, n: int, scrape_every: float) -> Res
     every `scrape_every` seconds, as a Prometheus server would (samples buffered between scrapes
     count); RSS read from /proc every 0.5 s."""
     topic, prefix = "bench.steady.in", "bench.steady"
-    create_topics(broker.bootstrap, [topic, f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"],
-                  ARGS.partitions)
+    create_topics(broker.bootstrap, [topic], ARGS.partitions)
     preload(broker.bootstrap, topic, n, repeat_share=ARGS.repeat_share, seed=11)
-    cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic, prefix,
-                                          ARGS.streamscore_consumer)
-    logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
-    proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
+    proc, logf, metrics_url = start_streamscore(broker, workdir, topic, prefix)
     res = Result(contender="streamscore steady state", events=n, scrape_every_s=scrape_every)
     samples: list[tuple[float, float]] = []
     try:

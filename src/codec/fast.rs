@@ -1016,17 +1016,17 @@ fn uuid<'a>(cur: &mut Cursor<'a>) -> Result<(Uuid, Option<&'a str>), Bad> {
     let start = cur.pos;
     let b = cur.bytes()?;
     if let Ok(u) = Uuid::try_parse_ascii(b) {
-        // Every parsable form is ASCII; 36 bytes is the hyphenated one.
-        let canonical = b.len() == 36 && !b.iter().any(u8::is_ascii_uppercase);
         // SAFETY: `b` parsed as a uuid, so it holds only ASCII characters.
-        return Ok((u, canonical.then(|| unsafe { std::str::from_utf8_unchecked(b) })));
+        let text = unsafe { std::str::from_utf8_unchecked(b) };
+        return Ok((u, canonical_uuid(text).then_some(text)));
     }
     cur.pos = start;
     let text = cur.string()?;
     Ok((text.parse().map_err(|_| Bad("a uuid string does not parse"))?, None))
 }
 
-/// Whether `text` is a uuid's canonical text (see [`uuid`]).
+/// Whether `text`, a string that parses as a uuid, is its canonical text (see [`uuid`]): of the
+/// parsable forms, 36 characters is the hyphenated one.
 fn canonical_uuid(text: &str) -> bool {
     text.len() == 36 && !text.bytes().any(|c| c.is_ascii_uppercase())
 }
