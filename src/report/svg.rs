@@ -227,6 +227,25 @@ fn shorten(text: &str, max_chars: usize) -> String {
     format!("{cut}…")
 }
 
+/// The whole `<svg>` of a chart: `body`, then the legend of `names` below `bottom` (the lowest
+/// axis label), the height fitted to both.
+fn close_chart(
+    id: &str,
+    title: &str,
+    body: &str,
+    names: &[(String, &'static str, &'static str)],
+    bottom: f64,
+) -> String {
+    let mut legend_svg = String::new();
+    let legend_height = legend(&mut legend_svg, names, bottom + 12.0);
+    let mut out = String::new();
+    open_svg(&mut out, id, title, bottom + legend_height + 8.0);
+    out.push_str(body);
+    out.push_str(&legend_svg);
+    out.push_str("</svg>");
+    out
+}
+
 fn open_svg(out: &mut String, id: &str, title: &str, height: f64) {
     let _ = write!(
         out,
@@ -332,15 +351,7 @@ pub fn line_chart(chart: &LineChart) -> String {
             let _ = write!(body, "<circle class=\"mark point\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"2.5\" fill=\"{c}\"/>");
         }
     }
-    let mut legend_svg = String::new();
-    let legend_height = legend(&mut legend_svg, &names, plot_b + 56.0);
-    let height = plot_b + 44.0 + legend_height + 8.0;
-    let mut out = String::new();
-    open_svg(&mut out, &chart.id, &chart.title, height);
-    out.push_str(&body);
-    out.push_str(&legend_svg);
-    out.push_str("</svg>");
-    out
+    close_chart(&chart.id, &chart.title, &body, &names, plot_b + 44.0)
 }
 
 /// Renders a grouped bar chart.
@@ -389,15 +400,7 @@ pub fn bar_chart(chart: &BarChart) -> String {
         );
     }
     axes(&mut body, (plot_l, plot_r, plot_t, plot_b), 62.0, &chart.x_label, &chart.y_label);
-    let mut legend_svg = String::new();
-    let legend_height = legend(&mut legend_svg, &names, plot_b + 84.0);
-    let height = plot_b + 72.0 + legend_height + 8.0;
-    let mut out = String::new();
-    open_svg(&mut out, &chart.id, &chart.title, height);
-    out.push_str(&body);
-    out.push_str(&legend_svg);
-    out.push_str("</svg>");
-    out
+    close_chart(&chart.id, &chart.title, &body, &names, plot_b + 72.0)
 }
 
 /// Horizontal grid lines with their value labels at `ticks`, `sy` mapping a value to its y.
