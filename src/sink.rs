@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::model::deploy;
 use crate::outcome::DeadLetterReason;
 use crate::pipeline::{PipelineError, Shared};
-use crate::telemetry::{names, RunStats};
+use crate::telemetry::{self, names, RunStats};
 
 /// Header names added to dead-letter records (the input's own headers are kept too).
 pub mod dlq_headers {
@@ -152,16 +152,11 @@ fn settle(b: &BatchAck, shared: &Shared) {
         }
     }
     let now = now_ms();
-    let latency = metrics::histogram!(names::END_TO_END_SECONDS);
+    let latency = telemetry::event_latency();
     let seconds = b.timestamps.iter().map(|t| (now - t).max(0) as f64 / 1000.0);
-    for s in seconds.clone() {
-        latency.record(s);
-    }
+    latency.end_to_end.record_batch(seconds.clone());
     stats.latency.record_all(seconds);
-    let processing = metrics::histogram!(names::PROCESSING_SECONDS);
-    for r in &b.received {
-        processing.record(acked.saturating_duration_since(*r).as_secs_f64());
-    }
+    latency.processing.record_batch(b.received.iter().map(|r| acked.saturating_duration_since(*r).as_secs_f64()));
     let produced = b.produced.get().copied().unwrap_or(acked);
     record_stages(b, produced, acked);
     if let Some(batching) = &shared.batching {

@@ -3,9 +3,12 @@
 //! - the metrics exporter buffers histogram samples until an upkeep folds them into buckets;
 //!   `telemetry::spawn_upkeep` must do that without a scrape, so memory stays bounded when
 //!   /metrics is scraped rarely or never;
+//! - the per-event latency histograms (`telemetry::EventHistogram`) allocate nothing per
+//!   observation;
 //! - a full prediction cache (the default 100 000 entries) stays within its documented size.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,12 +18,22 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+thread_local! {
+    /// Allocations this thread made (reallocations included), freed or not: other tests' threads
+    /// (the upkeep one runs on) do not count.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_allocation() {
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count_allocation();
         }
         p
     }
@@ -34,6 +47,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            count_allocation();
         }
         p
     }
@@ -79,6 +93,28 @@ fn histogram_samples_are_folded_into_buckets_without_a_scrape() {
     assert!(page.contains(&format!("upkeep_test_seconds_count {n}")), "{page}");
     // i % 2000 µs: 0..=1000 µs (1001 of every 2000 values) fall at or below 1 ms.
     assert!(page.contains(&format!("upkeep_test_seconds_bucket{{le=\"0.001\"}} {}", n / 2000 * 1001)), "{page}");
+}
+
+#[test]
+fn per_event_latency_histograms_allocate_nothing_per_observation() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let latency = streamscore::telemetry::event_latency();
+    let mut page = String::new();
+    latency.processing.render(&mut page);
+    let count_before: u64 = count_of(&page, "streamscore_processing_latency_seconds_count");
+    let allocations = ALLOCATIONS.with(Cell::get);
+    let n = 200_000u64;
+    for batch in 0..n / 250 {
+        latency.processing.record_batch((0..250).map(|i| (batch * 250 + i) as f64 % 2000.0 * 1e-5));
+    }
+    assert_eq!(ALLOCATIONS.with(Cell::get) - allocations, 0, "recording allocated");
+    let mut page = String::new();
+    latency.processing.render(&mut page);
+    assert_eq!(count_of(&page, "streamscore_processing_latency_seconds_count") - count_before, n, "{page}");
+}
+
+fn count_of(page: &str, name: &str) -> u64 {
+    page.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
 }
 
 #[test]

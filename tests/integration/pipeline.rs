@@ -326,6 +326,17 @@ async fn drift_reports_metrics_and_health_endpoints() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
+    // The per-event latency histograms took one observation per outcome (other tests in this
+    // process may add theirs: at least n), and their +Inf bucket is their count.
+    let value = |prefix: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(prefix));
+        line.and_then(|l| l[prefix.len()..].trim().parse().ok()).unwrap_or_else(|| panic!("/metrics lacks {prefix}"))
+    };
+    for name in ["streamscore_end_to_end_latency_seconds", "streamscore_processing_latency_seconds"] {
+        let count = value(&format!("{name}_count "));
+        assert!(count >= n as f64, "{name}: {count} observations for {n} outcomes");
+        assert_eq!(value(&format!("{name}_bucket{{le=\"+Inf\"}} ")), count, "{name}");
+    }
     // Where each batch's time went: every stage counted once per acknowledged batch, and the
     // stages before the broker add up to the time in streamscore.
     let stage = |suffix: &str, stage: &str| -> f64 {
