@@ -133,7 +133,7 @@ struct StepPlan {
     flag: bool,
     offset: usize,
     width: usize,
-    categories: Vec<String>,
+    categories: Categories,
     other: Option<usize>,
     /// `one_hot` of an enum: reader symbol index → column within the feature.
     symbol_columns: Vec<Option<usize>>,
@@ -394,10 +394,52 @@ fn step_plan(spec: &FeatureSpec, kind: &ReaderKind, offset: usize) -> Option<Ste
         flag: spec.missing_flag,
         offset,
         width,
-        categories: spec.categories.clone(),
+        categories: Categories::new(&spec.categories),
         other,
         symbol_columns,
     })
+}
+
+/// A one-hot feature's categories, looked up as the extractor's map does (a repeated category's
+/// last column wins). Category strings are mostly short codes (currencies, countries), so those
+/// of at most 7 bytes are also kept packed into one word with their length: a lookup of a short
+/// string compares words, not strings.
+#[derive(Debug, Clone)]
+struct Categories {
+    names: Vec<String>,
+    /// `pack(name)`, or [`NEVER`](Categories::NEVER) for a longer name.
+    words: Vec<u64>,
+}
+
+impl Categories {
+    /// No packed string has its top byte above 7 (its length).
+    const NEVER: u64 = u64::MAX;
+
+    fn new(names: &[String]) -> Self {
+        let words = names.iter().map(|n| Self::pack(n.as_bytes()).unwrap_or(Self::NEVER)).collect();
+        Categories { names: names.to_vec(), words }
+    }
+
+    /// The bytes of a string of at most 7 bytes, little-endian, with its length in the top byte:
+    /// equal words if and only if equal strings.
+    #[inline]
+    fn pack(b: &[u8]) -> Option<u64> {
+        if b.len() > 7 {
+            return None;
+        }
+        // Shifted in byte by byte (in registers, not copied through a stack word).
+        let bytes = b.iter().enumerate().fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
+        Some(bytes | (b.len() as u64) << 56)
+    }
+
+    /// The column of `text` within the feature, if it is one of the categories.
+    #[inline]
+    fn position(&self, text: &str) -> Option<usize> {
+        match Self::pack(text.as_bytes()) {
+            Some(w) => self.words.iter().rposition(|&c| c == w),
+            None => self.names.iter().rposition(|c| c == text),
+        }
+    }
 }
 
 /// The reader type of a field, if the plan can resolve into it.
@@ -558,6 +600,10 @@ impl FastPlan {
                     DeadLetterReason::MissingFeature,
                     format!("field `{}` is null or absent and the model requires it", step.source),
                 ));
+            }
+            // One-hot columns hold only 0 and 1 (see `Row::write`).
+            if step.transform == Transform::OneHot {
+                continue;
             }
             for (j, v) in row.out[step.offset..step.offset + step.width].iter().enumerate() {
                 if !v.is_finite() {
@@ -1165,47 +1211,37 @@ impl Row<'_> {
 
     /// Writes one feature's columns as `FeatureExtractor::extract` does; nulls are marked in
     /// `missing` (also for `reject` features: the final pass turns those into rejections).
+    #[inline]
     fn write(&mut self, step: &StepPlan, value: Resolved<'_>) {
-        let cols = &mut self.out[step.offset..step.offset + step.width];
-        let miss = &mut self.missing[step.offset..step.offset + step.width];
+        let o = step.offset;
         let is_null = matches!(value, Resolved::Null);
-        if is_null {
-            cols.fill(if step.transform == Transform::OneHot { 0.0 } else { step.default });
-            miss.fill(true);
-        } else {
-            miss.fill(false);
-            match step.transform {
-                Transform::Numeric => cols[0] = number(value) as f32,
-                Transform::Log1p => cols[0] = number(value).ln_1p() as f32,
-                Transform::Boolean => {
-                    cols[0] = match value {
-                        Resolved::Bool(true) => 1.0,
-                        Resolved::Bool(false) => 0.0,
-                        _ => f32::NAN,
-                    }
-                }
-                Transform::HourOfDay => {
-                    cols[0] = match value {
-                        Resolved::Long(t) => t.div_euclid(MS_PER_HOUR).rem_euclid(24) as f32,
-                        _ => f32::NAN,
-                    }
-                }
-                Transform::OneHot => {
-                    cols.fill(0.0);
-                    let column = match value {
-                        Resolved::Text(s) => step.categories.iter().rposition(|c| c == s).or(step.other),
-                        Resolved::Symbol(i) => step.symbol_columns.get(i as usize).copied().flatten(),
-                        _ => None,
-                    };
-                    if let Some(j) = column {
-                        cols[j] = 1.0;
-                    }
-                }
+        if step.transform == Transform::OneHot {
+            let cols = &mut self.out[o..o + step.width];
+            cols.fill(0.0);
+            self.missing[o..o + step.width].fill(is_null);
+            let column = match value {
+                Resolved::Text(s) => step.categories.position(s).or(step.other),
+                Resolved::Symbol(i) => step.symbol_columns.get(i as usize).copied().flatten(),
+                _ => None,
+            };
+            if let Some(j) = column {
+                cols[j] = 1.0;
             }
+        } else {
+            // Every other transform has one value column.
+            self.out[o] = match (step.transform, value) {
+                (_, Resolved::Null) => step.default,
+                (Transform::Numeric, v) => number(v) as f32,
+                (Transform::Log1p, v) => number(v).ln_1p() as f32,
+                (Transform::Boolean, Resolved::Bool(b)) => f32::from(u8::from(b)),
+                (Transform::HourOfDay, Resolved::Long(t)) => t.div_euclid(MS_PER_HOUR).rem_euclid(24) as f32,
+                _ => f32::NAN,
+            };
+            self.missing[o] = is_null;
         }
         if step.flag {
-            let c = step.offset + step.width;
-            self.out[c] = if is_null { 1.0 } else { 0.0 };
+            let c = o + step.width;
+            self.out[c] = f32::from(u8::from(is_null));
             self.missing[c] = false;
         }
     }
@@ -1220,5 +1256,61 @@ fn number(value: Resolved<'_>) -> f64 {
         Resolved::Float(v) => f64::from(v),
         Resolved::Double(v) => v,
         _ => f64::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Categories;
+
+    /// Packed lookups find what comparing the strings finds (the last equal category), for
+    /// short and long names, duplicates, the empty string, NUL bytes and multi-byte UTF-8.
+    #[test]
+    fn category_lookup_equals_comparing_the_strings() {
+        let names: Vec<String> = ["EUR", "USD", "EUR", "", "a", "a\0", "seven77", "eight888", "ECOMMERCE", "é", "日本"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let categories = Categories::new(&names);
+        let probes = [
+            "EUR",
+            "USD",
+            "GBP",
+            "",
+            "a",
+            "a\0",
+            "a\0\0",
+            "\0",
+            "seven77",
+            "seven7",
+            "eight888",
+            "eight88",
+            "ECOMMERCE",
+            "ECOMMERC",
+            "é",
+            "e",
+            "日本",
+            "日",
+            "EU",
+            "EURO",
+        ];
+        for probe in probes {
+            let expected = names.iter().rposition(|c| c == probe);
+            assert_eq!(categories.position(probe), expected, "{probe:?}");
+        }
+        assert_eq!(categories.position("EUR"), Some(2), "a repeated category's last column wins");
+    }
+
+    #[test]
+    fn packed_words_are_equal_only_for_equal_strings() {
+        let short = ["", "\0", "\0\0", "a", "a\0", "\0a", "ab", "ba", "abcdefg", "abcdef\0", "\u{7f}"];
+        for x in short {
+            for y in short {
+                let (px, py) = (Categories::pack(x.as_bytes()), Categories::pack(y.as_bytes()));
+                assert_eq!(px == py, x == y, "{x:?} vs {y:?}");
+                assert_ne!(px, Some(Categories::NEVER));
+            }
+        }
+        assert_eq!(Categories::pack(b"12345678"), None, "8 bytes do not fit beside the length");
     }
 }
