@@ -1072,9 +1072,11 @@ fn uuid<'a>(cur: &mut Cursor<'a>) -> Result<(Uuid, Option<&'a str>), Bad> {
 }
 
 /// Whether `text`, a string that parses as a uuid, is its canonical text (see [`uuid`]): of the
-/// parsable forms, 36 characters is the hyphenated one.
+/// parsable forms, 36 characters is the hyphenated one, made of hex digits and hyphens, and of
+/// those only the upper-case letters `A`-`F` lack bit 0x20.
 fn canonical_uuid(text: &str) -> bool {
-    text.len() == 36 && !text.bytes().any(|c| c.is_ascii_uppercase())
+    let Ok(bytes) = <&[u8; 36]>::try_from(text.as_bytes()) else { return false };
+    bytes.iter().fold(0xFF, |all, &c| all & c) & 0x20 != 0
 }
 
 /// Reads a field; `Ok(None)` when its value does not resolve to the reader type.
@@ -1176,6 +1178,7 @@ struct Row<'r> {
 
 impl Row<'_> {
     /// Hands reader field `field`'s value to the features and identity field that use it.
+    #[inline(always)]
     fn deliver(&mut self, layout: &Layout, field: usize, value: Resolved<'_>) {
         let uses = &layout.reader[field].uses;
         for &s in &uses.steps {
@@ -1299,6 +1302,29 @@ mod tests {
             assert_eq!(categories.position(probe), expected, "{probe:?}");
         }
         assert_eq!(categories.position("EUR"), Some(2), "a repeated category's last column wins");
+    }
+
+    /// For every text that parses as a uuid, "canonical" means exactly "what `Uuid::to_string`
+    /// writes" (so the identity can keep the text instead of re-encoding it).
+    #[test]
+    fn canonical_uuid_text_is_what_to_string_writes() {
+        use super::{canonical_uuid, Uuid};
+        for i in 0..200u128 {
+            let u = Uuid::from_u128(i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C834) ^ i);
+            let hyphenated = u.to_string();
+            let variants = [
+                hyphenated.clone(),
+                hyphenated.to_uppercase(),
+                hyphenated.replacen(|c: char| c.is_ascii_lowercase(), "A", 1),
+                u.simple().to_string(),
+                u.braced().to_string(),
+                u.urn().to_string(),
+            ];
+            for text in variants {
+                let parsed: Uuid = text.parse().expect("a uuid form");
+                assert_eq!(canonical_uuid(&text), parsed.to_string() == text, "{text}");
+            }
+        }
     }
 
     #[test]
