@@ -619,15 +619,22 @@ impl ColumnAcc {
         b.s1 += d;
         b.s2 += d * d;
         self.missing += u64::from(missing);
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
+        // x is finite: plain comparisons (f64::min/max also handle NaN, at several instructions
+        // each), and the extremes rarely move after a window's first values.
+        if x < self.min {
+            self.min = x;
+        }
+        if x > self.max {
+            self.max = x;
+        }
         // Edges are finite and strictly increasing (the manifest loader checks), so for a
         // finite x the number of edges <= x is its bin; counting is branch-free for the few
         // edges columns have, a binary search is better beyond.
-        let bin = if self.edges.len() <= 16 {
-            self.edges.iter().map(|&e| usize::from(e <= x)).sum()
-        } else {
-            bin_index(&self.edges, x)
+        let bin = match self.edges.as_slice() {
+            // One edge is the common case (one-hot columns and missing flags): no loop.
+            [edge] => usize::from(*edge <= x),
+            edges if edges.len() <= 16 => edges.iter().map(|&e| usize::from(e <= x)).sum(),
+            edges => bin_index(edges, x),
         };
         self.counts[bin] += 1;
     }
