@@ -243,7 +243,7 @@ enum Conv {
 
 #[derive(Debug)]
 enum FieldRead {
-    Leaf(Leaf, Conv),
+    Leaf(Scalar),
     /// A writer type no reader type in the plan's reach resolves from: decode, then mismatch.
     Mismatch(Node),
     Union(Vec<Branch>),
@@ -251,7 +251,7 @@ enum FieldRead {
 
 #[derive(Debug)]
 enum Branch {
-    Leaf(Leaf, Conv),
+    Leaf(Scalar),
     Mismatch(Node),
 }
 
@@ -749,14 +749,14 @@ impl<'s> Compiler<'_, 's> {
                 .variants()
                 .iter()
                 .map(|v| match self.leaf_or_node(v, ns, kind)? {
-                    Ok((leaf, conv)) => Some(Branch::Leaf(leaf, conv)),
+                    Ok((leaf, conv)) => Some(Branch::Leaf(Scalar::new(leaf, conv))),
                     Err(node) => Some(Branch::Mismatch(node)),
                 })
                 .collect::<Option<_>>()?;
             return Some(FieldRead::Union(branches));
         }
         Some(match self.leaf_or_node(schema, ns, kind)? {
-            Ok((leaf, conv)) => FieldRead::Leaf(leaf, conv),
+            Ok((leaf, conv)) => FieldRead::Leaf(Scalar::new(leaf, conv)),
             Err(node) => FieldRead::Mismatch(node),
         })
     }
@@ -1081,15 +1081,76 @@ fn canonical_uuid(text: &str) -> bool {
 
 /// Reads a field; `Ok(None)` when its value does not resolve to the reader type.
 fn read_field<'a>(read: &FieldRead, cur: &mut Cursor<'a>) -> Result<Option<Resolved<'a>>, Bad> {
-    let (leaf, conv) = match read {
-        FieldRead::Leaf(leaf, conv) => (leaf, conv),
+    let scalar = match read {
+        FieldRead::Leaf(scalar) => scalar,
         FieldRead::Mismatch(node) => return skip(node, cur).map(|_| None),
         FieldRead::Union(branches) => match &branches[branch(cur, branches.len())?] {
-            Branch::Leaf(leaf, conv) => (leaf, conv),
+            Branch::Leaf(scalar) => scalar,
             Branch::Mismatch(node) => return skip(node, cur).map(|_| None),
         },
     };
-    Ok(resolve(conv, read_leaf(*leaf, cur)?))
+    scalar.read(cur)
+}
+
+/// A writer scalar and its conversion to the reader's type. The pairs event schemas mostly hold
+/// (the writer's type is the reader's) are read and resolved in one step; every other pair goes
+/// through [`read_leaf`] and [`resolve`], which they equal.
+#[derive(Debug)]
+enum Scalar {
+    Null,
+    Bool,
+    Int,
+    Long,
+    Double,
+    Text,
+    /// A `timestamp-millis` into a `timestamp-millis`.
+    Timestamp,
+    Uuid,
+    /// An enum of `symbols` symbols; writer symbol index → reader symbol index.
+    Enum {
+        symbols: usize,
+        map: Vec<Option<u32>>,
+    },
+    General(Leaf, Conv),
+}
+
+impl Scalar {
+    fn new(leaf: Leaf, conv: Conv) -> Scalar {
+        match (leaf, conv) {
+            (Leaf::Null, Conv::Null) => Scalar::Null,
+            (Leaf::Boolean, Conv::Bool) => Scalar::Bool,
+            (Leaf::Int, Conv::Int) => Scalar::Int,
+            (Leaf::Long, Conv::Long) => Scalar::Long,
+            (Leaf::Double, Conv::Double) => Scalar::Double,
+            (Leaf::String, Conv::String) => Scalar::Text,
+            (Leaf::TimestampMillis, Conv::Timestamp) => Scalar::Timestamp,
+            (Leaf::Uuid, Conv::Uuid) => Scalar::Uuid,
+            (Leaf::Enum(symbols), Conv::Enum(map)) => Scalar::Enum { symbols, map },
+            (leaf, conv) => Scalar::General(leaf, conv),
+        }
+    }
+
+    /// Reads the value; `Ok(None)` when it does not resolve to the reader type.
+    #[inline]
+    fn read<'a>(&self, cur: &mut Cursor<'a>) -> Result<Option<Resolved<'a>>, Bad> {
+        Ok(Some(match self {
+            Scalar::Null => Resolved::Null,
+            Scalar::Bool => Resolved::Bool(cur.boolean()?),
+            Scalar::Int => Resolved::Int(cur.int()?),
+            Scalar::Long | Scalar::Timestamp => Resolved::Long(cur.long()?),
+            Scalar::Double => Resolved::Double(cur.double()?),
+            Scalar::Text => Resolved::Text(cur.string()?),
+            Scalar::Uuid => {
+                let (u, text) = uuid(cur)?;
+                Resolved::Uuid(u, text)
+            }
+            Scalar::Enum { symbols, map } => match map.get(symbol(cur, *symbols)? as usize) {
+                Some(&Some(reader)) => Resolved::Symbol(reader),
+                _ => return Ok(None),
+            },
+            Scalar::General(leaf, conv) => return Ok(resolve(conv, read_leaf(*leaf, cur)?)),
+        }))
+    }
 }
 
 fn read_leaf<'a>(leaf: Leaf, cur: &mut Cursor<'a>) -> Result<Written<'a>, Bad> {
