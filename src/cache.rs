@@ -285,11 +285,8 @@ fn bits(v: f32) -> u32 {
 
 impl PredictionCache {
     pub fn new(cfg: &CacheConfig) -> Self {
-        let mut cache = Self::with_limits(cfg.enabled, cfg.max_entries, cfg.ttl, cfg.admission);
-        if cfg.enabled && cfg.bypass_unprofitable {
-            cache.governor = Some(Governor::default());
-        }
-        cache
+        Self::with_limits(cfg.enabled, cfg.max_entries, cfg.ttl, cfg.admission)
+            .with_governor(cfg.bypass_unprofitable.then(Governor::default))
     }
 
     pub fn with_limits(enabled: bool, max_entries: u64, ttl: Duration, admission: CacheAdmission) -> Self {
@@ -306,7 +303,7 @@ impl PredictionCache {
         }
     }
 
-    /// Turns the profitability check on or off (see the module docs).
+    /// Turns the profitability check on or off (see the module docs); a disabled cache has none.
     pub fn with_governor(mut self, governor: Option<Governor>) -> Self {
         self.governor = governor.filter(|_| self.inner.is_some());
         self

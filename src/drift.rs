@@ -557,7 +557,9 @@ struct ColumnAcc {
     min: f64,
     max: f64,
     /// The current batch (see [`ColumnAcc::push`]): values counted, and the sums of their
-    /// deviations and squared deviations from `shift`.
+    /// deviations and squared deviations from `shift`. Kept here because a batch is walked row
+    /// by row across the columns: walking it column by column with these sums in locals took
+    /// ~30% more instructions (strided reads; callgrind, `drift/observe`).
     batch: BatchMoments,
     test: DriftTest,
     thresholds: DriftThresholds,
