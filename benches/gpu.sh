@@ -13,6 +13,8 @@
 #   --warmup-seconds S       warm-up per batch size and series (default 0.2)
 #   --intra-op-threads N     ONNX Runtime intra-op threads for every series (default 1, streamscore's)
 #   --device-id N            GPU ordinal (default 0)
+#   --cuda-tf32              CUDA: allow TF32 tensor cores in both contenders (ONNX Runtime's own
+#                            default; streamscore's model.cuda_tf32 is off, and so is this script's)
 #   --wheelhouse DIR         install from DIR only (pip --no-index --find-links DIR); split wheels
 #                            (NAME.whl.part-aa, NAME.whl.part-ab, …) are joined first
 #   --pip-arg ARG            extra argument for pip install (repeatable), e.g. --pip-arg=--index-url=URL
@@ -22,6 +24,7 @@
 #   --python PY              use this interpreter as it is: no venv, no install
 #   --no-build               do not run cargo; use INFER_SWEEP_BIN or target/release/examples/infer_sweep
 #   --out-dir DIR            where the report goes (default bench-results)
+#   --model-dir DIR          model version directory (default models/fraud_mlp/1)
 #
 # Environment: INFER_SWEEP_BIN=path uses a prebuilt examples/infer_sweep (no cargo needed);
 # CARGO_TARGET_DIR is honoured when building.
@@ -43,6 +46,8 @@ SECONDS_PER_SIZE=1
 WARMUP_SECONDS=0.2
 THREADS=1
 DEVICE_ID=0
+MODEL_DIR=models/fraud_mlp/1
+TF32_ARGS=()
 WHEELHOUSE=""
 PIP_EXTRA=()
 BASE_PY=python3
@@ -66,6 +71,9 @@ while [ "$#" -gt 0 ]; do
         --intra-op-threads=*) THREADS=${1#*=} ;;
         --device-id) need "$@"; DEVICE_ID=$2; shift ;;
         --device-id=*) DEVICE_ID=${1#*=} ;;
+        --cuda-tf32) TF32_ARGS=(--cuda-tf32) ;;
+        --model-dir) need "$@"; MODEL_DIR=$2; shift ;;
+        --model-dir=*) MODEL_DIR=${1#*=} ;;
         --wheelhouse) need "$@"; WHEELHOUSE=$2; shift ;;
         --wheelhouse=*) WHEELHOUSE=${1#*=} ;;
         --pip-arg) need "$@"; PIP_EXTRA+=("$2"); shift ;;
@@ -95,7 +103,8 @@ N_SIZES=$(tr ',' '\n' <<<"$SIZES" | grep -c .)
 # The onnxruntime version streamscore is pinned to (ort's api-31 needs 1.31): the same for the GPU wheel.
 ORT_VERSION=$(sed -n 's/^onnxruntime==\([0-9][0-9.]*\).*/\1/p' python/requirements.txt | head -1)
 [ -n "$ORT_VERSION" ] || die "no onnxruntime==X pin in python/requirements.txt"
-MODEL_DIR="$ROOT/models/fraud_mlp/1"
+[ -f "$MODEL_DIR/manifest.json" ] || die "--model-dir $MODEL_DIR has no manifest.json"
+MODEL_DIR=$(cd "$MODEL_DIR" && pwd)
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/gpu-bench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
@@ -388,9 +397,10 @@ names = {"%s %s" % (d.metadata["Name"], d.version) for d in m.distributions()
 print(", ".join(sorted(names)))' 2>/dev/null || true)
 meta "packages" "${NV_PKGS:-?}"
 meta "infer_sweep" "${BIN:-none}"
-meta "settings" "intra-op threads $THREADS, $SECONDS_PER_SIZE s measured + $WARMUP_SECONDS s warm-up per batch size, device $DEVICE_ID"
+meta "model" "$MODEL_DIR"
+meta "settings" "intra-op threads $THREADS, $SECONDS_PER_SIZE s measured + $WARMUP_SECONDS s warm-up per batch size, device $DEVICE_ID, CUDA TF32 $([ ${#TF32_ARGS[@]} -gt 0 ] && echo on || echo "off (use_tf32=0)")"
 
-COMMON=(--sizes "$SIZES" --seconds-per-size "$SECONDS_PER_SIZE" --warmup-seconds "$WARMUP_SECONDS" --intra-op-threads "$THREADS" --device-id "$DEVICE_ID")
+COMMON=(--sizes "$SIZES" --seconds-per-size "$SECONDS_PER_SIZE" --warmup-seconds "$WARMUP_SECONDS" --intra-op-threads "$THREADS" --device-id "$DEVICE_ID" "${TF32_ARGS[@]}")
 PROVIDERS=cpu
 [ "$MODE" = gpu ] && [ "$CUDA_READY" = 1 ] && PROVIDERS=cpu,cuda
 FAILED=0
@@ -475,7 +485,7 @@ out.append("")
 if cuda_state != "measured":
     out.append(f"**CUDA rows: {cuda_state}.**")
     out.append("")
-out.append("Model `models/fraud_mlp/1` (36 inputs, MLP); every contender runs the same ONNX Runtime library, "
+out.append(f"Model `{dict(meta).get('model', 'models/fraud_mlp/1')}` (MLP); every contender runs the same ONNX Runtime library, "
            "cache off, one session per series. µs per call: wall time of one call (Python: `session.run` / "
            "`run_with_iobinding`; streamscore: `Scorer::score`), mean and nearest-rank percentiles over the "
            "measured calls; rows/s = batch × calls / measured time; ns/row = measured time / (batch × calls).")

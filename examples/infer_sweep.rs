@@ -86,6 +86,9 @@ struct Args {
     /// ONNX Runtime intra-op threads (`model.intra_op_threads`; streamscore's default is 1).
     #[arg(long, default_value_t = 1)]
     intra_op_threads: usize,
+    /// CUDA: let ONNX Runtime use TF32 tensor cores (`model.cuda_tf32`; off by default).
+    #[arg(long)]
+    cuda_tf32: bool,
     /// Model directory (manifest.json + model file).
     #[arg(long, default_value = "models/fraud_mlp/1")]
     model_dir: PathBuf,
@@ -158,6 +161,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.model.dir = args.model_dir.clone();
     config.model.intra_op_threads = args.intra_op_threads;
     config.model.device_id = args.device_id;
+    config.model.cuda_tf32 = args.cuda_tf32;
     config.model.execution_provider = args.provider.execution_provider();
     // Every row must reach ONNX Runtime: no cache.
     config.cache.enabled = false;
@@ -219,6 +223,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "provider_active": active,
                 "device_id": args.device_id,
                 "intra_op_threads": args.intra_op_threads,
+                "cuda_tf32": args.cuda_tf32,
                 "batch": n,
                 "calls": point.calls,
                 "seconds": point.measured.as_secs_f64(),

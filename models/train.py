@@ -9,8 +9,10 @@ Steps (all seeded, so a rerun with the same pins reproduces the same files):
   2. build the feature matrix with python/streamscore_features.py from the FEATURES list
      below (the same code the reference scorer uses);
   3. train StandardScaler + MLPClassifier(32, 16); report ROC AUC on a held-out split;
-  4. export to ONNX with skl2onnx (input `features` float32 [N, F], outputs `label` int64 [N]
-     and `probabilities` float32 [N, 2]) and check onnxruntime against predict_proba;
+  4. export to ONNX with skl2onnx, rewrite it to the serving graph (models/serving_graph.py: the
+     Scaler folded into the first layer, the unused `label` output dropped), leaving input
+     `features` float32 [N, F] and output `probabilities` float32 [N, 2], and check
+     onnxruntime against predict_proba;
   5. write model.onnx and manifest.json (features, columns, threshold, reference histograms);
   6. write the validation gate's dataset validation.jsonl and the manifest's `validation` object
      (models/make_validation.py; docs/model-validation.md).
@@ -268,6 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         options={id(clf): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
+    # The serving graph: the Scaler folded into the first MatMul, the unused `label` branch
+    # dropped (models/serving_graph.py; exact up to float32 rounding, checked there).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import serving_graph
+
+    exported_nodes = len(onx.graph.node)
+    onx, lean_info = serving_graph.lean(onx, ["probabilities"], X_te[:4096])
+    print(f"serving graph: {exported_nodes} -> {len(lean_info['nodes_after'])} nodes, scaler folded "
+          f"{lean_info['folded_scaler']}, dropped {lean_info['dropped_outputs']}, max |diff| {lean_info['max_abs_diff']:.2e}")
     onx.doc_string = "streamscore fraud_mlp v1 (synthetic data; see models/README.md)"
     os.makedirs(args.out, exist_ok=True)
     model_path = os.path.join(args.out, "model.onnx")
@@ -280,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     outs = [(o.name, o.type, o.shape) for o in sess.get_outputs()]
     print(f"onnx inputs {ins} outputs {outs} (ir_version {onx.ir_version}, opsets "
           f"{ {o.domain or 'ai.onnx': o.version for o in onx.opset_import} })")
-    assert [o[0] for o in outs] == ["label", "probabilities"], outs
+    assert [o[0] for o in outs] == ["probabilities"], outs
     check = X_te[:1000]
-    label_o, proba_o = sess.run(None, {"features": check})
-    assert proba_o.dtype == np.float32 and proba_o.shape == (1000, 2) and label_o.dtype == np.int64
+    (proba_o,) = sess.run(None, {"features": check})
+    assert proba_o.dtype == np.float32 and proba_o.shape == (1000, 2)
     max_diff = float(np.max(np.abs(proba_o - pipe.predict_proba(check))))
     assert max_diff < 1e-5, f"onnxruntime differs from sklearn by {max_diff}"
     print(f"onnxruntime vs sklearn predict_proba on 1000 rows: max |diff| {max_diff:.2e}")
@@ -295,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": "fraud_mlp",
         "version": "1",
         "description": (
-            "MLP (StandardScaler + 32-16 ReLU) fraud score for payment transactions, trained by "
+            "MLP (StandardScaler, folded into the first layer, + 32-16 ReLU) fraud score for payment transactions, trained by "
             f"models/train.py on {args.rows} synthetic rows (seed {args.seed}) from the generative process in "
             f"docs/model-manifest.md. Held-out ROC AUC {auc:.4f}; threshold = max-F1 on the held-out split."
         ),
@@ -315,7 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {model_path} ({os.path.getsize(model_path)} bytes, sha256 {manifest['sha256']}) and manifest.json")
 
     # 6. The validation gate's dataset and limits (the manifest gains its `validation` object).
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import make_validation
 
     v = make_validation.make(args.out)

@@ -176,6 +176,9 @@ pub struct RawModel {
     pub execution_provider: String,
     /// GPU to use with `cuda`/`tensorrt`.
     pub device_id: i32,
+    /// Let the CUDA provider run float32 MatMul/Gemm/Conv on TF32 tensor cores (faster on
+    /// Ampere and newer, but scores then differ from CPU by ~1e-3 relative). Default off.
+    pub cuda_tf32: bool,
     /// ONNX Runtime graph optimisation: `disable`, `basic`, `extended` or `all`.
     pub graph_optimization_level: String,
     /// ONNX Runtime's CPU memory arena (faster allocation, memory kept for reuse).
@@ -206,6 +209,7 @@ impl Default for RawModel {
             verify_checksum: true,
             execution_provider: "cpu".into(),
             device_id: 0,
+            cuda_tf32: false,
             graph_optimization_level: "all".into(),
             memory_arena: true,
             trusted_public_keys: Vec::new(),
@@ -521,6 +525,8 @@ pub struct ModelConfig {
     pub verify_checksum: bool,
     pub execution_provider: ExecutionProvider,
     pub device_id: i32,
+    /// TF32 tensor cores for the CUDA provider's float32 math (`model.cuda_tf32`).
+    pub cuda_tf32: bool,
     pub graph_optimization_level: GraphOptimization,
     pub memory_arena: bool,
     /// Ed25519 public keys a manifest signature must verify against (empty: signatures not checked).
@@ -543,10 +549,26 @@ pub enum BatchMode {
 pub struct BatchConfig {
     pub mode: BatchMode,
     pub max_batch_size: usize,
+    /// `max_batch_size = "auto"`: sized for the execution provider (see [`BatchConfig::settle_for`]).
+    pub auto_size: bool,
     pub max_batch_delay: Duration,
     /// adaptive: arrival at the source → outcome acknowledged, the latency batches are sized for.
     pub latency_target: Duration,
     pub queue_depth: usize,
+}
+
+impl BatchConfig {
+    /// Settles an `"auto"` batch size on the execution provider that actually started: when a
+    /// GPU provider was asked for but the model fell back to CPU, GPU-sized batches would only
+    /// add latency, so the CPU size applies. Returns `(from, to)` when the size changed.
+    pub fn settle_for(&mut self, active_provider: &str) -> Option<(usize, usize)> {
+        let size = if active_provider == "cpu" { CPU_DEFAULT_BATCH_SIZE } else { GPU_DEFAULT_BATCH_SIZE };
+        if !self.auto_size || self.max_batch_size == size {
+            return None;
+        }
+        let from = std::mem::replace(&mut self.max_batch_size, size);
+        Some((from, size))
+    }
 }
 
 /// Which scored vectors enter the prediction cache.
@@ -1261,12 +1283,14 @@ impl RawConfig {
                 device_id: m.device_id,
                 graph_optimization_level,
                 memory_arena: m.memory_arena,
+                cuda_tf32: m.cuda_tf32,
                 trusted_public_keys: m.trusted_public_keys.iter().map(PathBuf::from).collect(),
                 require_signature: m.require_signature,
             },
             batch: BatchConfig {
                 mode: batch_mode,
                 max_batch_size,
+                auto_size: matches!(&b.max_batch_size, RawBatchSize::Word(w) if w == "auto"),
                 max_batch_delay,
                 latency_target,
                 queue_depth: b.queue_depth,
@@ -1843,8 +1867,20 @@ mod tests {
         let trt = load("[model]\nexecution_provider = \"tensorrt\"\n", &[]).expect("tensorrt");
         assert_eq!(trt.batch.max_batch_size, GPU_DEFAULT_BATCH_SIZE);
         // An explicit size wins on any provider, from the file or the environment.
-        let set = load("[model]\nexecution_provider = \"cuda\"\n[batch]\nmax_batch_size = 300\n", &[]).expect("set");
+        let mut set =
+            load("[model]\nexecution_provider = \"cuda\"\n[batch]\nmax_batch_size = 300\n", &[]).expect("set");
         assert_eq!(set.batch.max_batch_size, 300);
+        // A size that was set stays when the GPU provider falls back to CPU ...
+        assert_eq!(set.batch.settle_for("cpu"), None);
+        assert_eq!(set.batch.max_batch_size, 300);
+        // ... "auto" follows the provider that actually started.
+        let mut fell_back = load("[model]\nexecution_provider = \"cuda\"\n", &[]).expect("cuda");
+        assert_eq!(fell_back.batch.settle_for("cuda"), None);
+        assert_eq!(fell_back.batch.settle_for("cpu"), Some((GPU_DEFAULT_BATCH_SIZE, CPU_DEFAULT_BATCH_SIZE)));
+        assert_eq!(fell_back.batch.max_batch_size, CPU_DEFAULT_BATCH_SIZE);
+        let mut cpu = load("", &[]).expect("defaults");
+        assert_eq!(cpu.batch.settle_for("cpu"), None);
+        assert_eq!(cpu.batch.max_batch_size, CPU_DEFAULT_BATCH_SIZE);
         let env = load("", &[("STREAMSCORE_BATCH__MAX_BATCH_SIZE", "777")]).expect("env");
         assert_eq!(env.batch.max_batch_size, 777);
         let env =

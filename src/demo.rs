@@ -289,6 +289,7 @@ pub async fn run(
     raw.quality.max_waiting_labels = published.labels.max(1000);
     config_overrides(&mut raw);
     let config: Config = raw.check().context("demo configuration")?;
+    let requested_provider = config.model.execution_provider.as_str();
 
     let stats = Arc::new(RunStats::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -324,6 +325,11 @@ pub async fn run(
     let lookups = summary.cache_hits + summary.cache_misses;
     writeln!(out, "\n── summary ─────────────────────────────────────────────")?;
     writeln!(out, "model                {} v{}", summary.model_name, summary.model_version)?;
+    writeln!(
+        out,
+        "execution provider   {} (requested {requested_provider}; micro-batches of up to {} rows)",
+        summary.execution_provider, summary.max_batch_size
+    )?;
     writeln!(out, "consumed             {}", summary.consumed)?;
     writeln!(out, "scored               {}   (records on `{SCORED}`: {})", summary.scored, scored_records.total)?;
     writeln!(

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
 
-use streamscore::config::{Config, LogFormat};
+use streamscore::config::{Config, LogFormat, RawConfig};
 use streamscore::demo::{self, DemoOptions, LabelTraffic, TrafficOptions};
 use streamscore::model::verify;
 use streamscore::validate::{self, LimitOverrides, ValidateOptions};
@@ -49,6 +49,10 @@ enum Command {
         seed: u64,
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+        /// ONNX Runtime execution provider: cpu, cuda or tensorrt (model.execution_provider;
+        /// cuda/tensorrt need ORT_DYLIB_PATH to name the onnxruntime-gpu wheel's library).
+        #[arg(long, default_value = "cpu")]
+        execution_provider: String,
     },
     /// Publish synthetic transactions (Avro, Confluent framing) to a real broker.
     Produce {
@@ -244,11 +248,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Demo { events, seed, partitions } => {
+        Command::Demo { events, seed, partitions, execution_provider } => {
             telemetry::init_tracing(LogFormat::Human, "warn,streamscore=warn");
             let mut stdout = std::io::stdout();
             let opts = DemoOptions { events, seed, partitions };
-            match runtime.block_on(demo::run(opts, |_| {}, &mut stdout)) {
+            let set_provider = |raw: &mut RawConfig| raw.model.execution_provider = execution_provider.clone();
+            match runtime.block_on(demo::run(opts, set_provider, &mut stdout)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

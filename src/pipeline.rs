@@ -176,6 +176,11 @@ pub struct RunSummary {
     pub quality: Vec<QualityWindow>,
     pub model_name: String,
     pub model_version: String,
+    /// The execution provider of the model loaded at start (`cpu` when a GPU provider was asked
+    /// for but could not start; every version loads with the same `[model]` settings).
+    pub execution_provider: &'static str,
+    /// `batch.max_batch_size` as it applied (`"auto"` settled on the active provider).
+    pub max_batch_size: usize,
 }
 
 /// Runs the pipeline until `shutdown` resolves or a fatal error happens.
@@ -215,12 +220,38 @@ pub async fn run_with_control(
     let DeployEnd { receiver: deploy_rx, state: deployment_view } = deploy;
     let started = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
+    // The recorder first: model loading counts its failures, and the adaptive controller
+    // publishes its initial targets as gauges.
+    let handle = telemetry::prometheus();
+    let mut config = config;
+    // Then the model: everything that can be wrong with it fails here, before consuming, and
+    // an "auto" batch size settles on the execution provider that actually started.
+    let model_cfg = config.model.clone();
+    let model = tokio::task::spawn_blocking(move || Model::load(&model_cfg))
+        .await
+        .map_err(|e| PipelineError::Internal(format!("model loader panicked: {e}")))??;
+    if let Some((from, to)) = config.batch.settle_for(model.info.execution_provider) {
+        warn!(
+            requested = config.model.execution_provider.as_str(),
+            active = model.info.execution_provider,
+            from,
+            to,
+            "batch.max_batch_size = \"auto\": sized for the provider that started, not the one requested"
+        );
+    }
+    // Full batches before the first real one, as for every version the control plane loads
+    // (a GPU provider's first call at a new shape is slow).
+    let warm_rows = config.batch.max_batch_size;
+    let model = tokio::task::spawn_blocking(move || {
+        let mut model = model;
+        model.warm_up(warm_rows, crate::repository::WARM_UP_BATCHES).map(|()| model)
+    })
+    .await
+    .map_err(|e| PipelineError::Internal(format!("model warm-up panicked: {e}")))??;
     let cfg = Arc::new(config);
     // apache-avro pre-allocates a string's or array's claimed length; a hostile 20-byte value could
     // claim gigabytes. Nothing decoded can be larger than the message it came in.
     apache_avro::util::max_allocation_bytes(cfg.schemas.max_message_bytes.max(1024));
-    // The recorder first: the adaptive controller publishes its initial targets as gauges.
-    let handle = telemetry::prometheus();
     let batching = (cfg.batch.mode == BatchMode::Adaptive).then(|| {
         info!(
             latency_target = ?cfg.batch.latency_target,
@@ -267,11 +298,7 @@ pub async fn run_with_control(
         None => None,
     };
 
-    // Model and schemas: everything that can be wrong with them fails here, before consuming.
-    let model_cfg = cfg.model.clone();
-    let model = tokio::task::spawn_blocking(move || Model::load(&model_cfg))
-        .await
-        .map_err(|e| PipelineError::Internal(format!("model loader panicked: {e}")))??;
+    // Schemas: everything that can be wrong with them fails here too, before consuming.
     let info: Arc<ModelInfo> = model.info.clone();
     info!(
         model = %info.name,
@@ -384,7 +411,7 @@ pub async fn run_with_control(
             _ = &mut shutdown => {
                 info!("shutdown requested during start-up");
                 shared.request_stop();
-                return Ok(summarize(&stats, started, &info.name, &info.version, Vec::new(), Vec::new()));
+                return Ok(summarize(&stats, started, (&info.name, &info.version, info.execution_provider), cfg.batch.max_batch_size, Vec::new(), Vec::new()));
             }
         }
     };
@@ -546,14 +573,21 @@ pub async fn run_with_control(
         None => (info.name.clone(), info.version.clone()),
     };
     let quality_totals = quality_totals.lock().map(|v| v.clone()).unwrap_or_default();
-    Ok(summarize(&stats, started, &name, &version, top_drift, quality_totals))
+    Ok(summarize(
+        &stats,
+        started,
+        (&name, &version, info.execution_provider),
+        cfg.batch.max_batch_size,
+        top_drift,
+        quality_totals,
+    ))
 }
 
 fn summarize(
     stats: &RunStats,
     started: Instant,
-    model_name: &str,
-    model_version: &str,
+    (model_name, model_version, execution_provider): (&str, &str, &'static str),
+    max_batch_size: usize,
     top_drift: Vec<(String, f64)>,
     quality: Vec<QualityWindow>,
 ) -> RunSummary {
@@ -571,6 +605,8 @@ fn summarize(
         quality,
         model_name: model_name.to_owned(),
         model_version: model_version.to_owned(),
+        execution_provider,
+        max_batch_size,
     }
 }
 

@@ -269,6 +269,10 @@ pub fn validate(model: &ModelConfig, opts: &ValidateOptions) -> Result<Validatio
         }
     }
 
+    // Untimed full batches first, as the control plane runs before a version serves: a GPU
+    // provider's first calls at a new batch shape are slow (75 ms once on an H200, against
+    // ~0.7 ms after), which would measure the start-up, not the serving latency.
+    candidate.warm_up(limits.batch_size, crate::repository::WARM_UP_BATCHES)?;
     let mut scores = Vec::with_capacity(scored.len());
     let mut latencies = Vec::new();
     let mut out = Vec::new();

@@ -14,10 +14,10 @@ Variants, one JSON object per (variant, batch size) on stdout:
                         GPU and the outputs back (what streamscore's `Model::infer` does).
   cuda  / io_binding    input already on the GPU (an OrtValue), outputs bound to the GPU: no
                         host<->device copy of input or output per call, so the difference to
-                        `session.run` is the copy cost. The model's ai.onnx.ml nodes (Scaler,
-                        ArrayFeatureExtractor) have no CUDA kernels and run on the CPU either
-                        way, so ONNX Runtime still copies inside the graph; the `placement`
-                        field says which nodes run where.
+                        `session.run` is the copy cost. A graph with ai.onnx.ml nodes (Scaler,
+                        ArrayFeatureExtractor, as skl2onnx exports them) runs those on the CPU
+                        either way, so ONNX Runtime still copies inside the graph; the shipped
+                        serving graph has none. The `placement` field says which nodes run where.
 
 CUDA runs only when `onnxruntime.get_available_providers()` has CUDAExecutionProvider (the
 onnxruntime-gpu wheel); otherwise a `skipped` object says why. A CUDA session that falls back
@@ -95,9 +95,15 @@ def session_options(threads: int, verbose: bool = False) -> ort.SessionOptions:
     return so
 
 
+# TF32 for the CUDA provider's float32 math: ONNX Runtime's default is on, streamscore's
+# (`model.cuda_tf32`) off; --cuda-tf32 sets it for both contenders (benches/gpu.sh passes it on).
+CUDA_TF32 = False
+
+
 def providers_for(provider: str, device_id: int) -> list:
     if provider == "cuda":
-        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        options = {"device_id": device_id, "use_tf32": int(CUDA_TF32)}
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -179,7 +185,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir", default=os.path.join(REPO, "models/fraud_mlp/1"))
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--no-iobinding", action="store_true", help="skip the CUDA io_binding variant")
+    ap.add_argument("--cuda-tf32", action="store_true", help="CUDA: allow TF32 (use_tf32=1; default 0, as streamscore)")
     args = ap.parse_args(argv)
+    global CUDA_TF32
+    CUDA_TF32 = args.cuda_tf32
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1:
@@ -194,6 +203,7 @@ def main(argv=None) -> int:
     common = {
         "contender": CONTENDER,
         "intra_op_threads": args.intra_op_threads,
+        "cuda_tf32": args.cuda_tf32,
         "model": f"{manifest['name']} {manifest['version']}",
         "ort_version": ort.__version__,
         "ort_package": os.path.dirname(ort.__file__),

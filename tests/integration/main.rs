@@ -13,4 +13,5 @@ mod quality;
 mod report;
 mod sasl;
 mod service;
+mod serving_graph;
 mod tls;
