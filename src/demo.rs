@@ -211,6 +211,18 @@ const DLQ: &str = "transactions.dlq";
 const MONITORING: &str = "streamscore.monitoring";
 const LABELS: &str = "transactions.labels";
 
+/// Events per partition of the in-process mock cluster, at most. librdkafka's mock keeps only the
+/// last 5 MiB (and 100 000 message sets) of each partition and silently drops older ones, so a
+/// demo publishing everything before it consumes would lose the oldest inputs (300 000 events on
+/// 3 partitions stalled at ~103 000 outcomes). 20 000 events of ~200 bytes stay well inside it.
+pub const MOCK_EVENTS_PER_PARTITION: u64 = 20_000;
+
+/// Partitions for `events` on the mock cluster: `asked`, or more when the mock would drop data.
+pub fn mock_partitions(events: u64, asked: i32) -> i32 {
+    let needed = events.div_ceil(MOCK_EVENTS_PER_PARTITION).min(i32::MAX as u64) as i32;
+    asked.max(needed).max(1)
+}
+
 /// Runs the demo, writing progress and the summary to `out`.
 pub async fn run(
     opts: DemoOptions,
@@ -232,8 +244,18 @@ pub async fn run(
             0,
         );
     }
+    let partitions = mock_partitions(opts.events, opts.partitions);
+    if partitions > opts.partitions {
+        writeln!(
+            out,
+            "note: {} events need {partitions} partitions on the mock cluster (it keeps only the last 5 MiB of \
+             each partition; {MOCK_EVENTS_PER_PARTITION} events per partition at most): using {partitions}, not {}",
+            opts.events, opts.partitions
+        )?;
+    }
+    // Dead letters are ~1% of the events and the monitoring topic holds a few reports: one partition.
     for (topic, partitions) in
-        [(INPUT, opts.partitions), (SCORED, opts.partitions), (DLQ, 1), (MONITORING, 1), (LABELS, 1)]
+        [(INPUT, partitions), (SCORED, partitions), (DLQ, 1), (MONITORING, 1), (LABELS, partitions)]
     {
         cluster
             .create_topic(topic, partitions, 1)
@@ -456,3 +478,23 @@ fn scored_label(payload: &[u8], schema: &apache_avro::Schema) -> Option<bool> {
 }
 
 pub use TrafficOptions as ProduceOptions;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mock_partitions_keep_every_partition_inside_the_mocks_retention() {
+        assert_eq!(mock_partitions(20_000, 3), 3, "the asked count when it is enough");
+        assert_eq!(mock_partitions(60_000, 3), 3);
+        assert_eq!(mock_partitions(60_001, 3), 4);
+        assert_eq!(mock_partitions(300_000, 3), 15);
+        assert_eq!(mock_partitions(300_000, 32), 32, "more than needed is kept");
+        assert_eq!(mock_partitions(0, 0), 1);
+        assert_eq!(mock_partitions(u64::MAX, 1), i32::MAX);
+        for events in [1, 19_999, 20_000, 20_001, 123_457, 1_000_000] {
+            let p = mock_partitions(events, 1) as u64;
+            assert!(events.div_ceil(p) <= MOCK_EVENTS_PER_PARTITION, "{events} events on {p} partitions");
+        }
+    }
+}

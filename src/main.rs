@@ -47,6 +47,8 @@ enum Command {
         events: u64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Partitions of the input, scored and labels topics; raised to one per 20 000 events,
+        /// since the in-process mock keeps only the last 5 MiB of each partition.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
         /// ONNX Runtime execution provider: cpu, cuda or tensorrt (model.execution_provider;

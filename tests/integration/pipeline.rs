@@ -532,6 +532,45 @@ async fn demo_runs_end_to_end_on_the_mock_cluster() {
     assert!(text.contains("live quality v1"), "{text}");
 }
 
+/// More events than librdkafka's mock keeps per partition (5 MiB: ~25 000 of these) on one
+/// asked-for partition: the demo spreads them over enough partitions and loses none (before, 300 000
+/// events on 3 partitions stalled at ~103 000 outcomes). It also asks for CUDA on the CPU-only ONNX
+/// Runtime library: the model falls back to CPU, and the "auto" batch size with it (256, not 2048).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_spreads_events_beyond_the_mocks_retention_and_settles_on_the_active_provider() {
+    let mut out = Vec::new();
+    let ort = service::ort_library();
+    let model_dir = service::root().join("models/fraud_mlp/1");
+    let reader = service::root().join("schemas/transaction.avsc");
+    let summary = streamscore::demo::run(
+        streamscore::demo::DemoOptions { events: 45_000, seed: 11, partitions: 1 },
+        |raw| {
+            raw.model.onnxruntime_library = ort.display().to_string();
+            raw.model.dir = model_dir.display().to_string();
+            raw.model.execution_provider = "cuda".into();
+            raw.schemas.reader_schema = reader.display().to_string();
+            raw.schemas.local = [
+                ("1".to_string(), reader.display().to_string()),
+                ("7".to_string(), service::root().join("schemas/label.avsc").display().to_string()),
+            ]
+            .into_iter()
+            .collect();
+        },
+        &mut out,
+    )
+    .await
+    .expect("demo succeeds");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("45000 events need 3 partitions on the mock cluster"), "{text}");
+    assert!(text.contains("one outcome per input: yes"), "{text}");
+    assert_eq!(summary.consumed, 45_000);
+    let dead: u64 = summary.dead_lettered.iter().map(|(_, n)| n).sum();
+    assert_eq!(summary.scored + dead, 45_000);
+    assert_eq!(summary.execution_provider, "cpu", "the CPU-only library has no CUDA provider");
+    assert_eq!(summary.max_batch_size, 256, "\"auto\" follows the provider that started");
+    assert!(text.contains("execution provider   cpu (requested cuda; micro-batches of up to 256 rows)"), "{text}");
+}
+
 /// A model directory that does not exist stops start-up with a message naming it; an invalid
 /// config file makes the binary exit 2 listing every bad key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
