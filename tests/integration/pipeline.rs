@@ -494,27 +494,33 @@ async fn produce_command_publishes_synthetic_transactions() {
     assert_eq!(decoded, 492, "every 50th is malformed, the rest decode");
 }
 
+/// The demo's configuration for tests: this checkout's ONNX Runtime library, model and schemas,
+/// and the execution provider to ask for.
+fn demo_overrides(provider: &'static str) -> impl FnMut(&mut streamscore::config::RawConfig) {
+    let ort = service::ort_library();
+    let model_dir = service::root().join("models/fraud_mlp/1");
+    let reader = service::root().join("schemas/transaction.avsc");
+    let labels = service::root().join("schemas/label.avsc");
+    move |raw| {
+        raw.model.onnxruntime_library = ort.display().to_string();
+        raw.model.dir = model_dir.display().to_string();
+        raw.model.execution_provider = provider.into();
+        raw.schemas.reader_schema = reader.display().to_string();
+        raw.schemas.local =
+            [("1".to_string(), reader.display().to_string()), ("7".to_string(), labels.display().to_string())]
+                .into_iter()
+                .collect();
+    }
+}
+
 /// The demo (`make demo`) runs the real pipeline on the in-process mock cluster and reports one
 /// outcome per input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_end_to_end_on_the_mock_cluster() {
     let mut out = Vec::new();
-    let ort = service::ort_library();
-    let model_dir = service::root().join("models/fraud_mlp/1");
-    let reader = service::root().join("schemas/transaction.avsc");
     let summary = streamscore::demo::run(
         streamscore::demo::DemoOptions { events: 3000, seed: 5, partitions: 3 },
-        |raw| {
-            raw.model.onnxruntime_library = ort.display().to_string();
-            raw.model.dir = model_dir.display().to_string();
-            raw.schemas.reader_schema = reader.display().to_string();
-            raw.schemas.local = [
-                ("1".to_string(), reader.display().to_string()),
-                ("7".to_string(), service::root().join("schemas/label.avsc").display().to_string()),
-            ]
-            .into_iter()
-            .collect();
-        },
+        demo_overrides("cpu"),
         &mut out,
     )
     .await
@@ -539,23 +545,9 @@ async fn demo_runs_end_to_end_on_the_mock_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_spreads_events_beyond_the_mocks_retention_and_settles_on_the_active_provider() {
     let mut out = Vec::new();
-    let ort = service::ort_library();
-    let model_dir = service::root().join("models/fraud_mlp/1");
-    let reader = service::root().join("schemas/transaction.avsc");
     let summary = streamscore::demo::run(
         streamscore::demo::DemoOptions { events: 45_000, seed: 11, partitions: 1 },
-        |raw| {
-            raw.model.onnxruntime_library = ort.display().to_string();
-            raw.model.dir = model_dir.display().to_string();
-            raw.model.execution_provider = "cuda".into();
-            raw.schemas.reader_schema = reader.display().to_string();
-            raw.schemas.local = [
-                ("1".to_string(), reader.display().to_string()),
-                ("7".to_string(), service::root().join("schemas/label.avsc").display().to_string()),
-            ]
-            .into_iter()
-            .collect();
-        },
+        demo_overrides("cuda"),
         &mut out,
     )
     .await
