@@ -1860,6 +1860,15 @@ mod tests {
     }
 
     #[test]
+    fn cuda_tf32_is_off_unless_asked_for() {
+        assert!(!load("", &[]).expect("defaults").model.cuda_tf32, "scores as on CPU by default");
+        assert!(load("[model]\ncuda_tf32 = true\n", &[]).expect("file").model.cuda_tf32);
+        assert!(load("", &[("STREAMSCORE_MODEL__CUDA_TF32", "true")]).expect("env").model.cuda_tf32);
+        let p = problems(load("[model]\ncuda_tf32 = \"yes\"\n", &[]));
+        assert!(p.iter().any(|p| p.key.starts_with("model")), "{p:?}");
+    }
+
+    #[test]
     fn auto_batch_size_follows_the_execution_provider() {
         assert_eq!(load("", &[]).expect("defaults").batch.max_batch_size, CPU_DEFAULT_BATCH_SIZE);
         let gpu = load("[model]\nexecution_provider = \"cuda\"\n", &[]).expect("cuda");
