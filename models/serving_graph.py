@@ -67,10 +67,10 @@ def fold_leading_scaler(model: onnx.ModelProto) -> bool:
     nodes = list(g.node)
     inits = {i.name: i for i in g.initializer}
     graph_outputs = {o.name for o in g.output}
-    scalers = [n for n in _consumers(nodes, g.input[0].name) if n.op_type == "Scaler" and n.domain == "ai.onnx.ml"]
-    if len(scalers) != 1 or len(_consumers(nodes, g.input[0].name)) != 1:
+    readers = _consumers(nodes, g.input[0].name)
+    if len(readers) != 1 or readers[0].op_type != "Scaler" or readers[0].domain != "ai.onnx.ml":
         return False
-    scaler = scalers[0]
+    scaler = readers[0]
     removed = [scaler]
     tensor = scaler.output[0]
     after = _consumers(nodes, tensor)

@@ -95,26 +95,23 @@ def session_options(threads: int, verbose: bool = False) -> ort.SessionOptions:
     return so
 
 
-# TF32 for the CUDA provider's float32 math: ONNX Runtime's default is on, streamscore's
-# (`model.cuda_tf32`) off; --cuda-tf32 sets it for both contenders (benches/gpu.sh passes it on).
-CUDA_TF32 = False
-
-
-def providers_for(provider: str, device_id: int) -> list:
+def providers_for(provider: str, device_id: int, tf32: bool) -> list:
+    """`tf32`: TF32 for the CUDA provider's float32 math. ONNX Runtime's default is on,
+    streamscore's (`model.cuda_tf32`) off; --cuda-tf32 sets it for both contenders."""
     if provider == "cuda":
-        options = {"device_id": device_id, "use_tf32": int(CUDA_TF32)}
+        options = {"device_id": device_id, "use_tf32": int(tf32)}
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
-def placement(model: str, provider: str, device_id: int, threads: int) -> str:
+def placement(model: str, provider: str, device_id: int, threads: int, tf32: bool) -> str:
     """Which execution provider runs how many nodes, from ONNX Runtime's verbose log of a
     throwaway session (verbose logging would slow the timed one). The log goes to fd 2."""
     saved = os.dup(2)
     with tempfile.TemporaryFile() as log:
         os.dup2(log.fileno(), 2)
         try:
-            ort.InferenceSession(model, session_options(threads, verbose=True), providers=providers_for(provider, device_id))
+            ort.InferenceSession(model, session_options(threads, verbose=True), providers=providers_for(provider, device_id, tf32))
         except Exception as e:  # noqa: BLE001 - reported, the timed session will fail loudly
             return f"unknown ({e})"
         finally:
@@ -187,8 +184,6 @@ def main(argv=None) -> int:
     ap.add_argument("--no-iobinding", action="store_true", help="skip the CUDA io_binding variant")
     ap.add_argument("--cuda-tf32", action="store_true", help="CUDA: allow TF32 (use_tf32=1; default 0, as streamscore)")
     args = ap.parse_args(argv)
-    global CUDA_TF32
-    CUDA_TF32 = args.cuda_tf32
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1:
@@ -219,10 +214,10 @@ def main(argv=None) -> int:
             print(f"ort_sweep: cuda skipped: {why}", file=sys.stderr)
             print(json.dumps({**common, "provider_requested": "cuda", "skipped": why}), flush=True)
             continue
-        where = placement(model, provider, args.device_id, args.intra_op_threads)
+        where = placement(model, provider, args.device_id, args.intra_op_threads, args.cuda_tf32)
         loading = time.perf_counter()
         sess = ort.InferenceSession(
-            model, session_options(args.intra_op_threads), providers=providers_for(provider, args.device_id)
+            model, session_options(args.intra_op_threads), providers=providers_for(provider, args.device_id, args.cuda_tf32)
         )
         load_s = time.perf_counter() - loading
         active = "cuda" if "CUDAExecutionProvider" in sess.get_providers() else "cpu"
