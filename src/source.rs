@@ -24,7 +24,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use crate::batcher::{Batch, BatchPolicy, Entry, EntryKind};
-use crate::codec::Decoder;
+use crate::codec::{Decoder, LastPlan};
 use crate::config::{Config, DeliveryMode};
 use crate::features::RowIdentity;
 use crate::offsets::{OffsetTracker, TopicPartition};
@@ -487,6 +487,9 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
     let mut next_commit = Instant::now() + cfg.delivery.commit_interval;
     let mut last_poll_error: Option<Instant> = None;
     let ctx = consumer.context();
+    // The plan of the schema id decoded last: most inputs share one, so they skip the decoder's
+    // shared plan map (a lock and a lookup per event).
+    let mut last_plan = LastPlan::default();
 
     let transactional = ctx.transactional;
     if transactional {
@@ -567,7 +570,7 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
             Some(Ok(msg)) => {
                 // Possible while paused (already fetched, or a partition assigned meanwhile):
                 // it joins the open batch, which waits for the pending one.
-                accept(&mut b, &msg, cfg, decoder, shared, now);
+                accept(&mut b, &msg, cfg, (decoder, &mut last_plan), shared, now);
                 false
             }
             // Transient errors (broker down, rebalance in progress) are retried by librdkafka;
@@ -668,7 +671,7 @@ fn accept(
     b: &mut Builder,
     msg: &BorrowedMessage<'_>,
     cfg: &Config,
-    decoder: &Decoder,
+    decoder: (&Decoder, &mut LastPlan),
     shared: &Shared,
     received: Instant,
 ) {
@@ -719,7 +722,7 @@ fn accept(
 
 /// A registry outage should not dead-letter good events: retry a few times with backoff first.
 fn decode_with_retry(
-    decoder: &Decoder,
+    (decoder, last_plan): (&Decoder, &mut LastPlan),
     bytes: &[u8],
     values: &mut [f32],
     missing: &mut [bool],
@@ -728,7 +731,7 @@ fn decode_with_retry(
     let mut delay = Duration::from_millis(500);
     let mut attempt = 0;
     loop {
-        match decoder.decode_features(bytes, values, missing) {
+        match decoder.decode_features_with(last_plan, bytes, values, missing) {
             Err(r)
                 if r.reason == DeadLetterReason::RegistryUnavailable
                     && attempt < REGISTRY_RETRIES

@@ -49,6 +49,10 @@ struct Features {
     plans: RwLock<HashMap<u32, Option<Arc<FastPlan>>>>,
 }
 
+/// The fast plan of the schema id a caller decoded last ([`Decoder::decode_features_with`]).
+#[derive(Default)]
+pub struct LastPlan(Option<(u32, Arc<FastPlan>)>);
+
 impl Decoder {
     /// A decoder over `store`; payloads larger than `max_message_bytes` are rejected unread.
     ///
@@ -181,6 +185,20 @@ impl Decoder {
         out: &mut [f32],
         missing: &mut [bool],
     ) -> Result<RowIdentity, Rejection> {
+        self.decode_features_with(&mut LastPlan::default(), payload, out, missing)
+    }
+
+    /// [`decode_features`](Self::decode_features) for a caller that decodes event after event
+    /// with this decoder (the source thread): `last` keeps the plan of the last schema id, so
+    /// consecutive events of one schema id skip the shared plan map (its lock and lookup).
+    /// `last` must only ever be used with this decoder.
+    pub fn decode_features_with(
+        &self,
+        last: &mut LastPlan,
+        payload: &[u8],
+        out: &mut [f32],
+        missing: &mut [bool],
+    ) -> Result<RowIdentity, Rejection> {
         let features =
             self.features.as_ref().expect("decode_features needs a decoder built with Decoder::with_features");
         if payload.len() > self.max_message_bytes {
@@ -190,8 +208,10 @@ impl Decoder {
             ));
         }
         let (id, body) = split_frame(payload)?;
-        if let Some(Some(plan)) = features.plans.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
-            return plan.decode(body, out, missing);
+        if let Some((last_id, plan)) = &last.0 {
+            if *last_id == id {
+                return plan.decode(body, out, missing);
+            }
         }
         let cached = features.plans.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
         let plan = match cached {
@@ -208,7 +228,11 @@ impl Decoder {
             }
         };
         match plan {
-            Some(plan) => plan.decode(body, out, missing),
+            Some(plan) => {
+                let decoded = plan.decode(body, out, missing);
+                last.0 = Some((id, plan));
+                decoded
+            }
             None => {
                 let value = self.decode(payload)?;
                 features.extractor.extract(&value, out, missing)

@@ -69,6 +69,8 @@ struct Harness {
     decoder: Decoder,
     extractor: Arc<FeatureExtractor>,
     manifest: Manifest,
+    /// Kept across [`Harness::check`] calls, as the source thread keeps it across events.
+    last_plan: std::cell::RefCell<LastPlan>,
     _dir: tempfile::TempDir,
 }
 
@@ -86,7 +88,7 @@ impl Harness {
         let store = Arc::new(SchemaStore::new(reader(), &local, None, None).unwrap());
         let extractor = Arc::new(FeatureExtractor::new(manifest, &reader()).unwrap());
         let decoder = Decoder::with_features(store, MAX_MESSAGE_BYTES, manifest, extractor.clone());
-        Harness { decoder, extractor, manifest: manifest.clone(), _dir: dir }
+        Harness { decoder, extractor, manifest: manifest.clone(), last_plan: Default::default(), _dir: dir }
     }
 
     fn run(&self, f: impl FnOnce(&mut [f32], &mut [bool]) -> Result<RowIdentity, Rejection>) -> Outcome {
@@ -118,6 +120,10 @@ impl Harness {
         let generic = self.generic(payload);
         let fast = self.fast(payload);
         assert_eq!(fast, generic, "decode_features differs from decode + extract on {payload:02x?}");
+        let remembered = self.run(|out, missing| {
+            self.decoder.decode_features_with(&mut self.last_plan.borrow_mut(), payload, out, missing)
+        });
+        assert_eq!(remembered, generic, "decode_features_with differs from decode + extract on {payload:02x?}");
         if let (Some(plan), Ok((_, body))) = (plan, split_frame(payload)) {
             if payload.len() <= MAX_MESSAGE_BYTES {
                 let direct = self.run(|out, missing| plan.decode(body, out, missing));
@@ -661,6 +667,49 @@ fn corpus_outcomes_are_the_same_both_ways() {
         assert!(checked >= 40, "{checked}");
         assert_eq!(h.decoder.is_fast(1), Some(true), "the standard schema takes the fast path");
     }
+}
+
+/// The fused reads are planned for every kind they have, with and without a null branch where
+/// the reader allows one, in the schemas the differential tests above run (so each kind is compared with the generic
+/// path there), and the standard schema with the shipped model reads every field fused.
+#[test]
+fn the_differential_tests_reach_every_fused_read() {
+    let mut seen = BTreeMap::<String, usize>::new();
+    let mut writers: Vec<String> = standard_writers().to_vec();
+    writers.extend((0..60u64).map(writer_variant));
+    for (k, json) in writers.iter().enumerate() {
+        let h = Harness::new(&[(ID, json)], &manifests()[k % 3]);
+        let Some(Some(plan)) = h.plan(ID) else { continue };
+        for kind in plan.op_kinds() {
+            *seen.entry(kind).or_default() += 1;
+        }
+    }
+    for want in [
+        "skip",
+        "read",
+        "Number",
+        "Number?",
+        "Boolean",
+        "Boolean?",
+        "OneHotText",
+        "OneHotText?",
+        // The reader's `channel` and `event_time` are not nullable, so a writer union with null
+        // is no fused read for them (its null does not resolve); the null branch is one code
+        // path for every kind, reached above.
+        "OneHotEnum",
+        "Time",
+        "EventIdUuid",
+        "IdText",
+    ] {
+        assert!(seen.contains_key(want), "no plan holds a `{want}` op: {seen:?}");
+    }
+
+    let m = shipped_manifest();
+    let fx = FeatureExtractor::new(&m, &reader()).unwrap();
+    let plan = FastPlan::new(&reader(), &reader(), &m, &fx).unwrap();
+    let kinds = plan.op_kinds();
+    assert!(!kinds.iter().any(|k| k == "read"), "the standard schema has a field read unfused: {kinds:?}");
+    assert_eq!(kinds.len(), 16, "{kinds:?}");
 }
 
 #[test]

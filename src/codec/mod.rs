@@ -14,7 +14,7 @@ mod fast;
 mod store;
 mod wire;
 
-pub use decode::{Decoder, DEFAULT_MAX_MESSAGE_BYTES};
+pub use decode::{Decoder, LastPlan, DEFAULT_MAX_MESSAGE_BYTES};
 pub use encode::{
     encode_scored, encode_shadow, encode_value, put_bool, put_f32, put_f64, put_int, put_long, put_str,
     put_union_index, ScoredRecord, ShadowRecord,
