@@ -631,7 +631,8 @@ impl ColumnAcc {
     #[inline]
     fn push(&mut self, x: f64, missing: bool) {
         if let Some(counts) = &mut self.binary {
-            // Bit patterns: +0.0 and 1.0 only (a -0.0 takes the numeric path and keeps its sign).
+            // Bit patterns, +0.0 and 1.0 only: a -0.0 takes the numeric path, so the extremes come
+            // out bit for bit as a numeric column's would.
             let (zero, one) = (x.to_bits() == 0, x.to_bits() == 1f64.to_bits());
             if zero | one {
                 counts.zeros += u64::from(zero);
