@@ -122,6 +122,33 @@ pub struct SourceParts {
     pub member: usize,
 }
 
+/// Input topic names, each held once (entries share it).
+#[derive(Default)]
+struct TopicNames {
+    names: HashMap<String, Arc<str>>,
+    /// The last one asked for: inputs mostly come from one topic in a row, so it is compared
+    /// before the map is asked (which hashes the name).
+    last: Option<Arc<str>>,
+}
+
+impl TopicNames {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.last.as_ref().filter(|t| ***t == *name) {
+            return t.clone();
+        }
+        let t = match self.names.get(name) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(name);
+                self.names.insert(name.to_owned(), t.clone());
+                t
+            }
+        };
+        self.last = Some(t.clone());
+        t
+    }
+}
+
 /// The open batch and what it takes to seal it, shared by the poll loop and the rebalance
 /// callback (which runs inside `poll` on the same thread, so the lock is never contended across
 /// threads; it exists because the callback only gets `&self`).
@@ -147,7 +174,7 @@ struct Builder {
     /// Ownership epoch of each assigned partition (see `OffsetTracker::assign`), kept here so
     /// that tagging an input costs no lock.
     epochs: Vec<(TopicPartition, u64)>,
-    topics: HashMap<String, Arc<str>>,
+    topics: TopicNames,
 }
 
 /// What happened to a sealed batch.
@@ -162,15 +189,6 @@ enum Handoff {
 }
 
 impl Builder {
-    fn topic(&mut self, name: &str) -> Arc<str> {
-        if let Some(t) = self.topics.get(name) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(name);
-        self.topics.insert(name.to_string(), t.clone());
-        t
-    }
-
     fn note_offset(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
         match self.last_offsets.iter_mut().find(|((t, p), _)| *p == partition && t == topic) {
             Some((_, last)) => *last = (*last).max(offset),
@@ -458,7 +476,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
             capacity,
             last_offsets: Vec::new(),
             epochs: Vec::new(),
-            topics: HashMap::new(),
+            topics: TopicNames::default(),
         }),
         shared: parts.shared.clone(),
         drain_timeout: cfg.delivery.drain_timeout,
@@ -675,7 +693,7 @@ fn accept(
     shared: &Shared,
     received: Instant,
 ) {
-    let topic = b.topic(msg.topic());
+    let topic = b.topics.get(msg.topic());
     let (partition, offset) = (msg.partition(), msg.offset());
     b.note_offset(&topic, partition, offset);
     let epoch = b.epoch(&topic, partition, shared);
@@ -744,5 +762,30 @@ fn decode_with_retry(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::TopicNames;
+
+    #[test]
+    fn topic_names_are_held_once_and_the_last_one_is_not_mistaken_for_another() {
+        let mut names = TopicNames::default();
+        let a = names.get("payments");
+        let b = names.get("refunds");
+        assert_eq!((&*a, &*b), ("payments", "refunds"));
+        // Back and forth, and a name that extends the last one: always the right name, and the
+        // same allocation for the same topic.
+        for (name, same_as) in [("payments", &a), ("payments", &a), ("refunds", &b), ("payments", &a)] {
+            let t = names.get(name);
+            assert_eq!(&*t, name);
+            assert!(Arc::ptr_eq(&t, same_as), "{name} held once");
+        }
+        assert_eq!(&*names.get("payments-eu"), "payments-eu");
+        assert_eq!(&*names.get("payment"), "payment");
+        assert_eq!(names.names.len(), 4);
     }
 }
