@@ -125,6 +125,22 @@ impl ProducerContext for Ctx {
 }
 
 /// utime + stime of this process (all threads), from /proc/self/stat; 0 where unavailable.
+/// CPU seconds (utime + stime) of each thread of this process, summed by thread name with
+/// trailing digits and dashes dropped (librdkafka names its broker threads after the broker).
+fn thread_cpu_s() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit() || c == '-').to_string();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    out
+}
+
 fn process_cpu_s() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
@@ -184,6 +200,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut first: Option<(Instant, f64, f64)> = None;
+    let mut threads_first = BTreeMap::new();
     let mut consumed: u64 = 0;
     let mut seq: u64 = 0;
     let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
@@ -210,6 +227,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         if !batch.is_empty() {
             if first.is_none() {
                 first = Some((Instant::now(), unix_now(), process_cpu_s()));
+                threads_first = thread_cpu_s();
             }
             consumed += batch.len() as u64;
             let mut next: BTreeMap<i32, i64> = BTreeMap::new();
@@ -292,11 +310,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     let delivered = delivered.load(Ordering::Relaxed);
     let (first_instant, t_first, cpu_first) = first.unwrap_or((started, t_done, 0.0));
     let secs = first_instant.elapsed().as_secs_f64().max(1e-9);
+    // Each thread's CPU from the first message on (the harness reports it per event).
+    let threads: BTreeMap<String, f64> = thread_cpu_s()
+        .into_iter()
+        .map(|(name, cpu)| {
+            let since = cpu - threads_first.get(&name).copied().unwrap_or(0.0);
+            (name, (since * 1000.0).round() / 1000.0)
+        })
+        .collect();
+    let threads = serde_json::to_string(&threads).unwrap_or_else(|_| "{}".into());
     let mut out = stdout.lock();
     let _ = writeln!(out, "progress {consumed} {delivered} {t_done:.6}");
     let _ = writeln!(
         out,
-        "done {{\"consumed\": {consumed}, \"delivered\": {delivered}, \"t_first\": {t_first:.6}, \"t_done\": {t_done:.6}, \"cpu_first\": {cpu_first:.3}, \"events_per_s\": {:.1}}}",
+        "done {{\"consumed\": {consumed}, \"delivered\": {delivered}, \"t_first\": {t_first:.6}, \"t_done\": {t_done:.6}, \"cpu_first\": {cpu_first:.3}, \"threads\": {threads}, \"events_per_s\": {:.1}}}",
         delivered as f64 / secs
     );
     let _ = out.flush();

@@ -115,6 +115,39 @@ def proc_cpu(pid: int) -> float | None:
         return None
 
 
+# Thread names as the kernel keeps them (15 characters), and what each thread does.
+THREAD_LABELS = {
+    "streamscore-sou": "source (consume, decode)",
+    "streamscore-sin": "sink (encode, produce)",
+    "streamscore-inf": "scoring (cache, inference, drift)",
+    "rdk:broker": "librdkafka broker threads",
+    "rdk:main": "librdkafka main",
+    "producer pollin": "delivery reports",
+    "passthrough": "consume + produce",
+    "tokio-rt-worker": "tokio (metrics, admin)",
+}
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """utime + stime (seconds) of each thread of a live process, summed by thread name with
+    trailing digits and dashes dropped (librdkafka names its broker threads after the broker)."""
+    out: dict[str, float] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.find("(") + 1:stat.rfind(")")].rstrip("0123456789-")
+        fields = stat.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def proc_status_mb(pid: int, field: str) -> float | None:
     """A kB field of /proc/PID/status (VmRSS, VmHWM, ...) in MB."""
     try:
@@ -388,8 +421,8 @@ def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix:
     proc, logf, metrics_url = start_streamscore(broker, workdir, topic_in, prefix, batch)
     res = Result(contender="streamscore", events=n)
     try:
-        prev = None  # (t, outputs, cpu, broker_cpu) of the previous poll
-        t0 = cpu0 = bcpu0 = None
+        prev = None  # (t, outputs, cpu, broker_cpu, per-thread cpu) of the previous poll
+        t0 = cpu0 = bcpu0 = threads0 = None
         deadline = time.time() + timeout
         m = {}
         while True:
@@ -398,7 +431,7 @@ def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix:
             if time.time() > deadline:
                 raise RuntimeError(f"timed out after {timeout:.0f} s (log: {logf.name}); last metrics: "
                                    f"consumed {total(m, 'streamscore_events_consumed_total'):.0f}")
-            cpu, bcpu = proc_cpu(proc.pid), broker.cpu()
+            cpu, bcpu, threads = proc_cpu(proc.pid), broker.cpu(), thread_cpu(proc.pid)
             t = time.time()
             try:
                 m = scrape(metrics_url)
@@ -412,12 +445,13 @@ def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix:
                     t0 = (prev[0] + t) / 2 if prev else t
                     cpu0 = prev[2] if prev else cpu
                     bcpu0 = prev[3] if prev else bcpu
+                    threads0 = prev[4] if prev else threads
             if t0 is not None and outputs >= n:
-                cpu1, bcpu1 = proc_cpu(proc.pid), broker.cpu()
+                cpu1, bcpu1, threads1 = proc_cpu(proc.pid), broker.cpu(), thread_cpu(proc.pid)
                 pt, po = prev[0], prev[1]
                 t1 = pt + (t - pt) * ((n - po) / (outputs - po)) if outputs > po else t
                 break
-            prev = (t, outputs, cpu, bcpu)
+            prev = (t, outputs, cpu, bcpu, threads)
             time.sleep(POLL)
         res.update(
             window_s=t1 - t0, events_per_s=n / (t1 - t0), cpu_s=cpu1 - cpu0, broker_cpu_s=bcpu1 - bcpu0,
@@ -428,6 +462,7 @@ def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix:
             cache_misses=total(m, "streamscore_cache_misses_total"),
             inference_s=total(m, "streamscore_inference_seconds_sum"),
             pauses=total(m, "streamscore_backpressure_pauses_total"),
+            threads={k: v - threads0.get(k, 0.0) for k, v in threads1.items()},
             **batch_figures(m),
         )
         res["cpu_s_per_m"] = res["cpu_s"] / n * 1e6
@@ -495,6 +530,8 @@ def run_child(name: str, cmd: list[str], broker: Broker, n: int, timeout: float,
                 window = d["t_done"] - d["t_first"]
                 res.update(window_s=window, events_per_s=n / window, cpu_s=cpu_total - cpu0,
                            broker_cpu_s=bcpu1 - bcpu0, rss_mb=ru.ru_maxrss / 1024, delivered=d["delivered"])
+                if "threads" in d:
+                    res["threads"] = d["threads"]
                 res["cpu_s_per_m"] = res["cpu_s"] / n * 1e6
                 break
             if time.time() > deadline:
@@ -760,6 +797,22 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
     def get(wl, name, key):
         r = results.get((wl, name)) or {}
         return r.get(key)
+
+    threaded = [((wl, name), r) for (wl, name), r in results.items() if r.get("threads")]
+    if threaded:
+        L.append("## Where the CPU goes, per thread")
+        L.append("")
+        L.append("CPU-µs per event of each thread over the row's window (the median round; utime + stime "
+                 "from /proc/PID/task, threads of one name summed; the passthrough reads its own at its "
+                 "first message and when done):")
+        L.append("")
+        for (wl, name), r in threaded:
+            n_events = r.get("events") or 1
+            parts = sorted(r["threads"].items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{THREAD_LABELS.get(k, k or '?')} {v / n_events * 1e6:.2f}"
+                              for k, v in parts if v / n_events * 1e6 >= 0.005)
+            L.append(f"- {wl}, {name}: {shown}")
+        L.append("")
 
     L.append("## Ratios and targets")
     L.append("")
