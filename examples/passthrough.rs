@@ -124,7 +124,6 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// utime + stime of this process (all threads), from /proc/self/stat; 0 where unavailable.
 /// CPU seconds (utime + stime) of each thread of this process, summed by thread name with
 /// trailing digits and dashes dropped (librdkafka names its broker threads after the broker).
 fn thread_cpu_s() -> BTreeMap<String, f64> {
@@ -141,6 +140,7 @@ fn thread_cpu_s() -> BTreeMap<String, f64> {
     out
 }
 
+/// utime + stime of this process (all threads), from /proc/self/stat; 0 where unavailable.
 fn process_cpu_s() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
