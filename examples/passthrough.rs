@@ -133,21 +133,23 @@ fn thread_cpu_s() -> BTreeMap<String, f64> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let name = stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit() || c == '-').to_string();
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        *out.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+        *out.entry(name).or_insert(0.0) += stat_cpu_s(&stat);
     }
     out
 }
 
-/// utime + stime of this process (all threads), from /proc/self/stat; 0 where unavailable.
-fn process_cpu_s() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+/// utime + stime of a `/proc/.../stat` line, in seconds; 0 where it does not parse.
+fn stat_cpu_s(stat: &str) -> f64 {
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields 14 and 15 of stat(5), counted after the command name; clock ticks are 100 Hz on Linux.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// utime + stime of this process (all threads), from /proc/self/stat; 0 where unavailable.
+fn process_cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/self/stat").map_or(0.0, |stat| stat_cpu_s(&stat))
 }
 
 fn unix_now() -> f64 {

@@ -573,10 +573,9 @@ struct ColumnAcc {
     /// by row across the columns: walking it column by column with these sums in locals took
     /// ~30% more instructions (strided reads; callgrind, `drift/observe`).
     batch: BatchMoments,
-    /// `Some` while every value of the window so far was exactly 0 or 1 (see [`Binary`]).
+    /// `Some` while every value of the window so far was exactly 0 or 1 (see [`Binary`]); every
+    /// window of a categorical column (the chi-square tested ones) starts so.
     binary: Option<Binary>,
-    /// Categorical: every window starts binary.
-    categorical: bool,
     test: DriftTest,
     thresholds: DriftThresholds,
     /// PSI, JS, p-value streaks.
@@ -604,7 +603,6 @@ impl ColumnAcc {
             max: f64::NEG_INFINITY,
             batch: BatchMoments::default(),
             binary: (kind == ColumnKind::Categorical).then(Binary::default),
-            categorical: kind == ColumnKind::Categorical,
             test: DriftTest::for_kind(kind),
             thresholds: spec.thresholds(name),
             streaks: [Streak::default(); 3],
@@ -749,7 +747,7 @@ impl ColumnAcc {
         self.max = f64::NEG_INFINITY;
         self.counts.fill(0);
         // A categorical column starts every window binary again.
-        if self.categorical {
+        if self.test == DriftTest::ChiSquare {
             self.binary = Some(Binary::default());
         }
         stats

@@ -431,7 +431,9 @@ def run_streamscore(broker: Broker, workdir: str, topic_in: str, n: int, prefix:
             if time.time() > deadline:
                 raise RuntimeError(f"timed out after {timeout:.0f} s (log: {logf.name}); last metrics: "
                                    f"consumed {total(m, 'streamscore_events_consumed_total'):.0f}")
-            cpu, bcpu, threads = proc_cpu(proc.pid), broker.cpu(), thread_cpu(proc.pid)
+            # Per-thread CPU is only needed from the poll before the window (and once at its end).
+            cpu, bcpu = proc_cpu(proc.pid), broker.cpu()
+            threads = thread_cpu(proc.pid) if t0 is None else None
             t = time.time()
             try:
                 m = scrape(metrics_url)

@@ -374,6 +374,20 @@ impl Layout {
     }
 }
 
+impl StepPlan {
+    /// A one-hot feature's column for a text: its category's, else the `other` column, if any.
+    #[inline]
+    fn text_column(&self, text: &str) -> Option<usize> {
+        self.categories.position(text).or(self.other)
+    }
+
+    /// A one-hot feature's column for a reader enum symbol, if it has one.
+    #[inline]
+    fn symbol_column(&self, symbol: u32) -> Option<usize> {
+        self.symbol_columns.get(symbol as usize).copied().flatten()
+    }
+}
+
 fn step_plan(spec: &FeatureSpec, kind: &ReaderKind, offset: usize) -> Option<StepPlan> {
     let accepted = match spec.transform {
         Transform::Numeric | Transform::Log1p => {
@@ -1358,10 +1372,7 @@ impl Fused {
                 FusedKind::OneHotText { step: s }
             }
             (Some((s, plan)), None, Scalar::Enum { symbols, map }) if plan.transform == Transform::OneHot => {
-                let columns = map
-                    .iter()
-                    .map(|reader| reader.map(|r| plan.symbol_columns.get(r as usize).copied().flatten()))
-                    .collect();
+                let columns = map.iter().map(|reader| reader.map(|r| plan.symbol_column(r))).collect();
                 FusedKind::OneHotEnum { symbols: *symbols, columns, step: s }
             }
             (step, ident, Scalar::Long | Scalar::Timestamp)
@@ -1401,7 +1412,7 @@ impl Fused {
             FusedKind::OneHotText { step } => {
                 let step = &steps[*step];
                 let text = cur.string()?;
-                row.one_hot(step, step.categories.position(text).or(step.other), false);
+                row.one_hot(step, step.text_column(text), false);
             }
             FusedKind::OneHotEnum { symbols, columns, step } => match columns.get(symbol(cur, *symbols)? as usize) {
                 Some(&Some(column)) => row.one_hot(&steps[*step], column, false),
@@ -1503,8 +1514,8 @@ impl Row<'_> {
         let is_null = matches!(value, Resolved::Null);
         if step.transform == Transform::OneHot {
             let column = match value {
-                Resolved::Text(s) => step.categories.position(s).or(step.other),
-                Resolved::Symbol(i) => step.symbol_columns.get(i as usize).copied().flatten(),
+                Resolved::Text(s) => step.text_column(s),
+                Resolved::Symbol(i) => step.symbol_column(i),
                 _ => None,
             };
             self.one_hot(step, column, is_null);
