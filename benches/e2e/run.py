@@ -105,12 +105,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stat_cpu(stat: str) -> float:
+    """utime + stime (seconds) of a /proc/.../stat line (fields 14 and 15, after the name)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def proc_cpu(pid: int) -> float | None:
     """utime + stime (seconds, all threads) of a live process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+            return stat_cpu(f.read())
     except (OSError, IndexError, ValueError):
         return None
 
@@ -140,11 +145,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
         try:
             with open(f"/proc/{pid}/task/{task}/stat") as f:
                 stat = f.read()
-        except OSError:
+            cpu = stat_cpu(stat)
+        except (OSError, IndexError, ValueError):
             continue
         name = stat[stat.find("(") + 1:stat.rfind(")")].rstrip("0123456789-")
-        fields = stat.rsplit(")", 1)[1].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        out[name] = out.get(name, 0.0) + cpu
     return out
 
 
