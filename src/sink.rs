@@ -26,6 +26,9 @@ use crate::outcome::DeadLetterReason;
 use crate::pipeline::{PipelineError, Shared};
 use crate::telemetry::{self, names, RunStats};
 
+mod topic;
+pub use topic::{OutgoingRecord, OutputTopic};
+
 /// Header names added to dead-letter records (the input's own headers are kept too).
 pub mod dlq_headers {
     pub const REASON: &str = "streamscore.dlq.reason";
@@ -304,7 +307,33 @@ pub fn spawn(parts: SinkParts) -> Result<std::thread::JoinHandle<()>, PipelineEr
         .map_err(|e| PipelineError::Internal(format!("cannot start the sink thread: {e}")))
 }
 
+/// The sink's output topics, each a handle on its producer taken once.
+struct Outputs<'p> {
+    scored: OutputTopic<'p>,
+    dead_letter: OutputTopic<'p>,
+    shadow: OutputTopic<'p>,
+}
+
+impl<'p> Outputs<'p> {
+    fn new(parts: &'p SinkParts) -> Result<Self, PipelineError> {
+        let kafka = &parts.config.kafka;
+        Ok(Outputs {
+            scored: OutputTopic::new(&parts.producer, &kafka.scored_topic)?,
+            dead_letter: OutputTopic::new(&parts.producer, &kafka.dead_letter_topic)?,
+            shadow: OutputTopic::new(&parts.shadow.producer, &parts.shadow.topic)?,
+        })
+    }
+}
+
 fn run(parts: SinkParts) {
+    let outputs = match Outputs::new(&parts) {
+        Ok(o) => o,
+        Err(e) => {
+            error!(error = %e, "the sink cannot start");
+            parts.shared.fail(e);
+            return;
+        }
+    };
     let mut buf = Vec::with_capacity(256);
     let mut txn_state = TxnState::default();
     for mut batch in parts.from_inference.iter() {
@@ -313,10 +342,10 @@ fn run(parts: SinkParts) {
         }
         batch.timing.sink_started = Some(Instant::now());
         let result = match &parts.transactions {
-            Some(settings) => produce_transaction(&parts, settings, &mut txn_state, &mut batch, &mut buf),
+            Some(settings) => produce_transaction(&parts, &outputs, settings, &mut txn_state, &mut batch, &mut buf),
             None => {
                 let stale = stale_partitions(&batch, &parts.shared);
-                produce_batch(&parts, &mut batch, &mut buf, &stale).map(|_| ())
+                produce_batch(&parts, &outputs, &mut batch, &mut buf, &stale).map(|_| ())
             }
         };
         if let Err(e) = result {
@@ -360,6 +389,7 @@ fn classify(producer: &OutputProducer, e: &KafkaError) -> TxnFailure {
 /// exactly_once: the batch's records and its input offsets in one transaction.
 fn produce_transaction(
     parts: &SinkParts,
+    outputs: &Outputs<'_>,
     settings: &TransactionSettings,
     state: &mut TxnState,
     batch: &mut Batch,
@@ -385,7 +415,7 @@ fn produce_transaction(
     }
     let producer = &parts.producer;
     producer.begin_transaction().map_err(|e| PipelineError::Delivery(format!("cannot begin a transaction: {e}")))?;
-    let ack = produce_batch(parts, batch, buf, &stale)?;
+    let ack = produce_batch(parts, outputs, batch, buf, &stale)?;
     let Some(ack) = ack else {
         // Nothing of this batch is ours any more: nothing to commit.
         return abort(parts, settings, state, "batch fully stale", false);
@@ -477,11 +507,11 @@ fn abort(
 /// Returns the batch's acknowledgement, or None when nothing was produced (every entry stale).
 fn produce_batch(
     parts: &SinkParts,
+    outputs: &Outputs<'_>,
     batch: &mut Batch,
     buf: &mut Vec<u8>,
     stale: &[(Arc<str>, i32, u64)],
 ) -> Result<Option<Arc<Ack>>, PipelineError> {
-    let cfg = &parts.config;
     let is_stale =
         |e: &crate::batcher::Entry| stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic);
     let mut ack = BatchAck {
@@ -562,15 +592,9 @@ fn produce_batch(
                         scored_at_ms: scored_at,
                     },
                 );
-                let mut record = BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.scored_topic, opaque)
-                    .payload(&buf[..]);
-                if let Some(k) = key {
-                    record = record.key(k);
-                }
-                if let Some(h) = entry.headers {
-                    record = record.headers(h);
-                }
-                send(&parts.producer, record)?;
+                outputs
+                    .scored
+                    .send(OutgoingRecord { key, payload: Some(&buf[..]), headers: entry.headers.as_ref() }, opaque)?;
                 if let (Some(challenger), Some(shadow_ack)) = (batch.shadow.as_deref(), &shadow_ack) {
                     // `send` copied the scored record: the buffer is free again.
                     buf.clear();
@@ -596,13 +620,8 @@ fn produce_batch(
                             scored_at_ms: scored_at,
                         },
                     );
-                    let mut record =
-                        BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&parts.shadow.topic, shadow_ack.clone())
-                            .payload(&buf[..]);
-                    if let Some(k) = key {
-                        record = record.key(k);
-                    }
-                    match send(&parts.shadow.producer, record) {
+                    let record = OutgoingRecord { key, payload: Some(&buf[..]), headers: None };
+                    match outputs.shadow.send(record, shadow_ack.clone()) {
                         Ok(()) => shadow_sent += 1,
                         Err(e) => {
                             shadow_failed += 1;
@@ -636,16 +655,7 @@ fn produce_batch(
                         .insert(Header { key: dlq_headers::ORIGINAL_SIZE, value: Some(original.as_str()) });
                     body = Some(&p[..room]);
                 }
-                let mut record =
-                    BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(&cfg.kafka.dead_letter_topic, opaque)
-                        .headers(headers);
-                if let Some(p) = body {
-                    record = record.payload(p);
-                }
-                if let Some(k) = key {
-                    record = record.key(k);
-                }
-                send(&parts.producer, record)?;
+                outputs.dead_letter.send(OutgoingRecord { key, payload: body, headers: Some(&headers) }, opaque)?;
             }
         }
     }
