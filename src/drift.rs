@@ -1176,6 +1176,16 @@ mod tests {
     /// mean and spread to rounding. Also when a value other than 0/1 (or a -0.0) turns the
     /// binary column numeric in the middle of a batch, when values are non-finite, and in the
     /// next window, which starts binary again.
+    /// A deterministic pseudo-random sequence (xorshift64) for the tests' data.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     #[test]
     fn binary_columns_give_the_statistics_numeric_columns_give() {
         let hists = [
@@ -1198,13 +1208,7 @@ mod tests {
         );
         let mut numeric =
             DriftAccumulator::from_parts("m", "1", &hists, &kinds(ColumnKind::Numeric), &score, DriftSpec::default());
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15u64);
         for window in 0..3 {
             for batch in 0..7 {
                 let n = [1, 256, 3, 100, 64, 17, 256][batch];
@@ -1264,13 +1268,7 @@ mod tests {
         let score = hist("score", &[0.5], &[50, 50]);
         let new = || DriftAccumulator::from_parts("m", "1", &hists, &kinds, &score, DriftSpec::default());
         let (mut dense, mut by_value) = (new(), new());
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
         let odd = [f32::NAN, f32::INFINITY, -0.0, 0.5, 2.0];
         let (mut dense_batches, mut value_batches) = (0, 0);
         for _window in 0..4 {

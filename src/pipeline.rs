@@ -36,7 +36,7 @@ use crate::offsets::OffsetTracker;
 use crate::outcome::DeadLetterReason;
 use crate::quality::publish::QualityPublisher;
 use crate::quality::{self, JoinLimits, QualityTracker, QualityWindow};
-use crate::sink::{self, Ack, OutputProducer};
+use crate::sink::{self, Ack};
 use crate::telemetry::{self, names, Health, RunStats};
 use crate::{sink::now_ms, source};
 
@@ -421,6 +421,7 @@ pub async fn run_with_control(
     // Drift reports are not part of any batch's transaction: they go through a plain producer.
     let monitoring_producer =
         if transactional { Arc::new(sink::create_producer(&cfg, shared.clone(), false)?) } else { producer.clone() };
+    let monitoring_topic = || sink::OutputTopic::new(monitoring_producer.clone(), &cfg.kafka.monitoring_topic);
     let depth = cfg.batch.queue_depth;
     let (to_inference, inference_rx) = crossbeam_channel::bounded::<Batch>(depth);
     let (to_sink, sink_rx) = crossbeam_channel::bounded::<Batch>(depth);
@@ -431,6 +432,7 @@ pub async fn run_with_control(
         set.track(info.version_id, &model.manifest);
         Arc::new(Mutex::new(set))
     });
+    let drift_topic = drift.as_ref().map(|_| monitoring_topic()).transpose()?;
     let quality =
         cfg.quality.enabled.then(|| Arc::new(Mutex::new(QualityTracker::new(JoinLimits::from_config(&cfg.quality)))));
     // The labels reader stops on every way out of this function (StopFlagOnDrop), like the
@@ -449,8 +451,7 @@ pub async fn run_with_control(
         );
         let publisher = QualityPublisher {
             tracker,
-            producer: monitoring_producer.clone(),
-            topic: cfg.kafka.monitoring_topic.clone(),
+            topic: monitoring_topic()?,
             schema: quality_schema,
             schema_id: quality_schema_id,
             instance_id: cfg.telemetry.instance_id.clone(),
@@ -497,11 +498,10 @@ pub async fn run_with_control(
     drop((to_inference, recycle_rx));
 
     let last_drift: Arc<Mutex<Vec<(String, f64)>>> = Arc::default();
-    let reporter = drift.clone().map(|acc| {
+    let reporter = drift.clone().zip(drift_topic).map(|(acc, topic)| {
         let reporter = DriftReporter {
             acc,
-            producer: monitoring_producer.clone(),
-            topic: cfg.kafka.monitoring_topic.clone(),
+            topic,
             schema: drift_schema,
             schema_id: drift_schema_id,
             alert_schema,
@@ -874,8 +874,8 @@ fn injected_abort_every() -> u64 {
 /// threshold crossings that reached the manifest's `drift.consecutive_windows`.
 struct DriftReporter {
     acc: Arc<Mutex<DriftSet>>,
-    producer: Arc<OutputProducer>,
-    topic: String,
+    /// The monitoring topic.
+    topic: sink::OutputTopic,
     schema: apache_avro::Schema,
     schema_id: u32,
     alert_schema: apache_avro::Schema,
@@ -993,12 +993,7 @@ impl DriftReporter {
     /// Produces one monitoring record keyed `model/version` (best effort, like reports).
     fn send(&self, model: &str, version: &str, payload: &[u8]) -> Result<(), PipelineError> {
         let key = format!("{model}/{version}");
-        let record = rdkafka::producer::BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(
-            &self.topic,
-            Arc::new(Ack::Monitoring),
-        )
-        .key(key.as_bytes())
-        .payload(payload);
-        sink::send(&self.producer, record)
+        let record = sink::OutgoingRecord { key: Some(key.as_bytes()), payload: Some(payload), headers: None };
+        self.topic.send(record, Arc::new(Ack::Monitoring))
     }
 }

@@ -11,9 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
@@ -308,19 +308,19 @@ pub fn spawn(parts: SinkParts) -> Result<std::thread::JoinHandle<()>, PipelineEr
 }
 
 /// The sink's output topics, each a handle on its producer taken once.
-struct Outputs<'p> {
-    scored: OutputTopic<'p>,
-    dead_letter: OutputTopic<'p>,
-    shadow: OutputTopic<'p>,
+struct Outputs {
+    scored: OutputTopic,
+    dead_letter: OutputTopic,
+    shadow: OutputTopic,
 }
 
-impl<'p> Outputs<'p> {
-    fn new(parts: &'p SinkParts) -> Result<Self, PipelineError> {
+impl Outputs {
+    fn new(parts: &SinkParts) -> Result<Self, PipelineError> {
         let kafka = &parts.config.kafka;
         Ok(Outputs {
-            scored: OutputTopic::new(&parts.producer, &kafka.scored_topic)?,
-            dead_letter: OutputTopic::new(&parts.producer, &kafka.dead_letter_topic)?,
-            shadow: OutputTopic::new(&parts.shadow.producer, &parts.shadow.topic)?,
+            scored: OutputTopic::new(parts.producer.clone(), &kafka.scored_topic)?,
+            dead_letter: OutputTopic::new(parts.producer.clone(), &kafka.dead_letter_topic)?,
+            shadow: OutputTopic::new(parts.shadow.producer.clone(), &parts.shadow.topic)?,
         })
     }
 }
@@ -389,7 +389,7 @@ fn classify(producer: &OutputProducer, e: &KafkaError) -> TxnFailure {
 /// exactly_once: the batch's records and its input offsets in one transaction.
 fn produce_transaction(
     parts: &SinkParts,
-    outputs: &Outputs<'_>,
+    outputs: &Outputs,
     settings: &TransactionSettings,
     state: &mut TxnState,
     batch: &mut Batch,
@@ -507,7 +507,7 @@ fn abort(
 /// Returns the batch's acknowledgement, or None when nothing was produced (every entry stale).
 fn produce_batch(
     parts: &SinkParts,
-    outputs: &Outputs<'_>,
+    outputs: &Outputs,
     batch: &mut Batch,
     buf: &mut Vec<u8>,
     stale: &[(Arc<str>, i32, u64)],
@@ -684,27 +684,6 @@ fn stale_partitions(batch: &Batch, shared: &Shared) -> Vec<(Arc<str>, i32, u64)>
     let tps: Vec<_> = seen.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
     let current = shared.tracker.epochs(&tps);
     seen.into_iter().zip(current).filter(|((_, _, ep), cur)| *cur != Some(*ep)).map(|(s, _)| s).collect()
-}
-
-/// Enqueues one record, waiting while librdkafka's queue is full (backpressure from the broker).
-pub fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8], Arc<Ack>>) -> Result<(), PipelineError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
-                record = rec;
-                // The producer's own thread polls; give it time to drain deliveries.
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, rec)) => {
-                // Not enqueued, so no delivery report will come: settle the ack as failed here.
-                if let Ack::Batch(b) = &*rec.delivery_opaque {
-                    b.failed.store(true, Ordering::Release);
-                }
-                return Err(PipelineError::Delivery(format!("cannot enqueue a record for topic {}: {e}", rec.topic)));
-            }
-        }
-    }
 }
 
 /// Flushes the producer at shutdown (bounded).

@@ -9,14 +9,14 @@ use tracing::{info, warn};
 
 use super::{QualityTracker, QualityWindow};
 use crate::codec;
-use crate::sink::{self, now_ms, Ack, OutputProducer};
+use crate::sink::{now_ms, Ack, OutgoingRecord, OutputTopic};
 use crate::telemetry::names;
 
 /// The publishing task's parts.
 pub struct QualityPublisher {
     pub tracker: Arc<Mutex<QualityTracker>>,
-    pub producer: Arc<OutputProducer>,
-    pub topic: String,
+    /// The monitoring topic.
+    pub topic: OutputTopic,
     pub schema: apache_avro::Schema,
     pub schema_id: u32,
     pub instance_id: String,
@@ -103,13 +103,8 @@ impl QualityPublisher {
             return;
         }
         let key = format!("{model}/{version}");
-        let record = rdkafka::producer::BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(
-            &self.topic,
-            Arc::new(Ack::Monitoring),
-        )
-        .key(key.as_bytes())
-        .payload(&buf);
-        match sink::send(&self.producer, record) {
+        let record = OutgoingRecord { key: Some(key.as_bytes()), payload: Some(&buf), headers: None };
+        match self.topic.send(record, Arc::new(Ack::Monitoring)) {
             Ok(()) => metrics::counter!(names::QUALITY_REPORTS, "model" => model, "version" => version).increment(1),
             Err(e) => warn!(error = %e, "cannot publish quality report"),
         }

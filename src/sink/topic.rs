@@ -1,4 +1,5 @@
-//! Producing the per-input outcomes through a librdkafka topic handle taken once per topic.
+//! Producing through a librdkafka topic handle taken once per topic: every record streamscore
+//! produces (scored, dead-letter, shadow, drift and quality reports) goes this way.
 //!
 //! rdkafka's `BaseRecord` names its topic, so every record it sends costs a `CString` of the
 //! name (an allocation and a free) and librdkafka's lookup of the topic by name under the
@@ -31,23 +32,23 @@ pub struct OutgoingRecord<'a> {
     pub headers: Option<&'a OwnedHeaders>,
 }
 
-/// A producer's handle on one topic. Borrows the producer, so the handle is released before
-/// the producer can be dropped.
-pub struct OutputTopic<'p> {
-    producer: &'p OutputProducer,
+/// A producer's handle on one topic. Holds the producer, so the handle is released before the
+/// producer can be dropped.
+pub struct OutputTopic {
+    producer: Arc<OutputProducer>,
     rkt: NonNull<rd::rd_kafka_topic_t>,
     name: String,
 }
 
 // SAFETY: librdkafka's topic handles are thread-safe (reference counted, used from any thread
 // of the client); the handle is only passed to librdkafka calls.
-unsafe impl Send for OutputTopic<'_> {}
-unsafe impl Sync for OutputTopic<'_> {}
+unsafe impl Send for OutputTopic {}
+unsafe impl Sync for OutputTopic {}
 
-impl<'p> OutputTopic<'p> {
+impl OutputTopic {
     /// Takes `producer`'s handle on topic `name` (its topic settings are the producer's
     /// defaults, as for records sent by name).
-    pub fn new(producer: &'p OutputProducer, name: &str) -> Result<Self, PipelineError> {
+    pub fn new(producer: Arc<OutputProducer>, name: &str) -> Result<Self, PipelineError> {
         let c_name =
             CString::new(name).map_err(|_| PipelineError::Kafka(format!("topic name {name:?} contains a NUL byte")))?;
         // SAFETY: a live client and a NUL-terminated name; a null topic conf means the
@@ -110,7 +111,7 @@ impl<'p> OutputTopic<'p> {
             // A null list: no headers (what rdkafka's own send passes for a record without).
             vu(V::RD_KAFKA_VTYPE_HEADERS, rd::rd_kafka_vu_s__bindgen_ty_1 { headers }),
         ];
-        // SAFETY: a live client (borrowed for 'p) and topic handle; key and value outlive the
+        // SAFETY: a live client (held in `self`) and topic handle; key and value outlive the
         // call and are copied (MSG_F_COPY); `headers` is ours until the call succeeds.
         let error = unsafe { rd::rd_kafka_produceva(self.producer.client().native_ptr(), vus.as_ptr(), vus.len()) };
         if error.is_null() {
@@ -132,7 +133,7 @@ impl<'p> OutputTopic<'p> {
     }
 }
 
-impl Drop for OutputTopic<'_> {
+impl Drop for OutputTopic {
     fn drop(&mut self) {
         // SAFETY: the handle was taken in `new` and is released once; records still in flight
         // hold their own references inside librdkafka.
@@ -185,7 +186,7 @@ mod tests {
 
     /// A mock cluster with topic `out` (the owner must outlive its clients) and a producer
     /// made as the sink makes its own, with `extra` lines appended to the config.
-    fn setup(extra: &str) -> (BaseProducer, String, OutputProducer) {
+    fn setup(extra: &str) -> (BaseProducer, String, Arc<OutputProducer>) {
         let owner: BaseProducer =
             ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
         let bootstrap = {
@@ -197,7 +198,7 @@ mod tests {
             .expect("config");
         let producer =
             create_producer(&cfg, Shared::new(Arc::new(RunStats::default()), None), false).expect("producer");
-        (owner, bootstrap, producer)
+        (owner, bootstrap, Arc::new(producer))
     }
 
     fn batch_ack() -> Arc<Ack> {
@@ -218,7 +219,7 @@ mod tests {
     #[test]
     fn records_leave_with_their_key_value_and_headers_and_every_ack_comes_back() {
         let (_owner, bootstrap, producer) = setup("");
-        let topic = OutputTopic::new(&producer, "out").expect("handle");
+        let topic = OutputTopic::new(producer.clone(), "out").expect("handle");
         assert_eq!(topic.name(), "out");
         let ack = Arc::new(Ack::Monitoring);
         let headers = OwnedHeaders::new()
@@ -286,7 +287,7 @@ mod tests {
     #[test]
     fn a_refused_record_fails_its_batch_and_hands_its_ack_back() {
         let (_owner, _bootstrap, producer) = setup("[kafka.producer]\n\"message.max.bytes\" = \"1000\"\n");
-        let topic = OutputTopic::new(&producer, "out").expect("handle");
+        let topic = OutputTopic::new(producer.clone(), "out").expect("handle");
         let ack = batch_ack();
         let headers = OwnedHeaders::new().insert(Header { key: "h", value: Some("v") });
         let big = vec![7u8; 5_000];
