@@ -993,7 +993,12 @@ impl DriftReporter {
     /// Produces one monitoring record keyed `model/version` (best effort, like reports).
     fn send(&self, model: &str, version: &str, payload: &[u8]) -> Result<(), PipelineError> {
         let key = format!("{model}/{version}");
-        let record = sink::OutgoingRecord { key: Some(key.as_bytes()), payload: Some(payload), headers: None };
+        let record = sink::OutgoingRecord {
+            key: Some(key.as_bytes()),
+            payload: Some(payload),
+            headers: None,
+            timestamp_ms: None,
+        };
         self.topic.send(record, Arc::new(Ack::Monitoring))
     }
 }

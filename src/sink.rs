@@ -592,9 +592,15 @@ fn produce_batch(
                         scored_at_ms: scored_at,
                     },
                 );
-                outputs
-                    .scored
-                    .send(OutgoingRecord { key, payload: Some(&buf[..]), headers: entry.headers.as_ref() }, opaque)?;
+                outputs.scored.send(
+                    OutgoingRecord {
+                        key,
+                        payload: Some(&buf[..]),
+                        headers: entry.headers.as_ref(),
+                        timestamp_ms: Some(scored_at),
+                    },
+                    opaque,
+                )?;
                 if let (Some(challenger), Some(shadow_ack)) = (batch.shadow.as_deref(), &shadow_ack) {
                     // `send` copied the scored record: the buffer is free again.
                     buf.clear();
@@ -620,7 +626,8 @@ fn produce_batch(
                             scored_at_ms: scored_at,
                         },
                     );
-                    let record = OutgoingRecord { key, payload: Some(&buf[..]), headers: None };
+                    let record =
+                        OutgoingRecord { key, payload: Some(&buf[..]), headers: None, timestamp_ms: Some(scored_at) };
                     match outputs.shadow.send(record, shadow_ack.clone()) {
                         Ok(()) => shadow_sent += 1,
                         Err(e) => {
@@ -655,7 +662,10 @@ fn produce_batch(
                         .insert(Header { key: dlq_headers::ORIGINAL_SIZE, value: Some(original.as_str()) });
                     body = Some(&p[..room]);
                 }
-                outputs.dead_letter.send(OutgoingRecord { key, payload: body, headers: Some(&headers) }, opaque)?;
+                outputs.dead_letter.send(
+                    OutgoingRecord { key, payload: body, headers: Some(&headers), timestamp_ms: Some(scored_at) },
+                    opaque,
+                )?;
             }
         }
     }

@@ -103,7 +103,8 @@ impl QualityPublisher {
             return;
         }
         let key = format!("{model}/{version}");
-        let record = OutgoingRecord { key: Some(key.as_bytes()), payload: Some(&buf), headers: None };
+        let record =
+            OutgoingRecord { key: Some(key.as_bytes()), payload: Some(&buf), headers: None, timestamp_ms: None };
         match self.topic.send(record, Arc::new(Ack::Monitoring)) {
             Ok(()) => metrics::counter!(names::QUALITY_REPORTS, "model" => model, "version" => version).increment(1),
             Err(e) => warn!(error = %e, "cannot publish quality report"),

@@ -30,6 +30,10 @@ pub struct OutgoingRecord<'a> {
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
     pub headers: Option<&'a OwnedHeaders>,
+    /// The record's timestamp (CreateTime), in ms since the epoch; `None`: librdkafka stamps
+    /// the time of the call (a wall-clock read per record, which the sink spares by passing the
+    /// batch's one reading).
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A producer's handle on one topic. Holds the producer, so the handle is released before the
@@ -108,6 +112,8 @@ impl OutputTopic {
             vu(V::RD_KAFKA_VTYPE_VALUE, rd::rd_kafka_vu_s__bindgen_ty_1 { mem: mem(record.payload) }),
             vu(V::RD_KAFKA_VTYPE_KEY, rd::rd_kafka_vu_s__bindgen_ty_1 { mem: mem(record.key) }),
             vu(V::RD_KAFKA_VTYPE_OPAQUE, rd::rd_kafka_vu_s__bindgen_ty_1 { ptr: opaque_ptr }),
+            // 0: librdkafka takes the current time.
+            vu(V::RD_KAFKA_VTYPE_TIMESTAMP, rd::rd_kafka_vu_s__bindgen_ty_1 { i64_: record.timestamp_ms.unwrap_or(0) }),
             // A null list: no headers (what rdkafka's own send passes for a record without).
             vu(V::RD_KAFKA_VTYPE_HEADERS, rd::rd_kafka_vu_s__bindgen_ty_1 { headers }),
         ];
@@ -174,13 +180,14 @@ mod tests {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Header;
     use rdkafka::producer::BaseProducer;
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
 
     use super::*;
     use crate::batcher::BatchTiming;
     use crate::config::Config;
     use crate::outcome::DeadLetterReason;
     use crate::pipeline::Shared;
+    use crate::sink::now_ms;
     use crate::sink::{create_producer, BatchAck};
     use crate::telemetry::RunStats;
 
@@ -227,10 +234,21 @@ mod tests {
             .insert(Header { key: "null-valued", value: None::<&[u8]> })
             .insert(Header { key: "trace", value: Some(&[0u8, 1, 2][..]) });
         let records = [
-            OutgoingRecord { key: Some(b"k1"), payload: Some(b"v1"), headers: Some(&headers) },
-            OutgoingRecord { key: None, payload: None, headers: None },
-            OutgoingRecord { key: Some(b""), payload: Some(b"v3"), headers: Some(&OwnedHeaders::new()) },
+            OutgoingRecord {
+                key: Some(b"k1"),
+                payload: Some(b"v1"),
+                headers: Some(&headers),
+                timestamp_ms: Some(1_700_000_000_123),
+            },
+            OutgoingRecord { key: None, payload: None, headers: None, timestamp_ms: None },
+            OutgoingRecord {
+                key: Some(b""),
+                payload: Some(b"v3"),
+                headers: Some(&OwnedHeaders::new()),
+                timestamp_ms: Some(1),
+            },
         ];
+        let before_ms = now_ms();
         for r in records {
             topic.send(r, ack.clone()).expect("enqueued");
         }
@@ -250,7 +268,7 @@ mod tests {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("out", 0, Offset::Beginning).expect("partition");
         consumer.assign(&tpl).expect("assign");
-        let mut got = Vec::new();
+        let (mut got, mut stamps) = (Vec::new(), Vec::new());
         while got.len() < 3 && Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
@@ -259,6 +277,7 @@ mod tests {
                         .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
                         .unwrap_or_default();
                     got.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec), hs));
+                    stamps.push(m.timestamp());
                 }
                 Some(Err(e)) => panic!("consume: {e}"),
                 None => {}
@@ -282,6 +301,11 @@ mod tests {
                 (bytes(b""), bytes(b"v3"), vec![]),
             ]
         );
+        // A given timestamp is the record's CreateTime; without one librdkafka stamps the send.
+        assert_eq!(stamps[0], Timestamp::CreateTime(1_700_000_000_123));
+        assert_eq!(stamps[2], Timestamp::CreateTime(1));
+        let Timestamp::CreateTime(t) = stamps[1] else { panic!("{:?}", stamps[1]) };
+        assert!((before_ms..=now_ms()).contains(&t), "{t} is not the time of the send");
     }
 
     #[test]
@@ -292,7 +316,10 @@ mod tests {
         let headers = OwnedHeaders::new().insert(Header { key: "h", value: Some("v") });
         let big = vec![7u8; 5_000];
         let err = topic
-            .send(OutgoingRecord { key: Some(b"k"), payload: Some(&big), headers: Some(&headers) }, ack.clone())
+            .send(
+                OutgoingRecord { key: Some(b"k"), payload: Some(&big), headers: Some(&headers), timestamp_ms: None },
+                ack.clone(),
+            )
             .expect_err("over message.max.bytes");
         let text = err.to_string();
         assert!(text.contains("topic out") && text.to_lowercase().contains("too large"), "{text}");
@@ -301,7 +328,7 @@ mod tests {
         assert!(b.failed.load(Ordering::Acquire), "no delivery report will come: the batch is failed");
         // The handle still works after a refusal.
         topic
-            .send(OutgoingRecord { key: None, payload: Some(b"small"), headers: None }, ack.clone())
+            .send(OutgoingRecord { key: None, payload: Some(b"small"), headers: None, timestamp_ms: None }, ack.clone())
             .expect("enqueued");
         producer.flush(Duration::from_secs(10)).expect("flushed");
     }

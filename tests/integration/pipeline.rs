@@ -109,6 +109,8 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
             s.headers
         );
         assert!(s.long("scored_at") >= s.long("event_time"));
+        // The record's Kafka timestamp is the time it was scored (one reading per batch).
+        assert_eq!(s.timestamp, rdkafka::Timestamp::CreateTime(s.long("scored_at")), "timestamp of {id}");
         // Outcomes of one input partition landing in one output partition appear in input order.
         let k = (partition, s.partition);
         if let Some(prev) = last_offset.insert(k, offset) {
@@ -125,6 +127,7 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
 /// their third sighting on (default admission `seen_twice`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_inputs_are_dead_lettered_and_valid_ones_still_score() {
+    let started_ms = streamscore::sink::now_ms();
     let bootstrap = Broker::shared().bootstrap();
     let topics = Topics::create(&bootstrap, 2).await;
     let valid = service::synthetic(400, 11, 1);
@@ -211,6 +214,9 @@ async fn malformed_inputs_are_dead_lettered_and_valid_ones_still_score() {
         assert_eq!(header(&headers, "streamscore.dlq.source.partition"), Some(placed[i].0.to_string().as_str()));
         assert_eq!(header(&headers, "streamscore.dlq.source.offset"), Some(placed[i].1.to_string().as_str()));
         assert_eq!(m.payload().unwrap_or_default(), &original.1[..], "original bytes kept");
+        // Stamped with the time its batch was produced (not the input's time).
+        let rdkafka::Timestamp::CreateTime(t) = m.timestamp() else { panic!("timestamp {:?}", m.timestamp()) };
+        assert!((started_ms..=streamscore::sink::now_ms()).contains(&t), "dead letter stamped {t}");
         for (name, value) in &original.2 {
             assert!(headers.iter().any(|(k, v)| k == name && v == value), "input header {name} kept");
         }

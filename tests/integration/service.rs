@@ -338,6 +338,8 @@ pub struct Scored {
     pub key: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
     pub partition: i32,
+    /// The record's Kafka timestamp.
+    pub timestamp: rdkafka::Timestamp,
 }
 
 impl Scored {
@@ -386,6 +388,7 @@ pub fn decode_framed(msg: &OwnedMessage, schema: &apache_avro::Schema) -> Scored
         key: msg.key().map(<[u8]>::to_vec),
         headers: common::headers_of(msg),
         partition: msg.partition(),
+        timestamp: msg.timestamp(),
     }
 }
 
