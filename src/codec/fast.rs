@@ -595,7 +595,7 @@ impl FastPlan {
     pub fn decode(&self, body: &[u8], out: &mut [f32], missing: &mut [bool]) -> Result<RowIdentity, Rejection> {
         let n = self.layout.columns;
         let (out, missing) = (&mut out[..n], &mut missing[..n]);
-        let mut row = Row { out, missing, ids: Ids::default(), mismatch: self.default_mismatch };
+        let mut row = Row { out, missing, ids: Ids::default(), mismatch: self.default_mismatch, suspect: false };
         for c in &self.defaults {
             row.deliver(&self.layout, c.field, c.value.resolved());
         }
@@ -640,6 +640,11 @@ impl FastPlan {
             transaction_id: transaction_id.ok_or_else(|| identity_missing(TRANSACTION_ID))?,
             event_time_ms: event_time.ok_or_else(|| identity_missing(EVENT_TIME))?,
         };
+        // Every column of every step was written above (or the row is a mismatch), each write
+        // noting whether it could fail these checks; most rows skip the scan.
+        if !row.suspect {
+            return Ok(identity);
+        }
         for step in &self.layout.steps {
             if step.reject && row.missing[step.offset] {
                 return Err(Rejection::new(
@@ -914,7 +919,20 @@ impl<'a> Cursor<'a> {
     }
 
     /// apache-avro's varint: at most 10 bytes, bits past 64 dropped.
+    #[inline]
     fn long(&mut self) -> Result<i64, Bad> {
+        // Most varints of an event are one byte (lengths, union branches, small numbers).
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b & 0x80 == 0 {
+                self.pos += 1;
+                return Ok(i64::from(b >> 1) ^ -i64::from(b & 1));
+            }
+        }
+        self.long_multi_byte()
+    }
+
+    #[inline(never)]
+    fn long_multi_byte(&mut self) -> Result<i64, Bad> {
         let mut z = 0u64;
         for j in 0..10 {
             let b = self.byte()?;
@@ -1315,6 +1333,19 @@ enum FusedKind {
     EventIdUuid,
     /// The event id or the transaction id, from a string.
     IdText(Ident),
+    /// A field nobody uses, of the reader's own type: decoded and validated, not kept.
+    Skip(Skipped),
+}
+
+/// The value of an unused field, checked as [`skip`] checks the same [`Node`].
+#[derive(Debug, Clone, Copy)]
+enum Skipped {
+    Boolean,
+    Int,
+    Long,
+    Double,
+    Text,
+    Uuid,
 }
 
 impl Fused {
@@ -1333,21 +1364,18 @@ impl Fused {
         };
         let uses = &layout.reader[field].uses;
         if uses.steps.is_empty() && uses.ident.is_none() {
-            let node = match scalar {
-                Scalar::Null => Node::Null,
-                Scalar::Bool => Node::Boolean,
-                Scalar::Int => Node::Int,
-                Scalar::Long | Scalar::Timestamp => Node::Long,
-                Scalar::Double => Node::Double,
-                Scalar::Text => Node::String,
-                Scalar::Uuid => Node::UuidString,
+            // Read and validated as `skip` would (a null branch delivers a null nobody uses).
+            let skipped = match scalar {
+                Scalar::Null => return Some(Op::Skip(Node::Null)),
+                Scalar::Bool => Skipped::Boolean,
+                Scalar::Int => Skipped::Int,
+                Scalar::Long | Scalar::Timestamp => Skipped::Long,
+                Scalar::Double => Skipped::Double,
+                Scalar::Text => Skipped::Text,
+                Scalar::Uuid => Skipped::Uuid,
                 Scalar::Enum { .. } | Scalar::General(..) => return None,
             };
-            return Some(Op::Skip(match null_branch {
-                None => node,
-                Some(0) => Node::Union(vec![Node::Null, node]),
-                Some(_) => Node::Union(vec![node, Node::Null]),
-            }));
+            return Some(Op::Fused(Fused { kind: FusedKind::Skip(skipped), null_branch, field }));
         }
         let step = match uses.steps.as_slice() {
             [] => None,
@@ -1438,6 +1466,26 @@ impl Fused {
                     _ => row.ids.event_id = Some(text),
                 }
             }
+            FusedKind::Skip(skipped) => match skipped {
+                Skipped::Boolean => {
+                    cur.boolean()?;
+                }
+                Skipped::Int => {
+                    cur.int()?;
+                }
+                Skipped::Long => {
+                    cur.long()?;
+                }
+                Skipped::Double => {
+                    cur.take(8)?;
+                }
+                Skipped::Text => {
+                    cur.string()?;
+                }
+                Skipped::Uuid => {
+                    uuid(cur)?;
+                }
+            },
         }
         Ok(())
     }
@@ -1473,6 +1521,9 @@ struct Row<'r> {
     missing: &'r mut [bool],
     ids: Ids,
     mismatch: bool,
+    /// A column written this decode may fail the final checks (a non-finite value, or a null
+    /// for a feature that rejects nulls); only then are the columns scanned.
+    suspect: bool,
 }
 
 impl Row<'_> {
@@ -1539,6 +1590,7 @@ impl Row<'_> {
         let cols = &mut self.out[o..o + step.width];
         cols.fill(0.0);
         self.missing[o..o + step.width].fill(is_null);
+        self.suspect |= is_null & step.reject;
         if let Some(j) = column {
             cols[j] = 1.0;
         }
@@ -1550,6 +1602,7 @@ impl Row<'_> {
     fn column(&mut self, step: &StepPlan, x: f32, is_null: bool) {
         self.out[step.offset] = x;
         self.missing[step.offset] = is_null;
+        self.suspect |= !x.is_finite() | (is_null & step.reject);
         self.flag(step, is_null);
     }
 
@@ -1578,7 +1631,34 @@ fn number(value: Resolved<'_>) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::Categories;
+    use apache_avro::writer::datum::GenericDatumWriter;
+
+    use super::{Categories, Cursor, Schema, Value};
+
+    /// The varint reader gives what apache-avro encodes, for one-byte and longer values, both
+    /// signs and the extremes; and refuses a truncated or over-long varint.
+    #[test]
+    fn varints_read_as_apache_avro_writes_them() {
+        let mut values: Vec<i64> = (-200..=200).collect();
+        for shift in 0..63 {
+            let v = 1i64 << shift;
+            values.extend([v, v - 1, v + 1, -v, -v - 1, -v + 1]);
+        }
+        values.extend([i64::MIN, i64::MAX, i64::MIN + 1, i64::MAX - 1]);
+        for v in values {
+            let bytes = GenericDatumWriter::builder(&Schema::Long)
+                .build()
+                .and_then(|w| w.write_value_to_vec(Value::Long(v)))
+                .expect("encodes");
+            let mut cur = Cursor { buf: &bytes, pos: 0, cap: usize::MAX };
+            assert_eq!(cur.long().ok(), Some(v), "{v}: {bytes:?}");
+            assert_eq!(cur.pos, bytes.len(), "{v}: every byte read");
+            let mut cut = Cursor { buf: &bytes[..bytes.len() - 1], pos: 0, cap: usize::MAX };
+            assert!(cut.long().is_err(), "{v}: a truncated varint is refused");
+        }
+        let eleven = [0x80u8; 11];
+        assert!(Cursor { buf: &eleven, pos: 0, cap: usize::MAX }.long().is_err(), "over 10 bytes");
+    }
 
     /// Packed lookups find what comparing the strings finds (the last equal category), for
     /// short and long names, duplicates, the empty string, NUL bytes and multi-byte UTF-8.
