@@ -187,8 +187,7 @@ mod tests {
     use crate::config::Config;
     use crate::outcome::DeadLetterReason;
     use crate::pipeline::Shared;
-    use crate::sink::now_ms;
-    use crate::sink::{create_producer, BatchAck};
+    use crate::sink::{create_producer, now_ms, BatchAck};
     use crate::telemetry::RunStats;
 
     /// A mock cluster with topic `out` (the owner must outlive its clients) and a producer
