@@ -1171,11 +1171,6 @@ mod tests {
         assert_eq!(w.score.bin_counts, vec![3, 2, 2, 0]);
     }
 
-    /// Categorical columns count their 0s and 1s ([`Binary`]); numeric ones sum moments. Fed
-    /// the same values, both give the same window: counts, missing, extremes and bins exactly,
-    /// mean and spread to rounding. Also when a value other than 0/1 (or a -0.0) turns the
-    /// binary column numeric in the middle of a batch, when values are non-finite, and in the
-    /// next window, which starts binary again.
     /// A deterministic pseudo-random sequence (xorshift64) for the tests' data.
     fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
         move || {
@@ -1186,6 +1181,11 @@ mod tests {
         }
     }
 
+    /// Categorical columns count their 0s and 1s ([`Binary`]); numeric ones sum moments. Fed
+    /// the same values, both give the same window: counts, missing, extremes and bins exactly,
+    /// mean and spread to rounding. Also when a value other than 0/1 (or a -0.0) turns the
+    /// binary column numeric in the middle of a batch, when values are non-finite, and in the
+    /// next window, which starts binary again.
     #[test]
     fn binary_columns_give_the_statistics_numeric_columns_give() {
         let hists = [

@@ -36,7 +36,7 @@ use crate::offsets::OffsetTracker;
 use crate::outcome::DeadLetterReason;
 use crate::quality::publish::QualityPublisher;
 use crate::quality::{self, JoinLimits, QualityTracker, QualityWindow};
-use crate::sink::{self, Ack};
+use crate::sink;
 use crate::telemetry::{self, names, Health, RunStats};
 use crate::{sink::now_ms, source};
 
@@ -943,7 +943,7 @@ impl DriftReporter {
             warn!(error = %e, "cannot encode drift report");
             return;
         }
-        match self.send(&model, &version, &buf) {
+        match self.topic.send_report(&model, &version, &buf) {
             Ok(()) => {
                 metrics::counter!(names::DRIFT_REPORTS, "model" => model, "version" => version).increment(1);
             }
@@ -984,21 +984,9 @@ impl DriftReporter {
                 warn!(error = %e, "cannot encode drift alert");
                 continue;
             }
-            if let Err(e) = self.send(model, version, &buf) {
+            if let Err(e) = self.topic.send_report(model, version, &buf) {
                 warn!(error = %e, "cannot publish drift alert");
             }
         }
-    }
-
-    /// Produces one monitoring record keyed `model/version` (best effort, like reports).
-    fn send(&self, model: &str, version: &str, payload: &[u8]) -> Result<(), PipelineError> {
-        let key = format!("{model}/{version}");
-        let record = sink::OutgoingRecord {
-            key: Some(key.as_bytes()),
-            payload: Some(payload),
-            headers: None,
-            timestamp_ms: None,
-        };
-        self.topic.send(record, Arc::new(Ack::Monitoring))
     }
 }

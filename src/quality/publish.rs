@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{QualityTracker, QualityWindow};
 use crate::codec;
-use crate::sink::{now_ms, Ack, OutgoingRecord, OutputTopic};
+use crate::sink::{now_ms, OutputTopic};
 use crate::telemetry::names;
 
 /// The publishing task's parts.
@@ -102,10 +102,7 @@ impl QualityPublisher {
             warn!(error = %e, "cannot encode quality report");
             return;
         }
-        let key = format!("{model}/{version}");
-        let record =
-            OutgoingRecord { key: Some(key.as_bytes()), payload: Some(&buf), headers: None, timestamp_ms: None };
-        match self.topic.send(record, Arc::new(Ack::Monitoring)) {
+        match self.topic.send_report(&model, &version, &buf) {
             Ok(()) => metrics::counter!(names::QUALITY_REPORTS, "model" => model, "version" => version).increment(1),
             Err(e) => warn!(error = %e, "cannot publish quality report"),
         }

@@ -96,6 +96,15 @@ impl OutputTopic {
         }
     }
 
+    /// Produces one drift report, drift alert or quality report of `model` `version`, keyed
+    /// `model/version` (shadow results, keyed by their input's key, go through `send`).
+    pub fn send_report(&self, model: &str, version: &str, payload: &[u8]) -> Result<(), PipelineError> {
+        let key = format!("{model}/{version}");
+        let record =
+            OutgoingRecord { key: Some(key.as_bytes()), payload: Some(payload), headers: None, timestamp_ms: None };
+        self.send(record, Arc::new(Ack::Monitoring))
+    }
+
     /// One `rd_kafka_produceva` call. On success librdkafka owns the opaque until the record's
     /// delivery report; on failure it is handed back.
     fn enqueue(&self, record: &OutgoingRecord<'_>, opaque: Arc<Ack>) -> Result<(), (RDKafkaErrorCode, Arc<Ack>)> {
