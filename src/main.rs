@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
 
 use streamscore::config::{Config, LogFormat, RawConfig};
@@ -488,7 +487,11 @@ async fn produce(
     for (k, v) in &properties {
         cfg.set(k, v);
     }
-    let producer: BaseProducer = cfg.create().context("creating the producer")?;
+    // Idempotent: the clock (and the rate) starts once the producer can send, not while it
+    // still waits for its producer id.
+    let producer = tokio::task::spawn_blocking(move || demo::ready_publisher(cfg, Duration::from_secs(30)))
+        .await
+        .context("publisher start panicked")??;
     let started = std::time::Instant::now();
     let published = tokio::task::spawn_blocking(move || {
         demo::publish_synthetic(&producer, &topic, &opts, |n| {

@@ -120,6 +120,15 @@ def proc_cpu(pid: int) -> float | None:
         return None
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat's first line;
+    iowait counts as idle, steal as busy)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / CLK_TCK, sum(ticks) / CLK_TCK
+
+
 # Thread names as the kernel keeps them (15 characters), and what each thread does.
 THREAD_LABELS = {
     "streamscore-sou": "source (consume, decode)",
@@ -409,12 +418,14 @@ def batch_figures(m: dict) -> dict:
     return out
 
 
-def start_streamscore(broker: Broker, workdir: str, topic_in: str, prefix: str, batch: dict | None = None):
+def start_streamscore(broker: Broker, workdir: str, topic_in: str, prefix: str, batch: dict | None = None,
+                      consumer_extra: list[str] | None = None):
     """`streamscore run` on `topic_in` with its output topics `<prefix>.*` (created here), group
     `<prefix>.group` and log `<workdir>/<prefix>.log`: (process, log file, metrics URL)."""
     create_topics(broker.bootstrap, [f"{prefix}.scored", f"{prefix}.dlq", f"{prefix}.monitoring"], ARGS.partitions)
     cfg, metrics_url = streamscore_config(workdir, broker.bootstrap, f"{prefix}.group", topic_in, prefix,
-                                          ARGS.streamscore_consumer, batch)
+                                          ARGS.streamscore_consumer if consumer_extra is None else consumer_extra,
+                                          batch)
     logf = open(os.path.join(workdir, f"{prefix}.log"), "wb")
     proc = subprocess.Popen([STREAMSCORE, "run", "--config", cfg], cwd=REPO, stdin=subprocess.DEVNULL,
                             stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "ORT_DYLIB_PATH": ORT_LIB})
@@ -573,6 +584,17 @@ def buckets_of(m: dict, name: str) -> list[tuple[float, float]]:
     return sorted(out)
 
 
+def latency_consumer_extra() -> list[str]:
+    """Consumer properties of the latency runs: `--streamscore-consumer`, plus `fetch.wait.max.ms`
+    = `--latency-fetch-wait-ms` unless given there. Tansu answers a fetch that waits for data only
+    when the wait expires, not when data arrives (Kafka and Redpanda answer at once), so with
+    streamscore's 100 ms every input would wait 0–100 ms on the broker before streamscore sees it."""
+    extra = list(ARGS.streamscore_consumer)
+    if ARGS.latency_fetch_wait_ms and not any(kv.startswith("fetch.wait.max.ms=") for kv in extra):
+        extra.append(f"fetch.wait.max.ms={ARGS.latency_fetch_wait_ms}")
+    return extra
+
+
 def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name: str = "latency",
                 batch: dict | None = None) -> Result:
     """A fresh streamscore on a fresh topic while `streamscore produce --rate` offers `rate` for `seconds`."""
@@ -580,7 +602,7 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
     topic = f"bench.{name}.in"
     prefix = f"bench.{name}.streamscore"
     create_topics(broker.bootstrap, [topic], ARGS.partitions)
-    proc, logf, metrics_url = start_streamscore(broker, workdir, topic, prefix, batch)
+    proc, logf, metrics_url = start_streamscore(broker, workdir, topic, prefix, batch, latency_consumer_extra())
     res = Result(contender="streamscore latency", offered_rate=rate, events=n)
     producer = None
     try:
@@ -597,7 +619,7 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
                 raise RuntimeError("streamscore not ready within 60 s")
             time.sleep(0.1)
         time.sleep(1.0)
-        cpu0 = proc_cpu(proc.pid)
+        cpu0, machine0 = proc_cpu(proc.pid), machine_cpu()
         t0 = time.time()
         producer = preload(broker.bootstrap, topic, n, rate=rate, seed=7, wait=False)
         deadline = time.time() + seconds * 3 + 60
@@ -609,7 +631,7 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"{name} run: {outputs:.0f} of {n} outputs (exit {proc.poll()})")
             time.sleep(0.2)
-        t1, cpu1 = time.time(), proc_cpu(proc.pid)
+        t1, cpu1, machine1 = time.time(), proc_cpu(proc.pid), machine_cpu()
         out, err = producer.communicate(timeout=30)
         m_prod = re.search(r"\(([\d.]+)/s\)", out)
         q = histogram_quantiles(m, "streamscore_end_to_end_latency_seconds")
@@ -625,6 +647,7 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
                    proc_p50_ms=ms(qp[0.5]), proc_p99_ms=ms(qp[0.99]),
                    own_p50_ms=stages["in_streamscore"][0.5], own_p99_ms=stages["in_streamscore"][0.99], stages=stages,
                    rss_mb=proc_hwm_mb(proc.pid),
+                   machine_busy=(machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]),
                    pauses=total(m, "streamscore_backpressure_pauses_total"),
                    buckets=buckets_of(m, "streamscore_end_to_end_latency_seconds"),
                    proc_buckets=buckets_of(m, "streamscore_processing_latency_seconds"),
@@ -897,7 +920,10 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
     L.append("")
     if lat and "error" not in lat:
         L.append(f"Latency run: {lat['events']:,} events offered by `streamscore produce --rate {lat['offered_rate']:.0f}` "
-                 f"(achieved {lat['achieved_rate']:,.0f}/s) to a fresh topic while a fresh streamscore ran; latency is "
+                 f"(achieved {lat['achieved_rate']:,.0f}/s; it starts its clock once its idempotent producer holds its "
+                 f"producer id) to a fresh topic while a fresh streamscore ran; the machine's cores were "
+                 f"{fmt(lat.get('machine_busy'), '.0%')} busy over the run (streamscore, the load generator and the broker "
+                 f"together); latency is "
                  f"streamscore's `streamscore_end_to_end_latency_seconds` (input's Kafka timestamp, set by the producer "
                  f"when it queues the record, so it includes the producer's linger.ms=5, → outcome acknowledged), "
                  f"interpolated linearly inside its buckets (bounds 1, 2.5, 5, 10, 25, 50 ms, …), so it is coarse. "
@@ -912,7 +938,9 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
                  + ", ".join(f"{st} {fmt(q.get(0.5), '.2f')} / {fmt(q.get(0.99), '.2f')}"
                              for st, q in (lat.get("stages") or {}).items())
                  + "."
-                 + (f" Extra consumer properties: {', '.join(ARGS.streamscore_consumer)}." if ARGS.streamscore_consumer else ""))
+                 + (f" Extra consumer properties of streamscore in this run: {', '.join(latency_consumer_extra())}"
+                    " (fetch.wait.max.ms: Tansu answers a waiting fetch only when the wait expires; Kafka and "
+                    "Redpanda answer when data arrives)." if latency_consumer_extra() else ""))
         L.append("")
     if steady and "error" not in steady:
         lookups = (steady.get("cache_hits") or 0) + (steady.get("cache_misses") or 0)
@@ -943,6 +971,10 @@ def main() -> int:
     ap.add_argument("--repeat-share", type=float, default=0.3)
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-rate", type=float, default=0.0, help="offered rate of the latency run (0 = half of the measured saturation)")
+    ap.add_argument("--latency-fetch-wait-ms", type=int, default=10,
+                    help="fetch.wait.max.ms of streamscore's consumer in the latency and batching runs (0 = streamscore's "
+                         "default, 100): Tansu answers a waiting fetch only when the wait expires, real brokers when "
+                         "data arrives")
     ap.add_argument("--streamscore-consumer", action="append", default=[], metavar="KEY=VALUE",
                     help="extra librdkafka consumer property ([kafka.consumer]) for every streamscore run (diagnostics), "
                          "e.g. fetch.wait.max.ms=10; named in the report")

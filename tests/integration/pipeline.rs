@@ -5,9 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use apache_avro::types::Value;
+use rdkafka::producer::Producer;
 use rdkafka::Message;
 
 use streamscore::codec;
+use streamscore::demo;
 use streamscore::synth::{malformed_payload, Malformed};
 
 use crate::common::{self, Broker, Registry, TestRecord};
@@ -498,6 +500,50 @@ async fn produce_command_publishes_synthetic_transactions() {
     let decoded = messages.iter().filter(|m| decoder.decode(m.payload().unwrap_or_default()).is_ok()).count();
     // Ten malformed: the cycle's NaN-amount records (2 of 10) decode and fail later, in features.
     assert_eq!(decoded, 492, "every 50th is malformed, the rest decode");
+}
+
+/// `streamscore produce` starts its clock only once its idempotent producer holds a producer id
+/// (librdkafka asks for one on a 500 ms timer; records handed over before wait for it), and says
+/// which broker it could not get one from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publisher_is_ready_before_it_publishes() {
+    let bootstrap = Broker::shared().bootstrap();
+    let idempotent = |bootstrap: &str| {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap).set("enable.idempotence", "true");
+        c
+    };
+    let ready = tokio::task::spawn_blocking({
+        let config = idempotent(&bootstrap);
+        move || demo::ready_publisher(config, Duration::from_secs(30))
+    })
+    .await
+    .expect("join")
+    .expect("a publisher on the test broker gets its producer id");
+    assert!(ready.context().producer_id_assigned());
+
+    // Not idempotent: nothing to wait for, and no statistics asked for.
+    let mut plain = idempotent(&bootstrap);
+    plain.set("enable.idempotence", "false");
+    let plain = demo::ready_publisher(plain, Duration::from_secs(30)).expect("plain publisher");
+    assert!(!plain.context().producer_id_assigned());
+
+    // Nothing listens on a port just released: the error names the broker and the way out.
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("127.0.0.1:{}", listener.local_addr().expect("addr").port())
+    };
+    let err = tokio::task::spawn_blocking({
+        let config = idempotent(&unreachable);
+        move || demo::ready_publisher(config, Duration::from_secs(2))
+    })
+    .await
+    .expect("join")
+    .err()
+    .expect("no producer id from a closed port");
+    let message = err.to_string();
+    assert!(matches!(err, demo::PublisherError::NotReady { .. }), "{message}");
+    assert!(message.contains(&unreachable) && message.contains("enable.idempotence=false"), "{message}");
 }
 
 /// The demo's configuration for tests: this checkout's ONNX Runtime library, model and schemas,
