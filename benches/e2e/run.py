@@ -21,7 +21,10 @@ One run, one broker, same data and model for every contender:
     that one run) with all rounds' figures in its notes;
  4. ONNX Runtime alone (benches/e2e/ort_alone.py) on the plain workload's rows, batches of 256;
  5. a latency run: a fresh streamscore on a fresh topic while `streamscore produce --rate R`
-    offers R ≈ half of streamscore's measured saturation throughput for --latency-seconds;
+    offers R ≈ half load for --latency-seconds: half of the lower of streamscore's measured
+    saturation throughput and its throughput while the generator publishes N events at full
+    speed on the same machine (a co-located run before it; the generator and the broker share
+    the cores, and on a small machine the three together saturate well below streamscore alone);
     p50/p99 come from streamscore's own end-to-end latency histogram (Kafka timestamp → outcome
     acknowledged), interpolated linearly inside the histogram's buckets, and from its processing
     latency histogram (input received by the source → outcome acknowledged: what streamscore
@@ -596,9 +599,10 @@ def latency_consumer_extra() -> list[str]:
 
 
 def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name: str = "latency",
-                batch: dict | None = None) -> Result:
-    """A fresh streamscore on a fresh topic while `streamscore produce --rate` offers `rate` for `seconds`."""
-    n = int(rate * seconds)
+                batch: dict | None = None, events: int | None = None) -> Result:
+    """A fresh streamscore on a fresh topic while `streamscore produce --rate` offers `rate` for
+    `seconds` (or, with rate 0, publishes `events` as fast as it can)."""
+    n = events if events is not None else int(rate * seconds)
     topic = f"bench.{name}.in"
     prefix = f"bench.{name}.streamscore"
     create_topics(broker.bootstrap, [topic], ARGS.partitions)
@@ -622,9 +626,12 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
         cpu0, machine0 = proc_cpu(proc.pid), machine_cpu()
         t0 = time.time()
         producer = preload(broker.bootstrap, topic, n, rate=rate, seed=7, wait=False)
-        deadline = time.time() + seconds * 3 + 60
+        deadline = time.time() + (seconds * 3 if rate else n / 10_000) + 60
+        first_consumed = None
         while True:
             m = scrape(metrics_url)
+            if first_consumed is None and total(m, "streamscore_events_consumed_total") > 0:
+                first_consumed = time.time()
             outputs = total(m, "streamscore_events_scored_total") + total(m, "streamscore_events_dead_lettered_total")
             if outputs >= n:
                 break
@@ -642,6 +649,8 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
                   for st in STAGES}
         res.update(achieved_rate=float(m_prod.group(1)) if m_prod else n / (time.time() - t0),
                    scored_per_s=n / (t1 - t0),
+                   # from the first input consumed (±0.2 s: the polls), so without the generator's start
+                   consumed_to_scored_per_s=n / (t1 - first_consumed) if first_consumed and t1 > first_consumed else None,
                    cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
                    p50_ms=ms(q[0.5]), p99_ms=ms(q[0.99]),
                    proc_p50_ms=ms(qp[0.5]), proc_p99_ms=ms(qp[0.99]),
@@ -790,6 +799,8 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
         L.append(f"- the broker and the load generator ran under `nice -n {ARGS.background_nice}`")
     if ARGS.streamscore_consumer:
         L.append(f"- **diagnostic run**: streamscore ran with extra consumer properties {', '.join(ARGS.streamscore_consumer)}")
+    if meta.get("half_load"):
+        L.append(f"- {meta['half_load']}")
     L.append(f"- clients: streamscore and passthrough use rdkafka 0.39 (bundled librdkafka 2.12.1); "
              f"the peer uses confluent-kafka {meta.get('ck', '?')}")
     L.append("")
@@ -970,7 +981,8 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--repeat-share", type=float, default=0.3)
     ap.add_argument("--latency-seconds", type=float, default=20.0)
-    ap.add_argument("--latency-rate", type=float, default=0.0, help="offered rate of the latency run (0 = half of the measured saturation)")
+    ap.add_argument("--latency-rate", type=float, default=0.0, help="offered rate of the latency run (0 = half load: half of the lower of streamscore's "
+                         "saturation alone and with the load generator publishing at full speed beside it)")
     ap.add_argument("--latency-fetch-wait-ms", type=int, default=10,
                     help="fetch.wait.max.ms of streamscore's consumer in the latency and batching runs (0 = streamscore's "
                          "default, 100): Tansu answers a waiting fetch only when the wait expires, real brokers when "
@@ -1080,7 +1092,25 @@ def main() -> int:
                 log(f"ort_alone {json.dumps(ort)}")
 
         sat = results[("plain", "streamscore")].get("events_per_s")
-        rate = ARGS.latency_rate or (round(sat / 2, -2) if sat else 0)
+        colocated = None
+        if not ARGS.latency_rate and sat and not {"latency", "batching"} <= skip:
+            # The latency run needs the load generator on the same machine; where the cores are
+            # few, streamscore alone saturates above what it, the generator and the broker reach
+            # together, and half of the former is no half load.
+            log(f"co-located saturation: {n:,} events published at full speed while a fresh streamscore scores them ...")
+            colocated = run_latency(broker, workdir, 0.0, 0.0, name="colocated", events=n)
+            log(f"co-located {json.dumps({k: v for k, v in colocated.items() if 'buckets' not in k and k != 'stages'})}")
+        co_sat = colocated.get("consumed_to_scored_per_s") if colocated and "error" not in colocated else None
+        rate = ARGS.latency_rate or (round(min(sat, co_sat or sat) / 2, -2) if sat else 0)
+        meta["half_load"] = (
+            f"the latency run's rate is `--latency-rate` {ARGS.latency_rate:,.0f}/s" if ARGS.latency_rate else
+            f"half load = half of the lower of streamscore's saturation alone ({sat:,.0f} events/s, the plain "
+            f"streamscore row) and its throughput while `streamscore produce` published {n:,} events at full speed "
+            f"on the same machine ({fmt(co_sat)} events/s from its first input to the last outcome; the generator "
+            f"{fmt(colocated.get('achieved_rate') if colocated else None)}/s, the cores "
+            f"{fmt(colocated.get('machine_busy') if colocated else None, '.0%')} busy"
+            + (f"; {colocated['error']}" if colocated and "error" in colocated else "") + ")"
+            if sat else "no saturation figure from the plain streamscore run")
         if "latency" not in skip:
             if rate:
                 log(f"latency run at {rate:.0f} events/s for {ARGS.latency_seconds:.0f} s ...")
