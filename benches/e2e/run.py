@@ -1102,15 +1102,16 @@ def main() -> int:
             log(f"co-located {json.dumps({k: v for k, v in colocated.items() if 'buckets' not in k and k != 'stages'})}")
         co_sat = colocated.get("consumed_to_scored_per_s") if colocated and "error" not in colocated else None
         rate = ARGS.latency_rate or (round(min(sat, co_sat or sat) / 2, -2) if sat else 0)
-        meta["half_load"] = (
-            f"the latency run's rate is `--latency-rate` {ARGS.latency_rate:,.0f}/s" if ARGS.latency_rate else
-            f"half load = half of the lower of streamscore's saturation alone ({sat:,.0f} events/s, the plain "
-            f"streamscore row) and its throughput while `streamscore produce` published {n:,} events at full speed "
-            f"on the same machine ({fmt(co_sat)} events/s from its first input to the last outcome; the generator "
-            f"{fmt(colocated.get('achieved_rate') if colocated else None)}/s, the cores "
-            f"{fmt(colocated.get('machine_busy') if colocated else None, '.0%')} busy"
-            + (f"; {colocated['error']}" if colocated and "error" in colocated else "") + ")"
-            if sat else "no saturation figure from the plain streamscore run")
+        if not {"latency", "batching"} <= skip:
+            meta["half_load"] = (
+                f"the latency run's rate is `--latency-rate` {ARGS.latency_rate:,.0f}/s" if ARGS.latency_rate else
+                f"half load = half of the lower of streamscore's saturation alone ({sat:,.0f} events/s, the plain "
+                f"streamscore row) and its throughput while `streamscore produce` published {n:,} events at full "
+                f"speed on the same machine ({fmt(co_sat)} events/s from its first input to the last outcome; the "
+                f"generator {fmt(colocated.get('achieved_rate') if colocated else None)}/s, the cores "
+                f"{fmt(colocated.get('machine_busy') if colocated else None, '.0%')} busy"
+                + (f"; {colocated['error']}" if colocated and "error" in colocated else "") + ")"
+                if sat else "no saturation figure from the plain streamscore run")
         if "latency" not in skip:
             if rate:
                 log(f"latency run at {rate:.0f} events/s for {ARGS.latency_seconds:.0f} s ...")
