@@ -216,7 +216,7 @@ impl ProducerContext for PublisherContext {
 }
 
 /// How often the publisher's statistics (and so its readiness) are refreshed.
-pub const PUBLISHER_STATISTICS_INTERVAL: Duration = Duration::from_millis(50);
+const PUBLISHER_STATISTICS_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Why [`ready_publisher`] returned no publisher.
 #[derive(Debug, thiserror::Error)]

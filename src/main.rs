@@ -487,23 +487,22 @@ async fn produce(
     for (k, v) in &properties {
         cfg.set(k, v);
     }
-    // Idempotent: the clock (and the rate) starts once the producer can send, not while it
-    // still waits for its producer id.
-    let producer = tokio::task::spawn_blocking(move || demo::ready_publisher(cfg, Duration::from_secs(30)))
-        .await
-        .context("publisher start panicked")??;
-    let started = std::time::Instant::now();
-    let published = tokio::task::spawn_blocking(move || {
-        demo::publish_synthetic(&producer, &topic, &opts, |n| {
+    let (published, elapsed) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        // Idempotent: the clock (and the rate) starts once the producer can send, not while it
+        // still waits for its producer id.
+        let producer = demo::ready_publisher(cfg, Duration::from_secs(30))?;
+        let started = std::time::Instant::now();
+        let published = demo::publish_synthetic(&producer, &topic, &opts, |n| {
             if n % 100_000 == 0 && n > 0 {
                 eprintln!("  published {n}");
             }
         })
+        .context("publishing failed")?;
+        Ok((published, started.elapsed()))
     })
     .await
-    .context("publisher panicked")?
-    .context("publishing failed")?;
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    .context("publisher panicked")??;
+    let secs = elapsed.as_secs_f64().max(1e-9);
     println!(
         "published {} transactions ({} malformed, {} repeats) in {:.1} s ({:.0}/s)",
         published.total,

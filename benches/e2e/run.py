@@ -587,6 +587,20 @@ def buckets_of(m: dict, name: str) -> list[tuple[float, float]]:
     return sorted(out)
 
 
+def half_load_note(sat: float | None, colocated: Result | None, co_sat: float | None, n: int) -> str:
+    """How the latency run's rate was chosen, for the report's header."""
+    if ARGS.latency_rate:
+        return f"the latency run's rate is `--latency-rate` {ARGS.latency_rate:,.0f}/s"
+    if not sat:
+        return "no saturation figure from the plain streamscore run"
+    co = colocated or Result()
+    error = f"; {co['error']}" if "error" in co else ""
+    return (f"half load = half of the lower of streamscore's saturation alone ({sat:,.0f} events/s, the plain "
+            f"streamscore row) and its throughput while `streamscore produce` published {n:,} events at full "
+            f"speed on the same machine ({fmt(co_sat)} events/s from its first input to the last outcome; the "
+            f"generator {fmt(co.get('achieved_rate'))}/s, the cores {fmt(co.get('machine_busy'), '.0%')} busy{error})")
+
+
 def latency_consumer_extra() -> list[str]:
     """Consumer properties of the latency runs: `--streamscore-consumer`, plus `fetch.wait.max.ms`
     = `--latency-fetch-wait-ms` unless given there. Tansu answers a fetch that waits for data only
@@ -938,6 +952,7 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
             L.append(f"| cache: CPU-s per million events, repeats / plain | {c1 / c0:.2f}× | (context) | — |")
     L.append("")
     if lat and "error" not in lat:
+        extra = latency_consumer_extra()
         L.append(f"Latency run: {lat['events']:,} events offered by `streamscore produce --rate {lat['offered_rate']:.0f}` "
                  f"(achieved {lat['achieved_rate']:,.0f}/s; it starts its clock once its idempotent producer holds its "
                  f"producer id) to a fresh topic while a fresh streamscore ran; the machine's cores were "
@@ -957,9 +972,9 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
                  + ", ".join(f"{st} {fmt(q.get(0.5), '.2f')} / {fmt(q.get(0.99), '.2f')}"
                              for st, q in (lat.get("stages") or {}).items())
                  + "."
-                 + (f" Extra consumer properties of streamscore in this run: {', '.join(latency_consumer_extra())}"
+                 + (f" Extra consumer properties of streamscore in this run: {', '.join(extra)}"
                     " (fetch.wait.max.ms: Tansu answers a waiting fetch only when the wait expires; Kafka and "
-                    "Redpanda answer when data arrives)." if latency_consumer_extra() else ""))
+                    "Redpanda answer when data arrives)." if extra else ""))
         L.append("")
     if steady and "error" not in steady:
         lookups = (steady.get("cache_hits") or 0) + (steady.get("cache_misses") or 0)
@@ -1101,7 +1116,8 @@ def main() -> int:
 
         sat = results[("plain", "streamscore")].get("events_per_s")
         colocated = None
-        if not ARGS.latency_rate and sat and not {"latency", "batching"} <= skip:
+        needs_rate = not {"latency", "batching"} <= skip
+        if not ARGS.latency_rate and sat and needs_rate:
             # The latency run needs the load generator on the same machine; where the cores are
             # few, streamscore alone saturates above what it, the generator and the broker reach
             # together, and half of the former is no half load.
@@ -1110,16 +1126,8 @@ def main() -> int:
             log(f"co-located {json.dumps({k: v for k, v in colocated.items() if 'buckets' not in k and k != 'stages'})}")
         co_sat = colocated.get("consumed_to_scored_per_s") if colocated and "error" not in colocated else None
         rate = ARGS.latency_rate or (round(min(sat, co_sat or sat) / 2, -2) if sat else 0)
-        if not {"latency", "batching"} <= skip:
-            meta["half_load"] = (
-                f"the latency run's rate is `--latency-rate` {ARGS.latency_rate:,.0f}/s" if ARGS.latency_rate else
-                f"half load = half of the lower of streamscore's saturation alone ({sat:,.0f} events/s, the plain "
-                f"streamscore row) and its throughput while `streamscore produce` published {n:,} events at full "
-                f"speed on the same machine ({fmt(co_sat)} events/s from its first input to the last outcome; the "
-                f"generator {fmt(colocated.get('achieved_rate') if colocated else None)}/s, the cores "
-                f"{fmt(colocated.get('machine_busy') if colocated else None, '.0%')} busy"
-                + (f"; {colocated['error']}" if colocated and "error" in colocated else "") + ")"
-                if sat else "no saturation figure from the plain streamscore run")
+        if needs_rate:
+            meta["half_load"] = half_load_note(sat, colocated, co_sat, n)
         if "latency" not in skip:
             if rate:
                 log(f"latency run at {rate:.0f} events/s for {ARGS.latency_seconds:.0f} s ...")
