@@ -1,8 +1,10 @@
 //! The passthrough limit for the end-to-end benchmark (`benches/e2e/run.py`): the same client
 //! library as streamscore (rdkafka 0.39, bundled librdkafka) doing only the Kafka part of its job.
 //!
-//! A `BaseConsumer` in a consumer group hands batches of up to 256 messages to a
-//! `ThreadedProducer`, which produces the raw bytes (same key, same headers) to an output topic:
+//! A `BaseConsumer` in a consumer group reads batches of up to 256 messages the way streamscore's
+//! source does (each assigned partition routed to a fetch queue that is read in batches,
+//! `streamscore::source::fetch`; the consumer queue polled for the group protocol) and hands
+//! them to a `ThreadedProducer`, which produces the raw bytes (same key, same headers) to an output topic:
 //! no decode, no features, no inference, no encode. Delivery callbacks settle each batch; every
 //! second the contiguous prefix of settled batches is committed with explicit offsets (as
 //! streamscore's offset tracker does). The librdkafka settings are streamscore's
@@ -30,10 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use streamscore::source::fetch::FetchQueue;
 
 const BATCH: usize = 256;
 
@@ -124,6 +127,44 @@ impl ProducerContext for Ctx {
     }
 }
 
+/// The consumer's context: routes each assigned partition to the fetch queue before librdkafka
+/// starts fetching it (as streamscore's source does).
+struct Routing {
+    fetch: Mutex<Option<FetchQueue>>,
+}
+
+impl ClientContext for Routing {}
+
+impl ConsumerContext for Routing {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if let Some(fetch) = self.fetch.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                for e in tpl.elements() {
+                    fetch.route(e.topic(), e.partition());
+                }
+            }
+        }
+    }
+}
+
+/// Drops the fetch queue before its consumer (librdkafka's destroy can hang otherwise).
+struct CloseFetch<'a>(&'a BaseConsumer<Routing>);
+
+impl Drop for CloseFetch<'_> {
+    fn drop(&mut self) {
+        drop(self.0.context().fetch.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// What is produced of one consumed message.
+struct Input<'a> {
+    partition: i32,
+    offset: i64,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+}
+
 /// CPU seconds (utime + stime) of each thread of this process, summed by thread name with
 /// trailing digits and dashes dropped (librdkafka names its broker threads after the broker).
 fn thread_cpu_s() -> BTreeMap<String, f64> {
@@ -197,7 +238,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let producer: ThreadedProducer<Ctx> = pc
         .create_with_context(Ctx { tracker: tracker.clone(), delivered: delivered.clone() })
         .context("creating the producer")?;
-    let consumer: BaseConsumer = cc.create().context("creating the consumer")?;
+    let consumer: BaseConsumer<Routing> =
+        cc.create_with_context(Routing { fetch: Mutex::new(None) }).context("creating the consumer")?;
+    *consumer.context().fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(FetchQueue::new(&consumer));
+    // Takes the fetch queue out before the consumer is dropped, on every way out of here.
+    let _close = CloseFetch(&consumer);
     consumer.subscribe(&[&args.input]).context("subscribing")?;
 
     let started = Instant::now();
@@ -209,21 +254,38 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut to_commit: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_commit = Instant::now();
     let mut last_progress = Instant::now();
-    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
     let stdout = std::io::stdout();
 
     loop {
-        // Fill a batch: block briefly for the first message, then take what is already fetched.
-        batch.clear();
-        let mut timeout = Duration::from_millis(10);
-        while batch.len() < BATCH {
-            match consumer.poll(timeout) {
-                Some(Ok(m)) => {
-                    batch.push(m);
-                    timeout = Duration::ZERO;
-                }
-                Some(Err(e)) => eprintln!("passthrough: consumer error: {e}"),
-                None => break,
+        // The consumer queue: the group protocol (and a message of a partition not routed yet).
+        let polled = consumer.poll(Duration::ZERO);
+        if let Some(Err(e)) = &polled {
+            eprintln!("passthrough: consumer error: {e}");
+        }
+        // A batch: wait briefly for a first message, then take what is already fetched.
+        let mut fetch = consumer.context().fetch.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = if matches!(polled, Some(Ok(_))) { Duration::ZERO } else { Duration::from_millis(10) };
+        let fetched = fetch.as_mut().context("the fetch queue is gone")?.read(wait, BATCH);
+        let mut batch: Vec<Input<'_>> = Vec::with_capacity(fetched.len() + 1);
+        if let Some(Ok(m)) = &polled {
+            batch.push(Input {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key(),
+                payload: m.payload(),
+                headers: m.headers().map(|h| h.detach()),
+            });
+        }
+        for m in fetched.iter() {
+            match m.error() {
+                None => batch.push(Input {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key(),
+                    payload: m.payload(),
+                    headers: m.headers(),
+                }),
+                Some(e) => eprintln!("passthrough: consumer error: {e}"),
             }
         }
         if !batch.is_empty() {
@@ -234,8 +296,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             consumed += batch.len() as u64;
             let mut next: BTreeMap<i32, i64> = BTreeMap::new();
             for m in &batch {
-                let e = next.entry(m.partition()).or_insert(m.offset() + 1);
-                *e = (*e).max(m.offset() + 1);
+                let e = next.entry(m.partition).or_insert(m.offset + 1);
+                *e = (*e).max(m.offset + 1);
             }
             let ack = Arc::new(BatchAck { seq, remaining: AtomicUsize::new(batch.len()) });
             tracker.lock().unwrap_or_else(|e| e.into_inner()).pending.push_back((
@@ -244,16 +306,16 @@ fn run(args: Args) -> anyhow::Result<()> {
                 false,
             ));
             seq += 1;
-            for m in &batch {
+            for m in batch {
                 let mut rec = BaseRecord::with_opaque_to(&args.output, ack.clone());
-                if let Some(k) = m.key() {
+                if let Some(k) = m.key {
                     rec = rec.key(k);
                 }
-                if let Some(p) = m.payload() {
+                if let Some(p) = m.payload {
                     rec = rec.payload(p);
                 }
-                if let Some(h) = m.headers() {
-                    rec = rec.headers(h.detach());
+                if let Some(h) = m.headers {
+                    rec = rec.headers(h);
                 }
                 loop {
                     match producer.send(rec) {
@@ -270,7 +332,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
-        batch.clear();
+        drop(fetched);
+        drop(fetch);
+        drop(polled);
 
         let done = delivered.load(Ordering::Relaxed) >= args.count;
         if done || last_commit.elapsed() >= Duration::from_secs(1) {
@@ -333,8 +397,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         "passthrough: {delivered} delivered and committed in {secs:.2} s from the first message: {:.0} events/s",
         delivered as f64 / secs
     );
-    drop(batch);
-    drop(consumer);
     producer.flush(Duration::from_secs(10)).ok();
     Ok(())
 }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
@@ -32,7 +32,12 @@ use crate::outcome::{DeadLetterReason, Rejection};
 use crate::pipeline::{PipelineError, Shared};
 use crate::telemetry::names;
 
-/// How long one poll may block when no batch is open (bounds the reaction time to a stop).
+pub mod fetch;
+
+use fetch::{FetchQueue, FetchedMessage};
+
+/// How long one read may block when no batch is open (bounds the reaction time to a stop and
+/// how long a rebalance event waits on the consumer queue while nothing arrives).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long the loop waits for room in the inference queue before serving the group protocol again.
 const BACKPRESSURE_WAIT: Duration = Duration::from_millis(20);
@@ -44,6 +49,8 @@ const PENDING_POLL: Duration = Duration::from_millis(1);
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// Retries of a schema lookup while the registry is unreachable, before dead-lettering.
 const REGISTRY_RETRIES: u32 = 3;
+/// The most messages one read of the fetch queue takes (it also stops at the open batch's room).
+const READ_MAX: usize = 1024;
 
 /// librdkafka properties of a consumer that reads whole topics by `assign` (the labels reader,
 /// `streamscore report`): the service's connection settings (`kafka.common`: TLS, SASL), a
@@ -304,6 +311,9 @@ struct SourceContext {
     transactional: bool,
     /// This member's index, as the `member` label of its metrics.
     member: String,
+    /// Where the fetched messages of assigned partitions go (routed on assignment); taken out
+    /// and dropped before the consumer.
+    fetch: Mutex<Option<FetchQueue>>,
 }
 
 impl SourceContext {
@@ -316,6 +326,10 @@ impl SourceContext {
 impl SourceContext {
     fn builder(&self) -> MutexGuard<'_, Builder> {
         self.builder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fetch(&self) -> MutexGuard<'_, Option<FetchQueue>> {
+        self.fetch.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -354,6 +368,14 @@ impl ConsumerContext for SourceContext {
                 metrics::counter!(names::REBALANCES, "kind" => "assign").increment(1);
                 info!(partitions = %describe(tpl), "partitions assigned");
                 let assigned = partitions_of(tpl);
+                // Before librdkafka starts fetching them: their messages go to the fetch queue.
+                if let Some(fetch) = self.fetch().as_ref() {
+                    for (topic, partition) in &assigned {
+                        if !fetch.route(topic, *partition) {
+                            warn!(topic = %topic, partition, "cannot route the partition's messages to the batch reader; polling them one by one");
+                        }
+                    }
+                }
                 let epochs = self.shared.tracker.assign(&assigned);
                 let mut b = self.builder();
                 for (tp, epoch) in epochs {
@@ -482,6 +504,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
         drain_timeout: cfg.delivery.drain_timeout,
         transactional: cfg.delivery.mode == DeliveryMode::ExactlyOnce,
         member: parts.member.to_string(),
+        fetch: Mutex::new(None),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(&cfg, parts.member)
         .create_with_context(context)
@@ -499,6 +522,35 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
 }
 
 fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, shared: &Shared) {
+    {
+        // Before the first poll, which serves the first assignment; dropped before the consumer
+        // (also when `serve` panics).
+        let _routed = Routed::new(&consumer);
+        serve(&consumer, cfg, decoder, shared);
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    info!("consumer stopped");
+}
+
+/// Holds the consumer's fetch queue for as long as it lives (see [`fetch`]).
+struct Routed<'c>(&'c BaseConsumer<SourceContext>);
+
+impl<'c> Routed<'c> {
+    fn new(consumer: &'c BaseConsumer<SourceContext>) -> Self {
+        *consumer.context().fetch() = Some(FetchQueue::new(consumer));
+        Routed(consumer)
+    }
+}
+
+impl Drop for Routed<'_> {
+    fn drop(&mut self) {
+        drop(self.0.context().fetch().take());
+    }
+}
+
+/// The poll loop, then the drain and the last commit.
+fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, shared: &Shared) {
     let fixed = BatchPolicy::new(cfg.batch.max_batch_size, cfg.batch.max_batch_delay);
     // The hard bound, in both modes: how far a batch may grow while inference has no room.
     let max_size = fixed.max_size;
@@ -521,15 +573,24 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
         // Fixed mode: the configuration. Adaptive: the controller's current targets (two atomic
         // loads per turn; the sink updates them once per acknowledged batch).
         let policy = shared.batching.as_ref().map_or(fixed, |a| a.policy());
-        if !transactional && now >= next_commit {
+        if now >= next_commit {
             let owned = ctx.builder().owned();
-            commit(&consumer, &shared.tracker, Some(&owned));
+            if !transactional {
+                commit(consumer, &shared.tracker, Some(&owned));
+            }
+            // Routes are set on every assignment; this heals one that a fetcher stop cleared after
+            // that (see `fetch`), within a commit interval.
+            if let Some(fetch) = ctx.fetch().as_ref() {
+                for (topic, partition) in &owned {
+                    fetch.route(topic, *partition);
+                }
+            }
             next_commit = now + cfg.delivery.commit_interval;
             // A synchronous commit takes a round trip: the poll budget below needs the time now.
             now = Instant::now();
         }
         if shared.take_rewind() {
-            rewind(&consumer, &mut ctx.builder(), shared);
+            rewind(consumer, &mut ctx.builder(), shared);
         }
         // Backpressure. A sealed batch that found the inference queue full waits in `pending`.
         // A full queue is usually momentary, and pausing is costly (librdkafka drops what it
@@ -554,7 +615,7 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
                     let now = Instant::now();
                     let since = if both_full { *b.full_since.get_or_insert(now) } else { now };
                     if (!b.paused || b.repause) && now.duration_since(since) >= PAUSE_AFTER {
-                        b.set_paused(&consumer, true);
+                        b.set_paused(consumer, true);
                     }
                     if b.paused || both_full {
                         Duration::ZERO
@@ -567,7 +628,7 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
                     // Hysteresis: resume only once inference has caught up to half its queue, so
                     // that a resumed fetch fills whole batches instead of flapping per batch.
                     if b.paused && b.queue_low() {
-                        b.set_paused(&consumer, false);
+                        b.set_paused(consumer, false);
                     }
                     if b.paused {
                         Duration::ZERO
@@ -577,29 +638,47 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
                 }
             }
         };
-        let polled = consumer.poll(budget);
-        now = Instant::now();
+        // The consumer queue first: rebalances, commit results, statistics and errors (and a
+        // message of a partition not routed to the fetch queue, see `fetch`). Never blocks: the
+        // waiting happens on the fetch queue below.
+        let polled = consumer.poll(Duration::ZERO);
+        if let Some(Err(e)) = &polled {
+            log_poll_error(e, &mut last_poll_error);
+        }
         // One lock for the input and the sealing decision (not during the poll: the rebalance
         // callback, which runs inside it, takes the builder too).
         let mut b = ctx.builder();
-        // Whether this poll found nothing already fetched (adaptive mode's seal, below).
-        let caught_up = match polled {
-            None => true,
-            Some(Ok(msg)) => {
-                // Possible while paused (already fetched, or a partition assigned meanwhile):
-                // it joins the open batch, which waits for the pending one.
-                accept(&mut b, &msg, cfg, (decoder, &mut last_plan), shared, now);
-                false
+        let polled_message = matches!(polled, Some(Ok(_)));
+        if let Some(Ok(msg)) = &polled {
+            now = Instant::now();
+            accept(&mut b, msg, cfg, (decoder, &mut last_plan), shared, now);
+        }
+        drop(polled);
+        // Then what the fetch queue holds, up to what the open batch may still take (one at least,
+        // as `poll` would give while both batches are full), waiting up to the budget for a first
+        // message when it holds none. A rebalance in the poll above may have sealed the batch:
+        // the budget is then at most one idle poll too long.
+        let want = policy.max_size.saturating_sub(b.batch.len()).clamp(1, READ_MAX);
+        let wait = if polled_message { Duration::ZERO } else { budget };
+        let got = match ctx.fetch().as_mut() {
+            Some(queue) => {
+                let fetched = queue.read(wait, want);
+                now = Instant::now();
+                for msg in fetched.iter() {
+                    match msg.error() {
+                        None => accept(&mut b, &msg, cfg, (decoder, &mut last_plan), shared, now),
+                        Some(e) => log_poll_error(&e, &mut last_poll_error),
+                    }
+                }
+                fetched.len()
             }
-            // Transient errors (broker down, rebalance in progress) are retried by librdkafka;
-            // log at most once per 10 s so an outage does not flood the log.
-            Some(Err(e)) if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) => {
-                warn!(error = %e, "consumer error (librdkafka retries on its own)");
-                last_poll_error = Some(Instant::now());
-                true
+            None => {
+                now = Instant::now();
+                0
             }
-            Some(Err(_)) => true,
         };
+        // Whether the consumer found nothing more already fetched (adaptive mode's seal, below).
+        let caught_up = got < want;
         // A due batch is sealed at once when inference has room. When it has none, the batch
         // keeps filling up to max_batch_size first: under load, batches grow to the size that
         // makes inference cheapest, and only a full batch waits (and pauses consumption).
@@ -643,11 +722,8 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
     // an outcome that failed or is still in flight. (exactly_once: the transactions did.)
     if !transactional {
         let owned = ctx.builder().owned();
-        commit(&consumer, &shared.tracker, Some(&owned));
+        commit(consumer, &shared.tracker, Some(&owned));
     }
-    consumer.unsubscribe();
-    drop(consumer);
-    info!("consumer stopped");
 }
 
 /// After an aborted transaction: drop everything consumed since the last commit and seek every
@@ -683,11 +759,81 @@ fn rewind(consumer: &BaseConsumer<SourceContext>, b: &mut Builder, shared: &Shar
     }
 }
 
+/// Consumer errors: transient ones (broker down, rebalance in progress) are retried by librdkafka;
+/// logged at most once per 10 s so that an outage does not flood the log.
+fn log_poll_error(e: &KafkaError, last: &mut Option<Instant>) {
+    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+        warn!(error = %e, "consumer error (librdkafka retries on its own)");
+        *last = Some(Instant::now());
+    }
+}
+
+/// What `accept` reads of a consumed message, whichever way it was read.
+trait Input {
+    fn topic(&self) -> &str;
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    fn payload(&self) -> Option<&[u8]>;
+    fn key(&self) -> Option<&[u8]>;
+    /// A copy of the headers (they travel with the outcome).
+    fn owned_headers(&self) -> Option<OwnedHeaders>;
+    fn timestamp_ms(&self) -> Option<i64>;
+}
+
+impl Input for BorrowedMessage<'_> {
+    fn topic(&self) -> &str {
+        Message::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        Message::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        Message::payload(self)
+    }
+    fn key(&self) -> Option<&[u8]> {
+        Message::key(self)
+    }
+    fn owned_headers(&self) -> Option<OwnedHeaders> {
+        self.headers().map(|h| h.detach())
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp().to_millis()
+    }
+}
+
+impl Input for FetchedMessage<'_> {
+    fn topic(&self) -> &str {
+        FetchedMessage::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        FetchedMessage::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        FetchedMessage::offset(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        FetchedMessage::payload(self)
+    }
+    fn key(&self) -> Option<&[u8]> {
+        FetchedMessage::key(self)
+    }
+    fn owned_headers(&self) -> Option<OwnedHeaders> {
+        self.headers()
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp().to_millis()
+    }
+}
+
 /// Decodes one message, received at `received`, into the open batch (a scored row or a
-/// dead-letter entry).
+/// dead-letter entry). Also while paused (already fetched, or a partition assigned meanwhile):
+/// it joins the open batch, which waits for the pending one.
 fn accept(
     b: &mut Builder,
-    msg: &BorrowedMessage<'_>,
+    msg: &impl Input,
     cfg: &Config,
     decoder: (&Decoder, &mut LastPlan),
     shared: &Shared,
@@ -731,8 +877,8 @@ fn accept(
         offset,
         epoch,
         key: msg.key().map(|k| b.batch.store_key(k)),
-        headers: msg.headers().map(|h| h.detach()),
-        timestamp_ms: msg.timestamp().to_millis(),
+        headers: msg.owned_headers(),
+        timestamp_ms: msg.timestamp_ms(),
         kind,
     };
     b.batch.push_entry(entry, received);

@@ -7,6 +7,7 @@ mod deploy;
 mod drift;
 mod exactly_once;
 mod faults;
+mod fetch;
 mod harness_smoke;
 mod pipeline;
 mod quality;

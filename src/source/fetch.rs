@@ -1,0 +1,228 @@
+//! Fetched messages read in batches: one queue lock and one wait per batch instead of per message.
+//!
+//! rdkafka's `BaseConsumer::poll` returns one message per call, and every call costs librdkafka a
+//! queue lock, three clock reads, an event wrapper and a poll-interval record, plus rdkafka's own
+//! deadline bookkeeping. librdkafka's batch read (`rd_kafka_consume_batch_queue`) cannot be used on
+//! the consumer queue itself: rdkafka 0.39 takes rebalances through librdkafka's event API, and a
+//! rebalance met by the batch read is answered with a forced unassign behind the application's
+//! back. So the fetched messages of each assigned partition are routed to a queue of their own
+//! ([`FetchQueue::route`], called before the partition is assigned): it holds nothing but fetched
+//! messages and per-partition consumer errors. Rebalances, commit results, statistics and client
+//! errors stay on the consumer queue, which the caller keeps serving with `poll`.
+//!
+//! librdkafka clears a partition's route when its fetcher stops (revoke, unassign) but remembers
+//! that the application set one, so the next fetch start does not route it to the consumer queue
+//! either: a route must be set again on every assignment, before librdkafka starts fetching. That
+//! order holds: librdkafka starts newly assigned partitions only once every stopping one has
+//! stopped, and the group rejoins (and assigns anew) only after a revocation is done. A partition
+//! left without a route would not lose messages (they stay fetched and uncommitted) but would
+//! stall; the source also routes its owned partitions again once per commit interval.
+//! A seek, pause or revoke bumps the partition's version, and messages fetched before it are
+//! dropped by the batch read exactly as `poll` drops them. A message that reached the consumer
+//! queue before its partition was routed still comes out of `poll`.
+//!
+//! A [`FetchQueue`] must be dropped before its consumer (like a `TopicPartitionList`, a queue or
+//! message still alive when the consumer is destroyed can hang librdkafka's destroy).
+
+use std::ffi::{CStr, CString};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use rdkafka::bindings as rd;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::Timestamp;
+
+/// A queue that receives the fetched messages of the partitions routed to it.
+pub struct FetchQueue {
+    queue: NonNull<rd::rd_kafka_queue_t>,
+    rk: NonNull<rd::rd_kafka_t>,
+    /// The messages of the last read (destroyed when its [`Fetched`] is dropped); reused.
+    buf: Vec<*mut rd::rd_kafka_message_t>,
+}
+
+// librdkafka's queue handles may be used from any thread; `buf` is empty between reads (a
+// `Fetched` borrows the queue mutably, so no message pointer outlives its read).
+unsafe impl Send for FetchQueue {}
+
+impl FetchQueue {
+    /// A new, empty queue of `consumer`'s client. Nothing arrives until partitions are routed.
+    pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
+        let rk = consumer.client().native_ptr();
+        // Non-null for a live client (librdkafka allocates with an aborting allocator).
+        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(rk) }).expect("rd_kafka_queue_new returned null");
+        Self { queue, rk: NonNull::new(rk).expect("a live consumer has a client"), buf: Vec::new() }
+    }
+
+    /// Routes the fetched messages of `topic`/`partition` here from now on. Call it before the
+    /// partition is assigned (in the rebalance callback), so that none of its messages go to the
+    /// consumer queue; calling it again for a routed partition changes nothing. False when librdkafka has no such partition handle (the topic name holds a
+    /// NUL byte, or the client is a producer): its messages then keep coming out of `poll`.
+    pub fn route(&self, topic: &str, partition: i32) -> bool {
+        let Ok(name) = CString::new(topic) else { return false };
+        let fetchq = unsafe { rd::rd_kafka_queue_get_partition(self.rk.as_ptr(), name.as_ptr(), partition) };
+        if fetchq.is_null() {
+            return false;
+        }
+        unsafe {
+            // Marks the route as the application's: librdkafka's fetch start will not undo it.
+            rd::rd_kafka_queue_forward(fetchq, self.queue.as_ptr());
+            // Only the handle: the partition's queue keeps forwarding (and holds this queue).
+            rd::rd_kafka_queue_destroy(fetchq);
+        }
+        true
+    }
+
+    /// Reads up to `max` messages (at least one is asked for): what is already fetched, and when
+    /// nothing is, waits up to `timeout` (rounded up to whole milliseconds) for a first message
+    /// and then takes what has arrived with it. Every message is stamped by the caller after
+    /// this returns, so none is held back waiting for others.
+    pub fn read(&mut self, timeout: Duration, max: usize) -> Fetched<'_> {
+        let max = max.max(1);
+        self.buf.clear();
+        self.buf.reserve(max);
+        if self.consume(0, max) == 0 {
+            let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+            if ms > 0 && self.consume(ms, 1) == 1 && max > 1 {
+                self.consume(0, max - 1);
+            }
+        }
+        Fetched { queue: self }
+    }
+
+    /// One batch read appended to `buf`; how many messages it returned.
+    fn consume(&mut self, timeout_ms: i32, n: usize) -> usize {
+        let len = self.buf.len();
+        debug_assert!(self.buf.capacity() - len >= n);
+        // SAFETY: librdkafka writes at most `n` message pointers into the spare capacity.
+        let got = unsafe {
+            rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), timeout_ms, self.buf.as_mut_ptr().add(len), n)
+        };
+        let got = usize::try_from(got).unwrap_or(0).min(n);
+        unsafe { self.buf.set_len(len + got) };
+        got
+    }
+}
+
+impl Drop for FetchQueue {
+    fn drop(&mut self) {
+        // Disables the queue: messages still in it are freed, ones routed here later are dropped
+        // by librdkafka (never handed out, so never committed: they are read again later).
+        unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) };
+    }
+}
+
+/// The messages of one read; they are freed when this is dropped.
+pub struct Fetched<'q> {
+    queue: &'q mut FetchQueue,
+}
+
+impl Fetched<'_> {
+    pub fn len(&self) -> usize {
+        self.queue.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.buf.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = FetchedMessage<'_>> {
+        // SAFETY: librdkafka returned these non-null and they live until `drop` below.
+        self.queue.buf.iter().map(|&ptr| FetchedMessage { msg: unsafe { &*ptr }, _read: PhantomData })
+    }
+}
+
+impl Drop for Fetched<'_> {
+    fn drop(&mut self) {
+        for ptr in self.queue.buf.drain(..) {
+            unsafe { rd::rd_kafka_message_destroy(ptr) };
+        }
+    }
+}
+
+/// A fetched message (or a partition's consumer error, see [`FetchedMessage::error`]), borrowed
+/// from its read.
+pub struct FetchedMessage<'a> {
+    msg: &'a rd::rd_kafka_message_t,
+    _read: PhantomData<&'a Fetched<'a>>,
+}
+
+impl<'a> FetchedMessage<'a> {
+    /// The consumer error this entry carries instead of a message, as rdkafka's `poll` reports it.
+    pub fn error(&self) -> Option<KafkaError> {
+        match self.msg.err {
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => None,
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
+                Some(KafkaError::PartitionEOF(self.msg.partition))
+            }
+            e => Some(KafkaError::MessageConsumption(RDKafkaErrorCode::from(e))),
+        }
+    }
+
+    pub fn topic(&self) -> &'a str {
+        if self.msg.rkt.is_null() {
+            return "";
+        }
+        // Kafka topic names are ASCII ([a-zA-Z0-9._-]).
+        unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(self.msg.rkt)) }.to_str().unwrap_or("")
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.msg.partition
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.msg.offset
+    }
+
+    pub fn payload(&self) -> Option<&'a [u8]> {
+        slice(self.msg.payload, self.msg.len)
+    }
+
+    pub fn key(&self) -> Option<&'a [u8]> {
+        slice(self.msg.key, self.msg.key_len)
+    }
+
+    pub fn timestamp(&self) -> Timestamp {
+        let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        let ms = unsafe { rd::rd_kafka_message_timestamp(self.msg, &mut kind) };
+        match kind {
+            _ if ms == -1 => Timestamp::NotAvailable,
+            rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE => Timestamp::NotAvailable,
+            rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_CREATE_TIME => Timestamp::CreateTime(ms),
+            rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME => Timestamp::LogAppendTime(ms),
+        }
+    }
+
+    /// A copy of the message's headers (in order, duplicates kept); `None` when it has none.
+    pub fn headers(&self) -> Option<OwnedHeaders> {
+        let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+        let err = unsafe { rd::rd_kafka_message_headers(self.msg, &mut hdrs) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+            return None;
+        }
+        let count = unsafe { rd::rd_kafka_header_cnt(hdrs) };
+        let mut owned = OwnedHeaders::new_with_capacity(count);
+        for idx in 0..count {
+            let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+            let err = unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                break;
+            }
+            let key = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+            owned = owned.insert(Header { key: &key, value: slice(value.cast_mut(), size) });
+        }
+        Some(owned)
+    }
+}
+
+fn slice<'a>(ptr: *mut std::ffi::c_void, len: usize) -> Option<&'a [u8]> {
+    if ptr.is_null() {
+        None
+    } else {
+        // SAFETY: librdkafka's pointer and length of a buffer that lives as long as its message.
+        Some(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+    }
+}
