@@ -32,11 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use streamscore::source::fetch::FetchQueue;
+use streamscore::source::fetch::Routing;
 
 const BATCH: usize = 256;
 
@@ -127,32 +127,12 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// The consumer's context: routes each assigned partition to the fetch queue before librdkafka
-/// starts fetching it (as streamscore's source does).
-struct Routing {
-    fetch: Mutex<Option<FetchQueue>>,
-}
-
-impl ClientContext for Routing {}
-
-impl ConsumerContext for Routing {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            if let Some(fetch) = self.fetch.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                for e in tpl.elements() {
-                    fetch.route(e.topic(), e.partition());
-                }
-            }
-        }
-    }
-}
-
 /// Drops the fetch queue before its consumer (librdkafka's destroy can hang otherwise).
 struct CloseFetch<'a>(&'a BaseConsumer<Routing>);
 
 impl Drop for CloseFetch<'_> {
     fn drop(&mut self) {
-        drop(self.0.context().fetch.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.0.context().close();
     }
 }
 
@@ -239,8 +219,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .create_with_context(Ctx { tracker: tracker.clone(), delivered: delivered.clone() })
         .context("creating the producer")?;
     let consumer: BaseConsumer<Routing> =
-        cc.create_with_context(Routing { fetch: Mutex::new(None) }).context("creating the consumer")?;
-    *consumer.context().fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(FetchQueue::new(&consumer));
+        cc.create_with_context(Routing::default()).context("creating the consumer")?;
+    Routing::install(&consumer);
     // Takes the fetch queue out before the consumer is dropped, on every way out of here.
     let _close = CloseFetch(&consumer);
     consumer.subscribe(&[&args.input]).context("subscribing")?;
@@ -263,7 +243,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("passthrough: consumer error: {e}");
         }
         // A batch: wait briefly for a first message, then take what is already fetched.
-        let mut fetch = consumer.context().fetch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fetch = consumer.context().queue();
         let wait = if matches!(polled, Some(Ok(_))) { Duration::ZERO } else { Duration::from_millis(10) };
         let fetched = fetch.as_mut().context("the fetch queue is gone")?.read(wait, BATCH);
         let mut batch: Vec<Input<'_>> = Vec::with_capacity(fetched.len() + 1);

@@ -370,10 +370,8 @@ impl ConsumerContext for SourceContext {
                 let assigned = partitions_of(tpl);
                 // Before librdkafka starts fetching them: their messages go to the fetch queue.
                 if let Some(fetch) = self.fetch().as_ref() {
-                    for (topic, partition) in &assigned {
-                        if !fetch.route(topic, *partition) {
-                            warn!(topic = %topic, partition, "cannot route the partition's messages to the batch reader; polling them one by one");
-                        }
+                    for (topic, partition) in fetch.route_all(tpl) {
+                        warn!(topic = %topic, partition, "cannot route the partition's messages to the batch reader; polling them one by one");
                     }
                 }
                 let epochs = self.shared.tracker.assign(&assigned);

@@ -27,13 +27,14 @@
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::Timestamp;
+use rdkafka::{ClientContext, Timestamp, TopicPartitionList};
 
 /// A queue that receives the fetched messages of the partitions routed to it.
 pub struct FetchQueue {
@@ -75,6 +76,18 @@ impl FetchQueue {
         true
     }
 
+    /// Routes every partition of `assignment` (see [`FetchQueue::route`]); returns the ones that
+    /// could not be routed (none, normally: their messages keep coming out of `poll`).
+    pub fn route_all(&self, assignment: &TopicPartitionList) -> Vec<(String, i32)> {
+        let mut failed = Vec::new();
+        for e in assignment.elements() {
+            if !self.route(e.topic(), e.partition()) {
+                failed.push((e.topic().to_owned(), e.partition()));
+            }
+        }
+        failed
+    }
+
     /// Reads up to `max` messages (at least one is asked for): what is already fetched, and when
     /// nothing is, waits up to `timeout` (rounded up to whole milliseconds) for a first message
     /// and then takes what has arrived with it. Every message is stamped by the caller after
@@ -111,6 +124,44 @@ impl Drop for FetchQueue {
         // Disables the queue: messages still in it are freed, ones routed here later are dropped
         // by librdkafka (never handed out, so never committed: they are read again later).
         unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) };
+    }
+}
+
+/// The context of a consumer that needs nothing else from it: routes every assigned partition
+/// to its fetch queue before librdkafka starts fetching it. Install the queue with
+/// [`Routing::install`] before the first poll; [`Routing::close`] drops it (do that before the
+/// consumer is dropped).
+#[derive(Default)]
+pub struct Routing {
+    fetch: Mutex<Option<FetchQueue>>,
+}
+
+impl Routing {
+    /// Gives `consumer` its fetch queue.
+    pub fn install(consumer: &BaseConsumer<Routing>) {
+        *consumer.context().queue() = Some(FetchQueue::new(consumer));
+    }
+
+    /// The fetch queue (`None` before `install` and after `close`).
+    pub fn queue(&self) -> MutexGuard<'_, Option<FetchQueue>> {
+        self.fetch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the fetch queue.
+    pub fn close(&self) {
+        drop(self.queue().take());
+    }
+}
+
+impl ClientContext for Routing {}
+
+impl ConsumerContext for Routing {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(tpl), Some(fetch)) = (rebalance, self.queue().as_ref()) {
+            for (topic, partition) in fetch.route_all(tpl) {
+                tracing::warn!(topic = %topic, partition, "cannot route the partition to the fetch queue; its messages come out of poll");
+            }
+        }
     }
 }
 

@@ -6,34 +6,13 @@
 //! partition's fetcher stops).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{ClientContext, Message, Offset, Timestamp};
-use streamscore::source::fetch::FetchQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, Timestamp};
+use streamscore::source::fetch::Routing;
 
 use crate::common::{self, Broker, TestRecord};
-
-/// Routes every assigned partition to the fetch queue before librdkafka starts fetching it, as
-/// the source's rebalance callback does.
-struct Routing {
-    fetch: Mutex<Option<FetchQueue>>,
-}
-
-impl ClientContext for Routing {}
-
-impl ConsumerContext for Routing {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            if let Some(fetch) = self.fetch.lock().unwrap().as_ref() {
-                for e in tpl.elements() {
-                    assert!(fetch.route(e.topic(), e.partition()), "route {}/{}", e.topic(), e.partition());
-                }
-            }
-        }
-    }
-}
 
 /// What one read message carried.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,9 +33,9 @@ fn routed_consumer(bootstrap: &str, topic: &str) -> BaseConsumer<Routing> {
 fn routed_member(bootstrap: &str, topic: &str, group: &str) -> BaseConsumer<Routing> {
     let consumer: BaseConsumer<Routing> = common::consumer_config(bootstrap, group)
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .create_with_context(Routing { fetch: Mutex::new(None) })
+        .create_with_context(Routing::default())
         .expect("create consumer");
-    *consumer.context().fetch.lock().unwrap() = Some(FetchQueue::new(&consumer));
+    Routing::install(&consumer);
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
 }
@@ -77,7 +56,7 @@ fn read_until(
         if let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
             panic!("poll handed out {}/{}@{} although its partition is routed", m.topic(), m.partition(), m.offset());
         }
-        let mut guard = consumer.context().fetch.lock().unwrap();
+        let mut guard = consumer.context().queue();
         let fetched = guard.as_mut().expect("fetch queue").read(Duration::from_millis(50), max);
         if !fetched.is_empty() {
             sizes.push(fetched.len());
@@ -106,7 +85,7 @@ fn read_until(
 
 /// Drops the fetch queue before the consumer (the order librdkafka's destroy needs).
 fn close(consumer: BaseConsumer<Routing>) {
-    drop(consumer.context().fetch.lock().unwrap().take());
+    consumer.context().close();
     drop(consumer);
 }
 
@@ -211,7 +190,7 @@ fn drive(a: &BaseConsumer<Routing>, b: &BaseConsumer<Routing>, timeout: Duration
                     m.offset()
                 );
             }
-            drop(c.context().fetch.lock().unwrap().as_mut().expect("fetch queue").read(Duration::from_millis(20), 64));
+            drop(c.context().queue().as_mut().expect("fetch queue").read(Duration::from_millis(20), 64));
         }
     }
 }
