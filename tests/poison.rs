@@ -141,7 +141,6 @@ struct Fixture {
     features: FeatureExtractor,
     /// The same manifest with `account_age_days` required (`on_null: reject`).
     strict: FeatureExtractor,
-    _dir: tempfile::TempDir,
 }
 
 fn model_dir() -> PathBuf {
@@ -176,7 +175,10 @@ fn fixture() -> &'static Fixture {
         let age = strict.features.iter_mut().find(|f| f.source == "account_age_days").unwrap();
         age.on_null = streamscore::model::manifest::OnNull::Reject;
         let strict = FeatureExtractor::new(&strict, &reader).unwrap();
-        Fixture { decoder, features, strict, _dir: dir }
+        // The store read the schema files when it was built: their directory can go now (kept
+        // in this static, which is never dropped, it stayed behind in /tmp after every run).
+        drop(dir);
+        Fixture { decoder, features, strict }
     })
 }
 

@@ -281,9 +281,11 @@ fn oversized_messages_are_refused_unread() {
 }
 
 /// One decoder shared by the property tests (building a store per case would dominate their time).
+/// The store read its schema files when it was built, so their directory goes at once (a static
+/// is never dropped: a `TempDir` kept in it stayed behind in /tmp after every run).
 fn shared_decoder() -> &'static Decoder {
-    static DECODER: std::sync::OnceLock<(Decoder, tempfile::TempDir)> = std::sync::OnceLock::new();
-    &DECODER.get_or_init(|| decoder(&[(1, TRANSACTION_SCHEMA), (5, EVOLVED_WRITER)])).0
+    static DECODER: std::sync::OnceLock<Decoder> = std::sync::OnceLock::new();
+    DECODER.get_or_init(|| decoder(&[(1, TRANSACTION_SCHEMA), (5, EVOLVED_WRITER)]).0)
 }
 
 proptest! {
