@@ -33,10 +33,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use streamscore::source::fetch::Routing;
+use streamscore::source::fetch::{FetchedMessage, Routing};
 
 const BATCH: usize = 256;
 
@@ -136,15 +135,6 @@ impl Drop for CloseFetch<'_> {
     }
 }
 
-/// What is produced of one consumed message.
-struct Input<'a> {
-    partition: i32,
-    offset: i64,
-    key: Option<&'a [u8]>,
-    payload: Option<&'a [u8]>,
-    headers: Option<OwnedHeaders>,
-}
-
 /// CPU seconds (utime + stime) of each thread of this process, summed by thread name with
 /// trailing digits and dashes dropped (librdkafka names its broker threads after the broker).
 fn thread_cpu_s() -> BTreeMap<String, f64> {
@@ -220,7 +210,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("creating the producer")?;
     let consumer: BaseConsumer<Routing> =
         cc.create_with_context(Routing::default()).context("creating the consumer")?;
-    Routing::install(&consumer);
+    consumer.context().install(&consumer);
     // Takes the fetch queue out before the consumer is dropped, on every way out of here.
     let _close = CloseFetch(&consumer);
     consumer.subscribe(&[&args.input]).context("subscribing")?;
@@ -246,25 +236,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut fetch = consumer.context().queue();
         let wait = if matches!(polled, Some(Ok(_))) { Duration::ZERO } else { Duration::from_millis(10) };
         let fetched = fetch.as_mut().context("the fetch queue is gone")?.read(wait, BATCH);
-        let mut batch: Vec<Input<'_>> = Vec::with_capacity(fetched.len() + 1);
+        let mut batch: Vec<FetchedMessage<'_>> = Vec::with_capacity(fetched.len() + 1);
         if let Some(Ok(m)) = &polled {
-            batch.push(Input {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key(),
-                payload: m.payload(),
-                headers: m.headers().map(|h| h.detach()),
-            });
+            batch.push(FetchedMessage::from(m));
         }
         for m in fetched.iter() {
             match m.error() {
-                None => batch.push(Input {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key(),
-                    payload: m.payload(),
-                    headers: m.headers(),
-                }),
+                None => batch.push(m),
                 Some(e) => eprintln!("passthrough: consumer error: {e}"),
             }
         }
@@ -276,8 +254,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             consumed += batch.len() as u64;
             let mut next: BTreeMap<i32, i64> = BTreeMap::new();
             for m in &batch {
-                let e = next.entry(m.partition).or_insert(m.offset + 1);
-                *e = (*e).max(m.offset + 1);
+                let e = next.entry(m.partition()).or_insert(m.offset() + 1);
+                *e = (*e).max(m.offset() + 1);
             }
             let ack = Arc::new(BatchAck { seq, remaining: AtomicUsize::new(batch.len()) });
             tracker.lock().unwrap_or_else(|e| e.into_inner()).pending.push_back((
@@ -286,15 +264,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 false,
             ));
             seq += 1;
-            for m in batch {
+            for m in &batch {
                 let mut rec = BaseRecord::with_opaque_to(&args.output, ack.clone());
-                if let Some(k) = m.key {
+                if let Some(k) = m.key() {
                     rec = rec.key(k);
                 }
-                if let Some(p) = m.payload {
+                if let Some(p) = m.payload() {
                     rec = rec.payload(p);
                 }
-                if let Some(h) = m.headers {
+                if let Some(h) = m.headers() {
                     rec = rec.headers(h);
                 }
                 loop {

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, OwnedHeaders};
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use crate::batcher::{Batch, BatchPolicy, Entry, EntryKind};
@@ -34,7 +33,7 @@ use crate::telemetry::names;
 
 pub mod fetch;
 
-use fetch::{FetchQueue, FetchedMessage};
+use fetch::{FetchQueue, FetchedMessage, Routing};
 
 /// How long one read may block when no batch is open (bounds the reaction time to a stop and
 /// how long a rebalance event waits on the consumer queue while nothing arrives).
@@ -311,9 +310,9 @@ struct SourceContext {
     transactional: bool,
     /// This member's index, as the `member` label of its metrics.
     member: String,
-    /// Where the fetched messages of assigned partitions go (routed on assignment); taken out
-    /// and dropped before the consumer.
-    fetch: Mutex<Option<FetchQueue>>,
+    /// Where the fetched messages of assigned partitions go (routed on assignment); closed
+    /// before the consumer is dropped.
+    routing: Routing,
 }
 
 impl SourceContext {
@@ -329,7 +328,7 @@ impl SourceContext {
     }
 
     fn fetch(&self) -> MutexGuard<'_, Option<FetchQueue>> {
-        self.fetch.lock().unwrap_or_else(|e| e.into_inner())
+        self.routing.queue()
     }
 }
 
@@ -369,11 +368,7 @@ impl ConsumerContext for SourceContext {
                 info!(partitions = %describe(tpl), "partitions assigned");
                 let assigned = partitions_of(tpl);
                 // Before librdkafka starts fetching them: their messages go to the fetch queue.
-                if let Some(fetch) = self.fetch().as_ref() {
-                    for (topic, partition) in fetch.route_all(tpl) {
-                        warn!(topic = %topic, partition, "cannot route the partition's messages to the batch reader; polling them one by one");
-                    }
-                }
+                self.routing.on_assign(tpl);
                 let epochs = self.shared.tracker.assign(&assigned);
                 let mut b = self.builder();
                 for (tp, epoch) in epochs {
@@ -502,7 +497,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
         drain_timeout: cfg.delivery.drain_timeout,
         transactional: cfg.delivery.mode == DeliveryMode::ExactlyOnce,
         member: parts.member.to_string(),
-        fetch: Mutex::new(None),
+        routing: Routing::default(),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(&cfg, parts.member)
         .create_with_context(context)
@@ -536,14 +531,14 @@ struct Routed<'c>(&'c BaseConsumer<SourceContext>);
 
 impl<'c> Routed<'c> {
     fn new(consumer: &'c BaseConsumer<SourceContext>) -> Self {
-        *consumer.context().fetch() = Some(FetchQueue::new(consumer));
+        consumer.context().routing.install(consumer);
         Routed(consumer)
     }
 }
 
 impl Drop for Routed<'_> {
     fn drop(&mut self) {
-        drop(self.0.context().fetch().take());
+        self.0.context().routing.close();
     }
 }
 
@@ -640,24 +635,27 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
         // message of a partition not routed to the fetch queue, see `fetch`). Never blocks: the
         // waiting happens on the fetch queue below.
         let polled = consumer.poll(Duration::ZERO);
-        if let Some(Err(e)) = &polled {
-            log_poll_error(e, &mut last_poll_error);
-        }
         // One lock for the input and the sealing decision (not during the poll: the rebalance
         // callback, which runs inside it, takes the builder too).
         let mut b = ctx.builder();
-        let polled_message = matches!(polled, Some(Ok(_)));
-        if let Some(Ok(msg)) = &polled {
-            now = Instant::now();
-            accept(&mut b, msg, cfg, (decoder, &mut last_plan), shared, now);
-        }
-        drop(polled);
         // Then what the fetch queue holds, up to what the open batch may still take (one at least,
         // as `poll` would give while both batches are full), waiting up to the budget for a first
-        // message when it holds none. A rebalance in the poll above may have sealed the batch:
-        // the budget is then at most one idle poll too long.
+        // message when it holds none (not when `poll` just gave one). A rebalance in the poll
+        // above may have sealed the batch: the budget is then at most one idle poll too long.
+        let wait = match &polled {
+            Some(Ok(msg)) => {
+                now = Instant::now();
+                accept(&mut b, &FetchedMessage::from(msg), cfg, (decoder, &mut last_plan), shared, now);
+                Duration::ZERO
+            }
+            Some(Err(e)) => {
+                log_poll_error(e, &mut last_poll_error);
+                budget
+            }
+            None => budget,
+        };
+        drop(polled);
         let want = policy.max_size.saturating_sub(b.batch.len()).clamp(1, READ_MAX);
-        let wait = if polled_message { Duration::ZERO } else { budget };
         let got = match ctx.fetch().as_mut() {
             Some(queue) => {
                 let fetched = queue.read(wait, want);
@@ -766,72 +764,12 @@ fn log_poll_error(e: &KafkaError, last: &mut Option<Instant>) {
     }
 }
 
-/// What `accept` reads of a consumed message, whichever way it was read.
-trait Input {
-    fn topic(&self) -> &str;
-    fn partition(&self) -> i32;
-    fn offset(&self) -> i64;
-    fn payload(&self) -> Option<&[u8]>;
-    fn key(&self) -> Option<&[u8]>;
-    /// A copy of the headers (they travel with the outcome).
-    fn owned_headers(&self) -> Option<OwnedHeaders>;
-    fn timestamp_ms(&self) -> Option<i64>;
-}
-
-impl Input for BorrowedMessage<'_> {
-    fn topic(&self) -> &str {
-        Message::topic(self)
-    }
-    fn partition(&self) -> i32 {
-        Message::partition(self)
-    }
-    fn offset(&self) -> i64 {
-        Message::offset(self)
-    }
-    fn payload(&self) -> Option<&[u8]> {
-        Message::payload(self)
-    }
-    fn key(&self) -> Option<&[u8]> {
-        Message::key(self)
-    }
-    fn owned_headers(&self) -> Option<OwnedHeaders> {
-        self.headers().map(|h| h.detach())
-    }
-    fn timestamp_ms(&self) -> Option<i64> {
-        self.timestamp().to_millis()
-    }
-}
-
-impl Input for FetchedMessage<'_> {
-    fn topic(&self) -> &str {
-        FetchedMessage::topic(self)
-    }
-    fn partition(&self) -> i32 {
-        FetchedMessage::partition(self)
-    }
-    fn offset(&self) -> i64 {
-        FetchedMessage::offset(self)
-    }
-    fn payload(&self) -> Option<&[u8]> {
-        FetchedMessage::payload(self)
-    }
-    fn key(&self) -> Option<&[u8]> {
-        FetchedMessage::key(self)
-    }
-    fn owned_headers(&self) -> Option<OwnedHeaders> {
-        self.headers()
-    }
-    fn timestamp_ms(&self) -> Option<i64> {
-        self.timestamp().to_millis()
-    }
-}
-
 /// Decodes one message, received at `received`, into the open batch (a scored row or a
 /// dead-letter entry). Also while paused (already fetched, or a partition assigned meanwhile):
 /// it joins the open batch, which waits for the pending one.
 fn accept(
     b: &mut Builder,
-    msg: &impl Input,
+    msg: &FetchedMessage<'_>,
     cfg: &Config,
     decoder: (&Decoder, &mut LastPlan),
     shared: &Shared,
@@ -875,8 +813,8 @@ fn accept(
         offset,
         epoch,
         key: msg.key().map(|k| b.batch.store_key(k)),
-        headers: msg.owned_headers(),
-        timestamp_ms: msg.timestamp_ms(),
+        headers: msg.headers(),
+        timestamp_ms: msg.timestamp().to_millis(),
         kind,
     };
     b.batch.push_entry(entry, received);

@@ -25,7 +25,6 @@
 //! message still alive when the consumer is destroyed can hang librdkafka's destroy).
 
 use std::ffi::{CStr, CString};
-use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -33,7 +32,7 @@ use std::time::Duration;
 use rdkafka::bindings as rd;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{ClientContext, Timestamp, TopicPartitionList};
 
 /// A queue that receives the fetched messages of the partitions routed to it.
@@ -59,8 +58,9 @@ impl FetchQueue {
 
     /// Routes the fetched messages of `topic`/`partition` here from now on. Call it before the
     /// partition is assigned (in the rebalance callback), so that none of its messages go to the
-    /// consumer queue; calling it again for a routed partition changes nothing. False when librdkafka has no such partition handle (the topic name holds a
-    /// NUL byte, or the client is a producer): its messages then keep coming out of `poll`.
+    /// consumer queue; calling it again for a routed partition changes nothing. False when
+    /// librdkafka has no such partition handle (the topic name holds a NUL byte, or the client is
+    /// a producer): its messages then keep coming out of `poll`.
     pub fn route(&self, topic: &str, partition: i32) -> bool {
         let Ok(name) = CString::new(topic) else { return false };
         let fetchq = unsafe { rd::rd_kafka_queue_get_partition(self.rk.as_ptr(), name.as_ptr(), partition) };
@@ -127,19 +127,29 @@ impl Drop for FetchQueue {
     }
 }
 
-/// The context of a consumer that needs nothing else from it: routes every assigned partition
-/// to its fetch queue before librdkafka starts fetching it. Install the queue with
-/// [`Routing::install`] before the first poll; [`Routing::close`] drops it (do that before the
-/// consumer is dropped).
+/// A consumer's fetch queue, kept in its context (the rebalance callback routes through it):
+/// install it with [`Routing::install`] before the first poll, call [`Routing::on_assign`] from
+/// `pre_rebalance` (`Routing` is itself the context of a consumer that needs nothing else), and
+/// [`Routing::close`] before the consumer is dropped.
 #[derive(Default)]
 pub struct Routing {
     fetch: Mutex<Option<FetchQueue>>,
 }
 
 impl Routing {
-    /// Gives `consumer` its fetch queue.
-    pub fn install(consumer: &BaseConsumer<Routing>) {
-        *consumer.context().queue() = Some(FetchQueue::new(consumer));
+    /// Gives `consumer` (whose context holds this) its fetch queue.
+    pub fn install<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        *self.queue() = Some(FetchQueue::new(consumer));
+    }
+
+    /// Routes every partition of a new assignment (see [`FetchQueue::route`]); a partition that
+    /// cannot be routed is logged, and its messages come out of `poll`.
+    pub fn on_assign(&self, assignment: &TopicPartitionList) {
+        if let Some(fetch) = self.queue().as_ref() {
+            for (topic, partition) in fetch.route_all(assignment) {
+                tracing::warn!(topic = %topic, partition, "cannot route the partition to the fetch queue; its messages come out of poll one by one");
+            }
+        }
     }
 
     /// The fetch queue (`None` before `install` and after `close`).
@@ -157,10 +167,8 @@ impl ClientContext for Routing {}
 
 impl ConsumerContext for Routing {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Rebalance::Assign(tpl), Some(fetch)) = (rebalance, self.queue().as_ref()) {
-            for (topic, partition) in fetch.route_all(tpl) {
-                tracing::warn!(topic = %topic, partition, "cannot route the partition to the fetch queue; its messages come out of poll");
-            }
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.on_assign(tpl);
         }
     }
 }
@@ -181,7 +189,7 @@ impl Fetched<'_> {
 
     pub fn iter(&self) -> impl Iterator<Item = FetchedMessage<'_>> {
         // SAFETY: librdkafka returned these non-null and they live until `drop` below.
-        self.queue.buf.iter().map(|&ptr| FetchedMessage { msg: unsafe { &*ptr }, _read: PhantomData })
+        self.queue.buf.iter().map(|&ptr| FetchedMessage { msg: unsafe { &*ptr } })
     }
 }
 
@@ -194,10 +202,17 @@ impl Drop for Fetched<'_> {
 }
 
 /// A fetched message (or a partition's consumer error, see [`FetchedMessage::error`]), borrowed
-/// from its read.
+/// from its read, or from a message `poll` handed out.
 pub struct FetchedMessage<'a> {
     msg: &'a rd::rd_kafka_message_t,
-    _read: PhantomData<&'a Fetched<'a>>,
+}
+
+impl<'a> From<&'a BorrowedMessage<'_>> for FetchedMessage<'a> {
+    /// The same view of a message `poll` handed out (it lives as long as the borrow).
+    fn from(m: &'a BorrowedMessage<'_>) -> Self {
+        // SAFETY: rdkafka's pointer to the message it owns until `m` is dropped.
+        FetchedMessage { msg: unsafe { &*m.ptr() } }
+    }
 }
 
 impl<'a> FetchedMessage<'a> {

@@ -35,7 +35,7 @@ fn routed_member(bootstrap: &str, topic: &str, group: &str) -> BaseConsumer<Rout
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create_with_context(Routing::default())
         .expect("create consumer");
-    Routing::install(&consumer);
+    consumer.context().install(&consumer);
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
 }
