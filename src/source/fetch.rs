@@ -263,7 +263,13 @@ impl<'a> FetchedMessage<'a> {
     }
 
     /// A copy of the message's headers (in order, duplicates kept); `None` when it has none.
+    /// A record without headers is answered without librdkafka's parse (see
+    /// `message_headers.c`), which would allocate, zero and free a buffer to read a count of 0.
     pub fn headers(&self) -> Option<OwnedHeaders> {
+        // SAFETY: a live message (borrowed for 'a); the shim only reads it.
+        if unsafe { streamscore_message_may_have_headers(self.msg) } == 0 {
+            return None;
+        }
         let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
         let err = unsafe { rd::rd_kafka_message_headers(self.msg, &mut hdrs) };
         if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
@@ -284,11 +290,124 @@ impl<'a> FetchedMessage<'a> {
     }
 }
 
+extern "C" {
+    /// `src/source/message_headers.c`: 0 when the message certainly has no headers (what
+    /// `rd_kafka_message_headers` would answer with `NOENT`), 1 when it may have some.
+    fn streamscore_message_may_have_headers(msg: *const rd::rd_kafka_message_t) -> std::ffi::c_int;
+}
+
 fn slice<'a>(ptr: *mut std::ffi::c_void, len: usize) -> Option<&'a [u8]> {
     if ptr.is_null() {
         None
     } else {
         // SAFETY: librdkafka's pointer and length of a buffer that lives as long as its message.
         Some(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The header shortcut against librdkafka's in-process mock cluster: every record's headers
+    //! as `rd_kafka_message_headers` gives them, and the parse skipped exactly for the records
+    //! without any. The integration tests read mixed records through the fetch queue on the test
+    //! broker.
+    use std::time::{Duration, Instant};
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    use super::*;
+
+    type Pairs = Vec<(String, Option<Vec<u8>>)>;
+
+    fn pairs<H: Headers>(headers: &H) -> Pairs {
+        headers.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect()
+    }
+
+    fn may_have_headers(m: &FetchedMessage<'_>) -> bool {
+        // SAFETY: a live message.
+        unsafe { streamscore_message_may_have_headers(m.msg) != 0 }
+    }
+
+    #[test]
+    fn headers_come_back_as_librdkafka_parses_them_and_records_without_any_skip_the_parse() {
+        let owner: BaseProducer =
+            ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
+        let bootstrap = {
+            let cluster = owner.client().mock_cluster().expect("mock cluster");
+            cluster.create_topic("h", 1, 1).expect("topic");
+            cluster.bootstrap_servers()
+        };
+        let many = |n: usize| {
+            (0..n).fold(OwnedHeaders::new(), |h, i| {
+                h.insert(Header { key: &format!("k{i}"), value: Some(format!("v{i}").as_bytes()) })
+            })
+        };
+        // (headers sent, headers expected back). 64 headers: the count's zigzag varint starts with
+        // 0x80 (a continuation byte with zero low bits), which must not pass for a count of 0.
+        let cases: Vec<(Option<OwnedHeaders>, Option<Pairs>)> = vec![
+            (None, None),
+            (Some(OwnedHeaders::new()), None),
+            (
+                Some(OwnedHeaders::new().insert(Header { key: "trace", value: Some(&[0u8, 255, 7][..]) })),
+                Some(vec![("trace".into(), Some(vec![0, 255, 7]))]),
+            ),
+            (
+                Some(
+                    OwnedHeaders::new()
+                        .insert(Header { key: "null-valued", value: None::<&[u8]> })
+                        .insert(Header { key: "dup", value: Some("a") })
+                        .insert(Header { key: "dup", value: Some("") }),
+                ),
+                Some(vec![
+                    ("null-valued".into(), None),
+                    ("dup".into(), Some(b"a".to_vec())),
+                    ("dup".into(), Some(vec![])),
+                ]),
+            ),
+            (Some(many(64)), Some((0..64).map(|i| (format!("k{i}"), Some(format!("v{i}").into_bytes()))).collect())),
+            (None, None),
+        ];
+        let producer: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("producer");
+        for (i, (headers, _)) in cases.iter().enumerate() {
+            let payload = format!("value-{i}");
+            let mut record = BaseRecord::<(), _>::to("h").payload(&payload);
+            if let Some(h) = headers {
+                record = record.headers(h.clone());
+            }
+            producer.send(record).map_err(|(e, _)| e).expect("enqueued");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "fetch-headers-test")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("h", 0, Offset::Beginning).expect("partition");
+        consumer.assign(&tpl).expect("assign");
+        drop(tpl);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = 0;
+        while seen < cases.len() && Instant::now() < deadline {
+            let Some(polled) = consumer.poll(Duration::from_millis(200)) else { continue };
+            let m = polled.expect("consume");
+            let (_, expected) = &cases[m.offset() as usize];
+            let view = FetchedMessage::from(&m);
+            // Before anything parsed them: the shortcut answers exactly the records without headers.
+            assert_eq!(may_have_headers(&view), expected.is_some(), "record {}", m.offset());
+            assert_eq!(view.headers().as_ref().map(pairs), *expected, "record {}", m.offset());
+            // librdkafka's own answer for the same record agrees.
+            assert_eq!(m.headers().map(pairs), *expected, "librdkafka, record {}", m.offset());
+            // Once parsed, the headers are librdkafka's and read the same.
+            assert_eq!(view.headers().as_ref().map(pairs), *expected, "record {} again", m.offset());
+            seen += 1;
+        }
+        assert_eq!(seen, cases.len(), "read {seen} of {} records", cases.len());
+        drop(consumer);
     }
 }
