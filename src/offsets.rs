@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 /// A (topic, partition) pair.
 pub type TopicPartition = (Arc<str>, i32);
 
+/// Whether `a` and `b` name the same topic. The source hands out one `Arc` per topic name (its
+/// entries, assignments and offsets share it), so the pointers decide without comparing the
+/// text, which is the fallback for names that came another way.
+#[inline]
+pub fn same_topic(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
 #[derive(Debug)]
 struct Pending {
     seq: u64,

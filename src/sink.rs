@@ -22,6 +22,7 @@ use crate::batcher::{Batch, BatchTiming, EntryKind};
 use crate::codec::{encode_scored, encode_shadow, ScoredRecord, ShadowRecord};
 use crate::config::Config;
 use crate::model::deploy;
+use crate::offsets::same_topic;
 use crate::outcome::DeadLetterReason;
 use crate::pipeline::{PipelineError, Shared};
 use crate::telemetry::{self, names, RunStats};
@@ -399,10 +400,10 @@ fn produce_transaction(
     // The input offsets this transaction commits: per partition, the last offset + 1.
     let mut offsets: Vec<(Arc<str>, i32, i64)> = Vec::new();
     for e in &batch.entries {
-        if stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic) {
+        if stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, &e.topic)) {
             continue;
         }
-        match offsets.iter_mut().find(|(t, p, _)| *p == e.partition && *t == e.topic) {
+        match offsets.iter_mut().find(|(t, p, _)| *p == e.partition && same_topic(t, &e.topic)) {
             Some((_, _, next)) => *next = (*next).max(e.offset + 1),
             None => offsets.push((e.topic.clone(), e.partition, e.offset + 1)),
         }
@@ -512,8 +513,9 @@ fn produce_batch(
     buf: &mut Vec<u8>,
     stale: &[(Arc<str>, i32, u64)],
 ) -> Result<Option<Arc<Ack>>, PipelineError> {
-    let is_stale =
-        |e: &crate::batcher::Entry| stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic);
+    let is_stale = |e: &crate::batcher::Entry| {
+        stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, &e.topic))
+    };
     let mut ack = BatchAck {
         seq: batch.seq,
         remaining: AtomicUsize::new(0),
@@ -687,7 +689,7 @@ fn produce_batch(
 fn stale_partitions(batch: &Batch, shared: &Shared) -> Vec<(Arc<str>, i32, u64)> {
     let mut seen: Vec<(Arc<str>, i32, u64)> = Vec::new();
     for e in &batch.entries {
-        if !seen.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && *t == e.topic) {
+        if !seen.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, &e.topic)) {
             seen.push((e.topic.clone(), e.partition, e.epoch));
         }
     }

@@ -26,14 +26,14 @@ use crate::batcher::{Batch, BatchPolicy, Entry, EntryKind};
 use crate::codec::{Decoder, LastPlan};
 use crate::config::{Config, DeliveryMode};
 use crate::features::RowIdentity;
-use crate::offsets::{OffsetTracker, TopicPartition};
+use crate::offsets::{same_topic, OffsetTracker, TopicPartition};
 use crate::outcome::{DeadLetterReason, Rejection};
 use crate::pipeline::{PipelineError, Shared};
 use crate::telemetry::names;
 
 pub mod fetch;
 
-use fetch::{FetchQueue, FetchedMessage, Routing};
+use fetch::{FetchQueue, FetchedMessage, Routing, TopicMemo};
 
 /// How long one read may block when no batch is open (bounds the reaction time to a stop and
 /// how long a rebalance event waits on the consumer queue while nothing arrives).
@@ -153,6 +153,11 @@ impl TopicNames {
         self.last = Some(t.clone());
         t
     }
+
+    /// The partitions of `tpl`, their topics named by the same `Arc`s as the entries'.
+    fn partitions_of(&mut self, tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+        tpl.elements().iter().map(|e| (self.get(e.topic()), e.partition())).collect()
+    }
 }
 
 /// The open batch and what it takes to seal it, shared by the poll loop and the rebalance
@@ -196,7 +201,7 @@ enum Handoff {
 
 impl Builder {
     fn note_offset(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
-        match self.last_offsets.iter_mut().find(|((t, p), _)| *p == partition && t == topic) {
+        match self.last_offsets.iter_mut().find(|((t, p), _)| *p == partition && same_topic(t, topic)) {
             Some((_, last)) => *last = (*last).max(offset),
             None => self.last_offsets.push(((topic.clone(), partition), offset)),
         }
@@ -208,7 +213,7 @@ impl Builder {
     }
 
     fn epoch(&self, topic: &Arc<str>, partition: i32, shared: &Shared) -> u64 {
-        match self.epochs.iter().find(|((t, p), _)| *p == partition && t == topic) {
+        match self.epochs.iter().find(|((t, p), _)| *p == partition && same_topic(t, topic)) {
             Some((_, e)) => *e,
             // Not seen in an assignment callback (should not happen): ask the tracker; an
             // unowned partition gets epoch 0, which the sink treats as stale.
@@ -366,7 +371,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 metrics::counter!(names::REBALANCES, "kind" => "assign").increment(1);
                 info!(partitions = %describe(tpl), "partitions assigned");
-                let assigned = partitions_of(tpl);
+                let assigned = self.builder().topics.partitions_of(tpl);
                 // Before librdkafka starts fetching them: their messages go to the fetch queue.
                 self.routing.on_assign(tpl);
                 let epochs = self.shared.tracker.assign(&assigned);
@@ -384,7 +389,7 @@ impl ConsumerContext for SourceContext {
             }
             Rebalance::Revoke(tpl) => {
                 metrics::counter!(names::REBALANCES, "kind" => "revoke").increment(1);
-                let revoked = partitions_of(tpl);
+                let revoked = self.builder().topics.partitions_of(tpl);
                 info!(partitions = %describe(tpl), "partitions revoked; draining in-flight outcomes");
                 // Finish what was consumed from these partitions before they go to another member.
                 let deadline = Instant::now() + self.drain_timeout;
@@ -434,10 +439,6 @@ impl ConsumerContext for SourceContext {
             debug!(error = %e, "commit callback reported an error");
         }
     }
-}
-
-fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
-    tpl.elements().iter().map(|e| (Arc::<str>::from(e.topic()), e.partition())).collect()
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {
@@ -645,7 +646,9 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
         let wait = match &polled {
             Some(Ok(msg)) => {
                 now = Instant::now();
-                accept(&mut b, &FetchedMessage::from(msg), cfg, (decoder, &mut last_plan), shared, now);
+                let msg = FetchedMessage::from(msg);
+                let topic = b.topics.get(msg.topic());
+                accept(&mut b, topic, &msg, cfg, (decoder, &mut last_plan), shared, now);
                 Duration::ZERO
             }
             Some(Err(e)) => {
@@ -660,9 +663,13 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
             Some(queue) => {
                 let fetched = queue.read(wait, want);
                 now = Instant::now();
+                let mut topics = TopicMemo::new();
                 for msg in fetched.iter() {
                     match msg.error() {
-                        None => accept(&mut b, &msg, cfg, (decoder, &mut last_plan), shared, now),
+                        None => {
+                            let topic = topics.name(&msg, |name| b.topics.get(name));
+                            accept(&mut b, topic, &msg, cfg, (decoder, &mut last_plan), shared, now);
+                        }
                         Some(e) => log_poll_error(&e, &mut last_poll_error),
                     }
                 }
@@ -769,13 +776,13 @@ fn log_poll_error(e: &KafkaError, last: &mut Option<Instant>) {
 /// it joins the open batch, which waits for the pending one.
 fn accept(
     b: &mut Builder,
+    topic: Arc<str>,
     msg: &FetchedMessage<'_>,
     cfg: &Config,
     decoder: (&Decoder, &mut LastPlan),
     shared: &Shared,
     received: Instant,
 ) {
-    let topic = b.topics.get(msg.topic());
     let (partition, offset) = (msg.partition(), msg.offset());
     b.note_offset(&topic, partition, offset);
     let epoch = b.epoch(&topic, partition, shared);

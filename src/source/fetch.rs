@@ -25,6 +25,7 @@
 //! message still alive when the consumer is destroyed can hang librdkafka's destroy).
 
 use std::ffi::{CStr, CString};
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -290,6 +291,42 @@ impl<'a> FetchedMessage<'a> {
     }
 }
 
+/// Names the topics of the messages of one read: a message of the same topic as the one named
+/// before it (the usual case, reads come in runs of one partition) gets that name again without
+/// its topic's C string being read and looked up (a length scan, a UTF-8 check and a compare per
+/// message). The topic handle decides, and a handle identifies its topic only while a message
+/// holds it: the memo borrows for `'r` and takes only messages that live at least as long, so
+/// every message it remembers outlives it.
+pub struct TopicMemo<'r, T> {
+    last: Option<(*const rd::rd_kafka_topic_t, T)>,
+    _messages: PhantomData<&'r ()>,
+}
+
+impl<'r, T: Clone> TopicMemo<'r, T> {
+    pub fn new() -> Self {
+        TopicMemo { last: None, _messages: PhantomData }
+    }
+
+    /// `msg`'s topic as `name` makes it from the topic's name, asked once per run of a topic.
+    pub fn name(&mut self, msg: &FetchedMessage<'r>, name: impl FnOnce(&str) -> T) -> T {
+        let handle = msg.msg.rkt.cast_const();
+        match &self.last {
+            Some((h, t)) if *h == handle => t.clone(),
+            _ => {
+                let t = name(msg.topic());
+                self.last = Some((handle, t.clone()));
+                t
+            }
+        }
+    }
+}
+
+impl<T: Clone> Default for TopicMemo<'_, T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 extern "C" {
     /// `src/source/message_headers.c`: 0 when the message certainly has no headers (what
     /// `rd_kafka_message_headers` would answer with `NOENT`), 1 when it may have some.
@@ -408,6 +445,64 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, cases.len(), "read {seen} of {} records", cases.len());
+        drop(consumer);
+    }
+
+    #[test]
+    fn the_topic_memo_names_every_message_and_asks_once_per_run_of_a_topic() {
+        let owner: BaseProducer =
+            ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
+        let bootstrap = {
+            let cluster = owner.client().mock_cluster().expect("mock cluster");
+            for t in ["alpha", "beta-topic"] {
+                cluster.create_topic(t, 1, 1).expect("topic");
+            }
+            cluster.bootstrap_servers()
+        };
+        let producer: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("producer");
+        for t in ["alpha", "alpha", "alpha", "beta-topic", "beta-topic"] {
+            producer.send(BaseRecord::<(), _>::to(t).payload(t)).map_err(|(e, _)| e).expect("enqueued");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "fetch-topic-memo-test")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for t in ["alpha", "beta-topic"] {
+            tpl.add_partition_offset(t, 0, Offset::Beginning).expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        drop(tpl);
+        // All five alive at once, as the messages of one read are.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut held = Vec::new();
+        while held.len() < 5 && Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                held.push(m.expect("consume"));
+            }
+        }
+        assert_eq!(held.len(), 5, "read {} of 5 records", held.len());
+        let by_topic = |t: &str| held.iter().filter(|m| m.topic() == t).collect::<Vec<_>>();
+        let (alpha, beta) = (by_topic("alpha"), by_topic("beta-topic"));
+        // Runs: alpha, alpha, beta, beta, alpha: three runs, three lookups.
+        let order = [alpha[0], alpha[1], beta[0], beta[1], alpha[2]];
+        let mut asked = Vec::new();
+        let mut memo = TopicMemo::new();
+        let named: Vec<String> = order
+            .iter()
+            .map(|m| {
+                memo.name(&FetchedMessage::from(*m), |name| {
+                    asked.push(name.to_owned());
+                    name.to_owned()
+                })
+            })
+            .collect();
+        assert_eq!(named, ["alpha", "alpha", "beta-topic", "beta-topic", "alpha"]);
+        assert_eq!(asked, ["alpha", "beta-topic", "alpha"]);
+        drop(held);
         drop(consumer);
     }
 }
