@@ -55,7 +55,9 @@ RUN mkdir -p src benches \
       target/release/.fingerprint/streamscore-* \
       target/release/deps/streamscore-* target/release/deps/libstreamscore-*
 
-# The crate itself. schemas/ is compiled in (include_str! of the .avsc files).
+# The crate itself. schemas/ is compiled in (include_str! of the .avsc files); build.rs compiles
+# src/source/message_headers.c against the librdkafka tree rdkafka-sys built in the layer above.
+COPY build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY schemas ./schemas

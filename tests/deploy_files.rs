@@ -314,6 +314,14 @@ fn dockerfile_has_the_expected_stages() {
         build.all("RUN").any(|i| i.args.contains("cargo build --release --locked")),
         "the build stage does not run `cargo build --release --locked`"
     );
+    // Cargo runs build.rs only when it is there: without it the crate's C shim is not compiled
+    // and the link fails (or, with a stale placeholder layer, the image lacks it).
+    if repo().join("build.rs").is_file() {
+        assert!(
+            build.all("COPY").map(parse_copy).any(|c| c.from.is_none() && c.sources.iter().any(|s| s == "build.rs")),
+            "the crate has a build.rs, but the build stage does not COPY it"
+        );
+    }
     let train = df.stage("train");
     assert!(
         train.all("RUN").any(|i| i.args.contains("requirements-train.txt")),
