@@ -50,4 +50,6 @@ pub mod sink;
 pub mod source;
 pub mod synth;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod validate;

@@ -186,10 +186,9 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::Instant;
 
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Header;
     use rdkafka::producer::BaseProducer;
-    use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
+    use rdkafka::{Message, Timestamp};
 
     use super::*;
     use crate::batcher::BatchTiming;
@@ -198,17 +197,12 @@ mod tests {
     use crate::pipeline::Shared;
     use crate::sink::{create_producer, now_ms, BatchAck};
     use crate::telemetry::RunStats;
+    use crate::testing::{assigned_consumer, mock_cluster};
 
     /// A mock cluster with topic `out` (the owner must outlive its clients) and a producer
     /// made as the sink makes its own, with `extra` lines appended to the config.
     fn setup(extra: &str) -> (BaseProducer, String, Arc<OutputProducer>) {
-        let owner: BaseProducer =
-            ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
-        let bootstrap = {
-            let cluster = owner.client().mock_cluster().expect("mock cluster");
-            cluster.create_topic("out", 1, 1).expect("topic");
-            cluster.bootstrap_servers()
-        };
+        let (owner, bootstrap) = mock_cluster(&["out"]);
         let cfg = Config::from_toml_str(&format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n{extra}"), "test", &[])
             .expect("config");
         let producer =
@@ -268,14 +262,7 @@ mod tests {
         }
         assert_eq!(Arc::strong_count(&ack), 1, "every delivery report released its ack");
 
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "topic-handle-test")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("out", 0, Offset::Beginning).expect("partition");
-        consumer.assign(&tpl).expect("assign");
+        let consumer = assigned_consumer(&bootstrap, "topic-handle-test", &["out"]);
         let (mut got, mut stamps) = (Vec::new(), Vec::new());
         while got.len() < 3 && Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(200)) {
@@ -291,7 +278,6 @@ mod tests {
                 None => {}
             }
         }
-        drop(tpl);
         let bytes = |b: &[u8]| Some(b.to_vec());
         assert_eq!(
             got,

@@ -350,12 +350,12 @@ mod tests {
     //! broker.
     use std::time::{Duration, Instant};
 
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use rdkafka::ClientConfig;
 
     use super::*;
+    use crate::testing::{assigned_consumer, mock_cluster};
 
     type Pairs = Vec<(String, Option<Vec<u8>>)>;
 
@@ -370,13 +370,7 @@ mod tests {
 
     #[test]
     fn headers_come_back_as_librdkafka_parses_them_and_records_without_any_skip_the_parse() {
-        let owner: BaseProducer =
-            ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
-        let bootstrap = {
-            let cluster = owner.client().mock_cluster().expect("mock cluster");
-            cluster.create_topic("h", 1, 1).expect("topic");
-            cluster.bootstrap_servers()
-        };
+        let (_owner, bootstrap) = mock_cluster(&["h"]);
         let many = |n: usize| {
             (0..n).fold(OwnedHeaders::new(), |h, i| {
                 h.insert(Header { key: &format!("k{i}"), value: Some(format!("v{i}").as_bytes()) })
@@ -419,15 +413,7 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).expect("flushed");
 
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "fetch-headers-test")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("h", 0, Offset::Beginning).expect("partition");
-        consumer.assign(&tpl).expect("assign");
-        drop(tpl);
+        let consumer = assigned_consumer(&bootstrap, "fetch-headers-test", &["h"]);
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = 0;
         while seen < cases.len() && Instant::now() < deadline {
@@ -450,32 +436,14 @@ mod tests {
 
     #[test]
     fn the_topic_memo_names_every_message_and_asks_once_per_run_of_a_topic() {
-        let owner: BaseProducer =
-            ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
-        let bootstrap = {
-            let cluster = owner.client().mock_cluster().expect("mock cluster");
-            for t in ["alpha", "beta-topic"] {
-                cluster.create_topic(t, 1, 1).expect("topic");
-            }
-            cluster.bootstrap_servers()
-        };
+        let (_owner, bootstrap) = mock_cluster(&["alpha", "beta-topic"]);
         let producer: BaseProducer =
             ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("producer");
         for t in ["alpha", "alpha", "alpha", "beta-topic", "beta-topic"] {
             producer.send(BaseRecord::<(), _>::to(t).payload(t)).map_err(|(e, _)| e).expect("enqueued");
         }
         producer.flush(Duration::from_secs(10)).expect("flushed");
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "fetch-topic-memo-test")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for t in ["alpha", "beta-topic"] {
-            tpl.add_partition_offset(t, 0, Offset::Beginning).expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
-        drop(tpl);
+        let consumer = assigned_consumer(&bootstrap, "fetch-topic-memo-test", &["alpha", "beta-topic"]);
         // All five alive at once, as the messages of one read are.
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut held = Vec::new();
