@@ -341,9 +341,10 @@ fn quality_cases(fx: &Fixture) -> Vec<Case> {
             let mut batch = Batch::new(fx.width, BATCH_ROWS);
             for (i, identity) in ids.iter().enumerate() {
                 let (row, _, _) = batch.push_row();
+                let topic = batch.topic_id(&Arc::from("transactions"));
                 batch.push_entry(
                     Entry {
-                        topic: Arc::from("transactions"),
+                        topic,
                         partition: 0,
                         offset: i as i64,
                         epoch: 0,

@@ -400,12 +400,13 @@ fn produce_transaction(
     // The input offsets this transaction commits: per partition, the last offset + 1.
     let mut offsets: Vec<(Arc<str>, i32, i64)> = Vec::new();
     for e in &batch.entries {
-        if stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, &e.topic)) {
+        let topic = e.topic.of(&batch.topics);
+        if stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, topic)) {
             continue;
         }
-        match offsets.iter_mut().find(|(t, p, _)| *p == e.partition && same_topic(t, &e.topic)) {
+        match offsets.iter_mut().find(|(t, p, _)| *p == e.partition && same_topic(t, topic)) {
             Some((_, _, next)) => *next = (*next).max(e.offset + 1),
-            None => offsets.push((e.topic.clone(), e.partition, e.offset + 1)),
+            None => offsets.push((topic.clone(), e.partition, e.offset + 1)),
         }
     }
     if offsets.is_empty() {
@@ -514,7 +515,7 @@ fn produce_batch(
     stale: &[(Arc<str>, i32, u64)],
 ) -> Result<Option<Arc<Ack>>, PipelineError> {
     let is_stale = |e: &crate::batcher::Entry| {
-        stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, &e.topic))
+        stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, e.topic.of(&batch.topics)))
     };
     let mut ack = BatchAck {
         seq: batch.seq,
@@ -587,7 +588,7 @@ fn produce_batch(
                         label: score >= model.threshold,
                         threshold: model.threshold,
                         cache_hit: batch.cache_hits[row],
-                        source_topic: &entry.topic,
+                        source_topic: entry.topic.of(&batch.topics),
                         source_partition: entry.partition,
                         source_offset: entry.offset,
                         event_time_ms: identity.event_time_ms,
@@ -613,7 +614,7 @@ fn produce_batch(
                         &ShadowRecord {
                             event_id: &identity.event_id,
                             transaction_id: &identity.transaction_id,
-                            source_topic: &entry.topic,
+                            source_topic: entry.topic.of(&batch.topics),
                             source_partition: entry.partition,
                             source_offset: entry.offset,
                             model_name: &model.name,
@@ -649,7 +650,7 @@ fn produce_batch(
                     .unwrap_or_else(OwnedHeaders::new)
                     .insert(Header { key: dlq_headers::REASON, value: Some(rejection.reason.as_str()) })
                     .insert(Header { key: dlq_headers::DETAIL, value: Some(rejection.detail.as_str()) })
-                    .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(&*entry.topic) })
+                    .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(&**entry.topic.of(&batch.topics)) })
                     .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(partition.as_str()) })
                     .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(offset.as_str()) });
                 // An input close to the size limit no longer fits once the dead-letter headers
@@ -689,8 +690,9 @@ fn produce_batch(
 fn stale_partitions(batch: &Batch, shared: &Shared) -> Vec<(Arc<str>, i32, u64)> {
     let mut seen: Vec<(Arc<str>, i32, u64)> = Vec::new();
     for e in &batch.entries {
-        if !seen.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, &e.topic)) {
-            seen.push((e.topic.clone(), e.partition, e.epoch));
+        let topic = batch.topic(e.topic);
+        if !seen.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, topic)) {
+            seen.push((topic.clone(), e.partition, e.epoch));
         }
     }
     let tps: Vec<_> = seen.iter().map(|(t, p, _)| (t.clone(), *p)).collect();

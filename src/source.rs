@@ -648,7 +648,7 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
                 now = Instant::now();
                 let msg = FetchedMessage::from(msg);
                 let topic = b.topics.get(msg.topic());
-                accept(&mut b, topic, &msg, cfg, (decoder, &mut last_plan), shared, now);
+                accept(&mut b, &topic, &msg, cfg, (decoder, &mut last_plan), shared, now);
                 Duration::ZERO
             }
             Some(Err(e)) => {
@@ -776,7 +776,7 @@ fn log_poll_error(e: &KafkaError, last: &mut Option<Instant>) {
 /// it joins the open batch, which waits for the pending one.
 fn accept(
     b: &mut Builder,
-    topic: Arc<str>,
+    topic: &Arc<str>,
     msg: &FetchedMessage<'_>,
     cfg: &Config,
     decoder: (&Decoder, &mut LastPlan),
@@ -784,8 +784,8 @@ fn accept(
     received: Instant,
 ) {
     let (partition, offset) = (msg.partition(), msg.offset());
-    b.note_offset(&topic, partition, offset);
-    let epoch = b.epoch(&topic, partition, shared);
+    b.note_offset(topic, partition, offset);
+    let epoch = b.epoch(topic, partition, shared);
     let kind = match msg.payload() {
         None => EntryKind::Rejected {
             rejection: Rejection::new(DeadLetterReason::Truncated, "message has no value (null payload)"),
@@ -815,7 +815,7 @@ fn accept(
         }
     };
     let entry = Entry {
-        topic,
+        topic: b.batch.topic_id(topic),
         partition,
         offset,
         epoch,

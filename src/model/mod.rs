@@ -1408,9 +1408,10 @@ mod tests {
                 transaction_id: IdText::new("tx"),
                 event_time_ms: 0,
             };
+            let topic = batch.topic_id(&Arc::from("t"));
             batch.push_entry(
                 Entry {
-                    topic: Arc::from("t"),
+                    topic,
                     partition: 0,
                     offset: i as i64,
                     epoch: 1,

@@ -36,9 +36,10 @@ fn scored(
     let mut batch = Batch::new(2, rows.len());
     for (i, (id, score, v)) in rows.iter().enumerate() {
         let (row, _, _) = batch.push_row();
+        let topic = batch.topic_id(&Arc::from("in"));
         batch.push_entry(
             Entry {
-                topic: Arc::from("in"),
+                topic,
                 partition: 0,
                 offset: i as i64,
                 epoch: 0,
