@@ -4,8 +4,9 @@
 //! A `BaseConsumer` in a consumer group reads batches of up to 256 messages the way streamscore's
 //! source does (each assigned partition routed to a fetch queue that is read in batches,
 //! `streamscore::source::fetch`; the consumer queue polled for the group protocol) and hands
-//! them to a `ThreadedProducer`, which produces the raw bytes (same key, same headers) to an output topic:
-//! no decode, no features, no inference, no encode. Delivery callbacks settle each batch; every
+//! them to a `ThreadedProducer`, which produces the raw bytes (same key, same headers) to an output topic
+//! the way streamscore's sink produces (`streamscore::sink::OutputTopic`: a topic handle taken
+//! once, one timestamp per batch): no decode, no features, no inference, no encode. Delivery callbacks settle each batch; every
 //! second the contiguous prefix of settled batches is committed with explicit offsets (as
 //! streamscore's offset tracker does). The librdkafka settings are streamscore's
 //! (`source::consumer_config`, `sink::producer_config`): `fetch.queue.backoff.ms=10`,
@@ -33,8 +34,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use streamscore::sink::{now_ms, OutgoingRecord, OutputTopic};
 use streamscore::source::fetch::{FetchedMessage, Routing};
 
 const BATCH: usize = 256;
@@ -205,9 +207,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let delivered = Arc::new(AtomicU64::new(0));
-    let producer: ThreadedProducer<Ctx> = pc
-        .create_with_context(Ctx { tracker: tracker.clone(), delivered: delivered.clone() })
-        .context("creating the producer")?;
+    let producer: Arc<ThreadedProducer<Ctx>> = Arc::new(
+        pc.create_with_context(Ctx { tracker: tracker.clone(), delivered: delivered.clone() })
+            .context("creating the producer")?,
+    );
+    let output = OutputTopic::new(producer.clone(), &args.output).context("opening the output topic")?;
     let consumer: BaseConsumer<Routing> =
         cc.create_with_context(Routing::default()).context("creating the consumer")?;
     consumer.context().install(&consumer);
@@ -264,29 +268,18 @@ fn run(args: Args) -> anyhow::Result<()> {
                 false,
             ));
             seq += 1;
+            // One clock reading per batch, as the sink stamps its records.
+            let produced_at = now_ms();
             for m in &batch {
-                let mut rec = BaseRecord::with_opaque_to(&args.output, ack.clone());
-                if let Some(k) = m.key() {
-                    rec = rec.key(k);
-                }
-                if let Some(p) = m.payload() {
-                    rec = rec.payload(p);
-                }
-                if let Some(h) = m.headers() {
-                    rec = rec.headers(h);
-                }
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((
-                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                            r,
-                        )) => {
-                            rec = r;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err((e, _)) => bail!("produce failed: {e}"),
-                    }
+                let headers = m.headers();
+                let record = OutgoingRecord {
+                    key: m.key(),
+                    payload: m.payload(),
+                    headers: headers.as_ref(),
+                    timestamp_ms: Some(produced_at),
+                };
+                if let Err((code, _)) = output.produce(record, ack.clone()) {
+                    bail!("produce failed: {code}");
                 }
             }
         }

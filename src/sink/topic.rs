@@ -18,10 +18,10 @@ use std::time::Duration;
 use rdkafka::bindings as rd;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, OwnedHeaders};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::IntoOpaque;
 
-use super::{Ack, OutputProducer};
+use super::{Ack, SinkContext};
 use crate::pipeline::PipelineError;
 
 /// One record for [`OutputTopic::send`]; librdkafka copies all of it before `send` returns.
@@ -37,22 +37,24 @@ pub struct OutgoingRecord<'a> {
 }
 
 /// A producer's handle on one topic. Holds the producer, so the handle is released before the
-/// producer can be dropped.
-pub struct OutputTopic {
-    producer: Arc<OutputProducer>,
+/// producer can be dropped. Generic over the producer's context for the passthrough benchmark
+/// (`examples/passthrough.rs`), which produces the way the sink does.
+pub struct OutputTopic<C: ProducerContext + 'static = SinkContext> {
+    producer: Arc<ThreadedProducer<C>>,
     rkt: NonNull<rd::rd_kafka_topic_t>,
     name: String,
 }
 
 // SAFETY: librdkafka's topic handles are thread-safe (reference counted, used from any thread
-// of the client); the handle is only passed to librdkafka calls.
-unsafe impl Send for OutputTopic {}
-unsafe impl Sync for OutputTopic {}
+// of the client); the handle is only passed to librdkafka calls. The producer is shared only
+// when its context may be.
+unsafe impl<C: ProducerContext + Send + Sync + 'static> Send for OutputTopic<C> {}
+unsafe impl<C: ProducerContext + Send + Sync + 'static> Sync for OutputTopic<C> {}
 
-impl OutputTopic {
+impl<C: ProducerContext + 'static> OutputTopic<C> {
     /// Takes `producer`'s handle on topic `name` (its topic settings are the producer's
     /// defaults, as for records sent by name).
-    pub fn new(producer: Arc<OutputProducer>, name: &str) -> Result<Self, PipelineError> {
+    pub fn new(producer: Arc<ThreadedProducer<C>>, name: &str) -> Result<Self, PipelineError> {
         let c_name =
             CString::new(name).map_err(|_| PipelineError::Kafka(format!("topic name {name:?} contains a NUL byte")))?;
         // SAFETY: a live client and a NUL-terminated name; a null topic conf means the
@@ -71,29 +73,36 @@ impl OutputTopic {
     }
 
     /// Enqueues one record, waiting while librdkafka's queue is full (backpressure from the
-    /// broker). Any other refusal is returned, and, the record having no delivery report to
-    /// come, its batch's ack is marked failed.
-    pub fn send(&self, record: OutgoingRecord<'_>, opaque: Arc<Ack>) -> Result<(), PipelineError> {
+    /// broker). Any other refusal is returned with the opaque (no delivery report will come).
+    pub fn produce(
+        &self,
+        record: OutgoingRecord<'_>,
+        opaque: C::DeliveryOpaque,
+    ) -> Result<(), (RDKafkaErrorCode, C::DeliveryOpaque)> {
         let mut opaque = opaque;
         loop {
             match self.enqueue(&record, opaque) {
-                Ok(()) => return Ok(()),
                 Err((RDKafkaErrorCode::QueueFull, back)) => {
                     opaque = back;
                     // The producer's own thread polls; give it time to drain deliveries.
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((code, back)) => {
-                    if let Ack::Batch(b) = &*back {
-                        b.failed.store(true, Ordering::Release);
-                    }
-                    return Err(PipelineError::Delivery(format!(
-                        "cannot enqueue a record for topic {}: {code}",
-                        self.name
-                    )));
-                }
+                other => return other,
             }
         }
+    }
+}
+
+impl OutputTopic<SinkContext> {
+    /// [`produce`](Self::produce) for the sink: a refused record, having no delivery report to
+    /// come, marks its batch's ack failed.
+    pub fn send(&self, record: OutgoingRecord<'_>, opaque: Arc<Ack>) -> Result<(), PipelineError> {
+        self.produce(record, opaque).map_err(|(code, back)| {
+            if let Ack::Batch(b) = &*back {
+                b.failed.store(true, Ordering::Release);
+            }
+            PipelineError::Delivery(format!("cannot enqueue a record for topic {}: {code}", self.name))
+        })
     }
 
     /// Produces one drift report, drift alert or quality report of `model` `version`, keyed
@@ -104,10 +113,16 @@ impl OutputTopic {
             OutgoingRecord { key: Some(key.as_bytes()), payload: Some(payload), headers: None, timestamp_ms: None };
         self.send(record, Arc::new(Ack::Monitoring))
     }
+}
 
+impl<C: ProducerContext + 'static> OutputTopic<C> {
     /// One `rd_kafka_produceva` call. On success librdkafka owns the opaque until the record's
     /// delivery report; on failure it is handed back.
-    fn enqueue(&self, record: &OutgoingRecord<'_>, opaque: Arc<Ack>) -> Result<(), (RDKafkaErrorCode, Arc<Ack>)> {
+    fn enqueue(
+        &self,
+        record: &OutgoingRecord<'_>,
+        opaque: C::DeliveryOpaque,
+    ) -> Result<(), (RDKafkaErrorCode, C::DeliveryOpaque)> {
         use rd::rd_kafka_vtype_t as V;
         let headers = record.headers.map_or(ptr::null_mut(), native_headers);
         let mem = |bytes: Option<&[u8]>| match bytes {
@@ -144,11 +159,11 @@ impl OutputTopic {
             code
         };
         // SAFETY: `opaque_ptr` came from `into_ptr` above and librdkafka did not keep it.
-        Err((code, unsafe { Arc::<Ack>::from_ptr(opaque_ptr) }))
+        Err((code, unsafe { C::DeliveryOpaque::from_ptr(opaque_ptr) }))
     }
 }
 
-impl Drop for OutputTopic {
+impl<C: ProducerContext + 'static> Drop for OutputTopic<C> {
     fn drop(&mut self) {
         // SAFETY: the handle was taken in `new` and is released once; records still in flight
         // hold their own references inside librdkafka.
@@ -195,7 +210,7 @@ mod tests {
     use crate::config::Config;
     use crate::outcome::DeadLetterReason;
     use crate::pipeline::Shared;
-    use crate::sink::{create_producer, now_ms, BatchAck};
+    use crate::sink::{create_producer, now_ms, BatchAck, OutputProducer};
     use crate::telemetry::RunStats;
     use crate::testing::{assigned_consumer, mock_cluster};
 
