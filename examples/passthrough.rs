@@ -128,15 +128,6 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// Drops the fetch queue before its consumer (librdkafka's destroy can hang otherwise).
-struct CloseFetch<'a>(&'a BaseConsumer<Routing>);
-
-impl Drop for CloseFetch<'_> {
-    fn drop(&mut self) {
-        self.0.context().close();
-    }
-}
-
 /// CPU seconds (utime + stime) of each thread of this process, summed by thread name with
 /// trailing digits and dashes dropped (librdkafka names its broker threads after the broker).
 fn thread_cpu_s() -> BTreeMap<String, f64> {
@@ -214,9 +205,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let output = OutputTopic::new(producer.clone(), &args.output).context("opening the output topic")?;
     let consumer: BaseConsumer<Routing> =
         cc.create_with_context(Routing::default()).context("creating the consumer")?;
-    consumer.context().install(&consumer);
-    // Takes the fetch queue out before the consumer is dropped, on every way out of here.
-    let _close = CloseFetch(&consumer);
+    // Takes the fetch queue out before the consumer is dropped (librdkafka's destroy can hang
+    // otherwise), on every way out of here.
+    let _routed = consumer.context().installed(&consumer);
     consumer.subscribe(&[&args.input]).context("subscribing")?;
 
     let started = Instant::now();

@@ -400,7 +400,7 @@ fn produce_transaction(
     // The input offsets this transaction commits: per partition, the last offset + 1.
     let mut offsets: Vec<(Arc<str>, i32, i64)> = Vec::new();
     for e in &batch.entries {
-        let topic = e.topic.of(&batch.topics);
+        let topic = batch.topic(e.topic);
         if stale.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, topic)) {
             continue;
         }

@@ -519,28 +519,12 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
     {
         // Before the first poll, which serves the first assignment; dropped before the consumer
         // (also when `serve` panics).
-        let _routed = Routed::new(&consumer);
+        let _routed = consumer.context().routing.installed(&consumer);
         serve(&consumer, cfg, decoder, shared);
     }
     consumer.unsubscribe();
     drop(consumer);
     info!("consumer stopped");
-}
-
-/// Holds the consumer's fetch queue for as long as it lives (see [`fetch`]).
-struct Routed<'c>(&'c BaseConsumer<SourceContext>);
-
-impl<'c> Routed<'c> {
-    fn new(consumer: &'c BaseConsumer<SourceContext>) -> Self {
-        consumer.context().routing.install(consumer);
-        Routed(consumer)
-    }
-}
-
-impl Drop for Routed<'_> {
-    fn drop(&mut self) {
-        self.0.context().routing.close();
-    }
 }
 
 /// The poll loop, then the drain and the last commit.

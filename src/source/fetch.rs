@@ -131,7 +131,7 @@ impl Drop for FetchQueue {
 /// A consumer's fetch queue, kept in its context (the rebalance callback routes through it):
 /// install it with [`Routing::install`] before the first poll, call [`Routing::on_assign`] from
 /// `pre_rebalance` (`Routing` is itself the context of a consumer that needs nothing else), and
-/// [`Routing::close`] before the consumer is dropped.
+/// [`Routing::close`] before the consumer is dropped ([`Routing::installed`] does both).
 #[derive(Default)]
 pub struct Routing {
     fetch: Mutex<Option<FetchQueue>>,
@@ -161,6 +161,23 @@ impl Routing {
     /// Drops the fetch queue.
     pub fn close(&self) {
         drop(self.queue().take());
+    }
+
+    /// [`Routing::install`], and [`Routing::close`] when the returned guard is dropped (on every
+    /// way out of the caller's scope, a panic included): hold it while the consumer lives.
+    #[must_use = "the fetch queue is closed when the guard is dropped"]
+    pub fn installed<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> Installed<'_> {
+        self.install(consumer);
+        Installed(self)
+    }
+}
+
+/// Closes its [`Routing`]'s fetch queue when dropped (see [`Routing::installed`]).
+pub struct Installed<'r>(&'r Routing);
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
