@@ -279,8 +279,15 @@ enum Written<'a> {
     Str(&'a str),
     Symbol(u32),
     Timestamp(i64),
-    /// The uuid, and its text when that is already what `Uuid::to_string` writes.
-    Uuid(Uuid, Option<&'a str>),
+    Uuid(UuidValue<'a>),
+}
+
+/// A uuid as read: its text when that is already what `Uuid::to_string` writes (hyphenated,
+/// lower case: nearly every event's, recognised without parsing it), else the parsed value.
+#[derive(Debug, Clone, Copy)]
+enum UuidValue<'a> {
+    Text(&'a str),
+    Value(Uuid),
 }
 
 /// A value of the reader's type (timestamps are `Long`, enums their reader symbol index).
@@ -294,8 +301,7 @@ enum Resolved<'a> {
     Double(f64),
     Text(&'a str),
     Symbol(u32),
-    /// The uuid, and its text when that is already what `Uuid::to_string` writes.
-    Uuid(Uuid, Option<&'a str>),
+    Uuid(UuidValue<'a>),
     /// Bytes: no feature or identity field takes them.
     Other,
 }
@@ -311,7 +317,7 @@ impl Owned {
             Owned::Double(v) => Resolved::Double(*v),
             Owned::Text(s) => Resolved::Text(s),
             Owned::Symbol(i) => Resolved::Symbol(*i),
-            Owned::Uuid(u) => Resolved::Uuid(*u, None),
+            Owned::Uuid(u) => Resolved::Uuid(UuidValue::Value(*u)),
             Owned::Other => Resolved::Other,
         }
     }
@@ -1124,25 +1130,55 @@ fn branch(cur: &mut Cursor<'_>, branches: usize) -> Result<usize, Bad> {
 /// text kept when it is the canonical form (lower-case, hyphenated: what `Uuid::to_string`
 /// writes, so the identity needs no re-encoding). Anything else is checked as the generic path
 /// does it: UTF-8 first, then the uuid syntax.
-fn uuid<'a>(cur: &mut Cursor<'a>) -> Result<(Uuid, Option<&'a str>), Bad> {
+fn uuid<'a>(cur: &mut Cursor<'a>) -> Result<UuidValue<'a>, Bad> {
     let start = cur.pos;
     let b = cur.bytes()?;
+    if canonical_uuid(b) {
+        // SAFETY: canonical uuid text is ASCII (hex digits and hyphens).
+        return Ok(UuidValue::Text(unsafe { std::str::from_utf8_unchecked(b) }));
+    }
     if let Ok(u) = Uuid::try_parse_ascii(b) {
-        // SAFETY: `b` parsed as a uuid, so it holds only ASCII characters.
-        let text = unsafe { std::str::from_utf8_unchecked(b) };
-        return Ok((u, canonical_uuid(text).then_some(text)));
+        return Ok(UuidValue::Value(u));
     }
     cur.pos = start;
     let text = cur.string()?;
-    Ok((text.parse().map_err(|_| Bad("a uuid string does not parse"))?, None))
+    Ok(UuidValue::Value(text.parse().map_err(|_| Bad("a uuid string does not parse"))?))
 }
 
-/// Whether `text`, a string that parses as a uuid, is its canonical text (see [`uuid`]): of the
-/// parsable forms, 36 characters is the hyphenated one, made of hex digits and hyphens, and of
-/// those only the upper-case letters `A`-`F` lack bit 0x20.
-fn canonical_uuid(text: &str) -> bool {
-    let Ok(bytes) = <&[u8; 36]>::try_from(text.as_bytes()) else { return false };
-    bytes.iter().fold(0xFF, |all, &c| all & c) & 0x20 != 0
+/// Whether `text` is what `Uuid::to_string` writes: 36 bytes, hyphens at 8, 13, 18 and 23, and
+/// lower-case hex digits everywhere else. Every such text parses as a uuid, and of the texts
+/// that parse, exactly these are canonical (tests `canonical_uuid_text_is_what_to_string_writes`,
+/// `canonical_uuid_agrees_with_parse_and_print_byte_by_byte`).
+/// Checked eight bytes at a time: the 32 digits gathered into four words, each byte tested for
+/// `0-9` and `a-f` with carry-free additions (the bytes are ASCII first, so no byte's sum
+/// reaches the next byte).
+#[inline]
+fn canonical_uuid(text: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    /// A byte of `w` has its top bit set where that byte is in `lo..hi` (`w` ASCII).
+    #[inline(always)]
+    fn in_range(w: u64, lo: u8, hi: u8) -> u64 {
+        w.wrapping_add(u64::from(0x80 - lo) * ONES) & !w.wrapping_add(u64::from(0x80 - hi) * ONES)
+    }
+    #[inline(always)]
+    fn lower_hex(w: u64) -> bool {
+        w & HIGH == 0 && (in_range(w, b'0', b'9' + 1) | in_range(w, b'a', b'f' + 1)) & HIGH == HIGH
+    }
+    let Ok(t) = <&[u8; 36]>::try_from(text) else { return false };
+    let word =
+        |a: usize| u64::from_le_bytes([t[a], t[a + 1], t[a + 2], t[a + 3], t[a + 4], t[a + 5], t[a + 6], t[a + 7]]);
+    let halves = |a: usize, b: usize| {
+        u64::from_le_bytes([t[a], t[a + 1], t[a + 2], t[a + 3], t[b], t[b + 1], t[b + 2], t[b + 3]])
+    };
+    t[8] == b'-'
+        && t[13] == b'-'
+        && t[18] == b'-'
+        && t[23] == b'-'
+        && lower_hex(word(0))
+        && lower_hex(halves(9, 14))
+        && lower_hex(halves(19, 24))
+        && lower_hex(word(28))
 }
 
 /// Reads a field; `Ok(None)` when its value does not resolve to the reader type.
@@ -1206,10 +1242,7 @@ impl Scalar {
             Scalar::Long | Scalar::Timestamp => Resolved::Long(cur.long()?),
             Scalar::Double => Resolved::Double(cur.double()?),
             Scalar::Text => Resolved::Text(cur.string()?),
-            Scalar::Uuid => {
-                let (u, text) = uuid(cur)?;
-                Resolved::Uuid(u, text)
-            }
+            Scalar::Uuid => Resolved::Uuid(uuid(cur)?),
             Scalar::Enum { symbols, map } => match map.get(symbol(cur, *symbols)? as usize) {
                 Some(&Some(reader)) => Resolved::Symbol(reader),
                 _ => return Ok(None),
@@ -1231,10 +1264,7 @@ fn read_leaf<'a>(leaf: Leaf, cur: &mut Cursor<'a>) -> Result<Written<'a>, Bad> {
         Leaf::String => Written::Str(cur.string()?),
         Leaf::Enum(n) => Written::Symbol(symbol(cur, n)?),
         Leaf::TimestampMillis => Written::Timestamp(cur.long()?),
-        Leaf::Uuid => {
-            let (u, text) = uuid(cur)?;
-            Written::Uuid(u, text)
-        }
+        Leaf::Uuid => Written::Uuid(uuid(cur)?),
     })
 }
 
@@ -1281,8 +1311,9 @@ fn resolve<'a>(conv: &Conv, w: Written<'a>) -> Option<Resolved<'a>> {
         }
         (Conv::Timestamp, W::Int(v)) => Resolved::Long(i64::from(v)),
         (Conv::Timestamp, W::Long(v) | W::Timestamp(v)) => Resolved::Long(v),
-        (Conv::Uuid, W::Uuid(u, text)) => Resolved::Uuid(u, text),
-        (Conv::Uuid, W::Str(s)) => Resolved::Uuid(s.parse().ok()?, canonical_uuid(s).then_some(s)),
+        (Conv::Uuid, W::Uuid(u)) => Resolved::Uuid(u),
+        (Conv::Uuid, W::Str(s)) if canonical_uuid(s.as_bytes()) => Resolved::Uuid(UuidValue::Text(s)),
+        (Conv::Uuid, W::Str(s)) => Resolved::Uuid(UuidValue::Value(s.parse().ok()?)),
         _ => return None,
     })
 }
@@ -1455,10 +1486,7 @@ impl Fused {
                     row.ids.event_time = Some(t);
                 }
             }
-            FusedKind::EventIdUuid => {
-                let (u, text) = uuid(cur)?;
-                row.ids.event_id = Some(uuid_id(u, text));
-            }
+            FusedKind::EventIdUuid => row.ids.event_id = Some(uuid_id(uuid(cur)?)),
             FusedKind::IdText(ident) => {
                 let text = IdText::new(cur.string()?);
                 match ident {
@@ -1497,13 +1525,13 @@ fn hour_of_day(t: i64) -> f32 {
     t.div_euclid(MS_PER_HOUR).rem_euclid(24) as f32
 }
 
-/// The event id's text of a uuid: `text` when it is already canonical, else what
+/// The event id's text of a uuid: its own text when it is already canonical, else what
 /// `Uuid::to_string` writes (without the formatting machinery).
 #[inline]
-fn uuid_id(u: Uuid, text: Option<&str>) -> IdText {
-    match text {
-        Some(text) => IdText::new(text),
-        None => IdText::new(u.hyphenated().encode_lower(&mut Uuid::encode_buffer())),
+fn uuid_id(u: UuidValue<'_>) -> IdText {
+    match u {
+        UuidValue::Text(text) => IdText::new(text),
+        UuidValue::Value(u) => IdText::new(u.hyphenated().encode_lower(&mut Uuid::encode_buffer())),
     }
 }
 
@@ -1538,7 +1566,7 @@ impl Row<'_> {
             None => {}
             Some(Ident::EventId) => {
                 self.ids.event_id = match value {
-                    Resolved::Uuid(u, text) => Some(uuid_id(u, text)),
+                    Resolved::Uuid(u) => Some(uuid_id(u)),
                     Resolved::Text(s) => Some(IdText::new(s)),
                     _ => None,
                 }
@@ -1588,8 +1616,8 @@ impl Row<'_> {
     fn one_hot(&mut self, step: &StepPlan, column: Option<usize>, is_null: bool) {
         let o = step.offset;
         let cols = &mut self.out[o..o + step.width];
-        cols.fill(0.0);
-        self.missing[o..o + step.width].fill(is_null);
+        fill_short(cols, 0.0);
+        fill_short(&mut self.missing[o..o + step.width], is_null);
         self.suspect |= is_null & step.reject;
         if let Some(j) = column {
             cols[j] = 1.0;
@@ -1614,6 +1642,30 @@ impl Row<'_> {
             self.out[c] = f32::from(u8::from(is_null));
             self.missing[c] = false;
         }
+    }
+}
+
+/// `s.fill(v)` without a call to `memset` for the few columns of a one-hot feature: up to 8
+/// elements are written as two fixed-size, possibly overlapping stores (a `memset` call per
+/// feature and array cost more than the stores themselves).
+#[inline(always)]
+fn fill_short<T: Copy>(s: &mut [T], v: T) {
+    #[inline(always)]
+    fn put<T: Copy, const N: usize>(s: &mut [T], at: usize, v: T) {
+        s[at..at + N].copy_from_slice(&[v; N]);
+    }
+    match s.len() {
+        0 => {}
+        1 => s[0] = v,
+        n @ 2..=3 => {
+            put::<T, 2>(s, 0, v);
+            put::<T, 2>(s, n - 2, v);
+        }
+        n @ 4..=8 => {
+            put::<T, 4>(s, 0, v);
+            put::<T, 4>(s, n - 4, v);
+        }
+        _ => s.fill(v),
     }
 }
 
@@ -1716,7 +1768,55 @@ mod tests {
             ];
             for text in variants {
                 let parsed: Uuid = text.parse().expect("a uuid form");
-                assert_eq!(canonical_uuid(&text), parsed.to_string() == text, "{text}");
+                assert_eq!(canonical_uuid(text.as_bytes()), parsed.to_string() == text, "{text}");
+            }
+        }
+    }
+
+    /// The word-wise check agrees with its definition (the text parses and `Uuid::to_string`
+    /// writes it back) for every single-byte change of canonical texts, at every position and
+    /// to every byte value, and for other lengths.
+    #[test]
+    fn canonical_uuid_agrees_with_parse_and_print_byte_by_byte() {
+        use super::{canonical_uuid, Uuid};
+        let reference = |b: &[u8]| Uuid::try_parse_ascii(b).is_ok_and(|u| u.hyphenated().to_string().as_bytes() == b);
+        for seed in
+            [0u128, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 0xa0f9_09fa_af00_9f9a_0a9f_f0a9_9a0f_a9f0]
+        {
+            let text = Uuid::from_u128(seed).hyphenated().to_string();
+            assert!(canonical_uuid(text.as_bytes()), "{text}");
+            for i in 0..36 {
+                for byte in 0..=255u8 {
+                    let mut b = text.clone().into_bytes();
+                    b[i] = byte;
+                    assert_eq!(canonical_uuid(&b), reference(&b), "byte {i} = {byte:#04x} in {text}");
+                }
+            }
+            let b = text.as_bytes();
+            for cut in [&b[..35], &b[1..], &b[..0], &b[..32]] {
+                assert!(!canonical_uuid(cut));
+            }
+            let mut longer = b.to_vec();
+            longer.push(b'0');
+            assert!(!canonical_uuid(&longer));
+            assert!(!canonical_uuid(Uuid::from_u128(seed).simple().to_string().as_bytes()));
+        }
+    }
+
+    /// `fill_short` writes exactly what `fill` writes, for every length, and nothing around it.
+    #[test]
+    fn fill_short_fills_exactly_the_slice() {
+        for n in 0..=20 {
+            for (at, len) in [(0, n), (3, n)] {
+                let mut a = vec![7.5f32; len + 8];
+                let mut b = a.clone();
+                super::fill_short(&mut a[at..at + len], 0.0);
+                b[at..at + len].fill(0.0);
+                assert_eq!(a, b, "len {len} at {at}");
+                let mut m = vec![false; len + 8];
+                super::fill_short(&mut m[at..at + len], true);
+                assert_eq!(m.iter().filter(|&&x| x).count(), len);
+                assert!(m[at..at + len].iter().all(|&x| x));
             }
         }
     }
