@@ -1126,10 +1126,10 @@ fn branch(cur: &mut Cursor<'_>, branches: usize) -> Result<usize, Bad> {
     }
 }
 
-/// A uuid string: parsed from its bytes (a uuid that parses is ASCII, hence UTF-8), with its
-/// text kept when it is the canonical form (lower-case, hyphenated: what `Uuid::to_string`
-/// writes, so the identity needs no re-encoding). Anything else is checked as the generic path
-/// does it: UTF-8 first, then the uuid syntax.
+/// A uuid string: its text when that is the canonical form (lower-case, hyphenated: what
+/// `Uuid::to_string` writes, so the identity needs no re-encoding; recognised without parsing),
+/// else parsed from its bytes (a uuid that parses is ASCII, hence UTF-8). Anything else is
+/// checked as the generic path does it: UTF-8 first, then the uuid syntax.
 fn uuid<'a>(cur: &mut Cursor<'a>) -> Result<UuidValue<'a>, Bad> {
     let start = cur.pos;
     let b = cur.bytes()?;
