@@ -128,30 +128,24 @@ pub struct SourceParts {
     pub member: usize,
 }
 
-/// Input topic names, each held once (entries share it).
+/// Input topic names, each held once (entries share it). Asked once per run of one topic in a
+/// read (`fetch::TopicMemo` remembers the name across the run), per polled message and per
+/// rebalance, so it needs no memo of its own.
 #[derive(Default)]
 struct TopicNames {
     names: HashMap<String, Arc<str>>,
-    /// The last one asked for: inputs mostly come from one topic in a row, so it is compared
-    /// before the map is asked (which hashes the name).
-    last: Option<Arc<str>>,
 }
 
 impl TopicNames {
     fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(t) = self.last.as_ref().filter(|t| ***t == *name) {
-            return t.clone();
-        }
-        let t = match self.names.get(name) {
+        match self.names.get(name) {
             Some(t) => t.clone(),
             None => {
                 let t: Arc<str> = Arc::from(name);
                 self.names.insert(name.to_owned(), t.clone());
                 t
             }
-        };
-        self.last = Some(t.clone());
-        t
+        }
     }
 
     /// The partitions of `tpl`, their topics named by the same `Arc`s as the entries'.
