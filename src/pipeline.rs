@@ -68,8 +68,9 @@ pub struct Shared {
     pub health: Arc<Health>,
     pub stats: Arc<RunStats>,
     /// exactly_once: the consumer's current group metadata (generation), which every
-    /// transaction's `send_offsets_to_transaction` must carry. Set by the source on rebalances.
-    pub group_metadata: Mutex<Option<rdkafka::consumer::ConsumerGroupMetadata>>,
+    /// transaction's `send_offsets_to_transaction` must carry. Set by the source on rebalances;
+    /// the sink takes a reference and does not hold the lock during its call.
+    pub group_metadata: Mutex<Option<Arc<rdkafka::consumer::ConsumerGroupMetadata>>>,
     /// exactly_once: a transaction was aborted; the source must rewind to the committed offsets.
     rewind: AtomicBool,
     /// The shutdown drain is over: inference and sink drop what they still hold.

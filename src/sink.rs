@@ -431,12 +431,12 @@ fn produce_transaction(
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
             .map_err(|e| PipelineError::Internal(format!("offset list: {e}")))?;
     }
-    let sent = {
-        let metadata = parts.shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner());
-        match metadata.as_ref() {
-            Some(m) => producer.send_offsets_to_transaction(&tpl, m, settings.timeout),
-            None => return Err(PipelineError::Kafka("no consumer group metadata for the transaction".into())),
-        }
+    // Not held during the call (up to `settings.timeout`): the source replaces it on rebalances,
+    // also while closing the consumer.
+    let metadata = parts.shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let sent = match metadata {
+        Some(m) => producer.send_offsets_to_transaction(&tpl, &m, settings.timeout),
+        None => return Err(PipelineError::Kafka("no consumer group metadata for the transaction".into())),
     };
     if let Err(e) = sent {
         return match classify(&parts.producer, &e) {

@@ -423,7 +423,8 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
         if self.transactional {
             // The generation changed: transactions must carry the new one (a zombie's old one is fenced).
-            *self.shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()) = consumer.group_metadata();
+            *self.shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()) =
+                consumer.group_metadata().map(Arc::new);
         }
     }
 
@@ -516,9 +517,52 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
         let _routed = consumer.context().routing.installed(&consumer);
         serve(&consumer, cfg, decoder, shared);
     }
-    consumer.unsubscribe();
-    drop(consumer);
-    info!("consumer stopped");
+    if close_within(consumer, cfg.delivery.drain_timeout, "consumer") {
+        info!("consumer stopped");
+    }
+}
+
+/// Unsubscribes and closes `consumer` (librdkafka serves the last revocation through the
+/// context, stops the fetchers and leaves the group), waiting at most `timeout` for that; true
+/// when it finished. Every commit is done by then, so giving up loses nothing: the group expires
+/// the member after `session.timeout.ms` and hands its partitions on. The close runs on a thread
+/// of its own, which finishes (or not) by itself: rdkafka's close polls until librdkafka says the
+/// consumer is closed, without a bound, and librdkafka's own steps wait on the broker and on
+/// requests its main thread must answer.
+pub fn close_within<C: ConsumerContext + 'static>(consumer: BaseConsumer<C>, timeout: Duration, what: &str) -> bool {
+    let finished = within(timeout, &format!("streamscore-close-{what}"), move || {
+        consumer.unsubscribe();
+        drop(consumer);
+    });
+    if !finished {
+        warn!(
+            what,
+            ?timeout,
+            "the Kafka consumer did not close in time; stopping without waiting for it (its commits are done; the \
+             group reassigns its partitions after session.timeout.ms)"
+        );
+    }
+    finished
+}
+
+/// Runs `f` on a new thread named `name` and waits at most `timeout` for it to finish; true when
+/// nothing is left running: `f` returned or panicked (the panic is reported by the panic hook),
+/// or no thread could be started (then `f` is dropped unrun, here: what it owns is dropped on
+/// this thread). When `f` does not finish in time, its thread is left to finish by itself.
+fn within(timeout: Duration, name: &str, f: impl FnOnce() + Send + 'static) -> bool {
+    let (done, finished) = crossbeam_channel::bounded::<()>(1);
+    let started = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        f();
+        let _ = done.send(());
+    });
+    match started {
+        // Disconnected: `f` panicked, dropping the sender unsent.
+        Ok(_) => !matches!(finished.recv_timeout(timeout), Err(crossbeam_channel::RecvTimeoutError::Timeout)),
+        Err(e) => {
+            warn!(error = %e, thread = name, "cannot start a thread; finished here instead, without a bound");
+            true
+        }
+    }
 }
 
 /// The poll loop, then the drain and the last commit.
@@ -535,7 +579,7 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
 
     let transactional = ctx.transactional;
     if transactional {
-        *shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()) = consumer.group_metadata();
+        *shared.group_metadata.lock().unwrap_or_else(|e| e.into_inner()) = consumer.group_metadata().map(Arc::new);
     }
     // One clock read per turn, right after the poll: it stamps the input's arrival, decides
     // whether the open batch is due, and (a few microseconds stale at most) serves the next
@@ -834,9 +878,11 @@ fn decode_with_retry(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
-    use super::TopicNames;
+    use super::{within, TopicNames};
 
     #[test]
     fn topic_names_are_held_once_and_the_last_one_is_not_mistaken_for_another() {
@@ -854,5 +900,33 @@ mod tests {
         assert_eq!(&*names.get("payments-eu"), "payments-eu");
         assert_eq!(&*names.get("payment"), "payment");
         assert_eq!(names.names.len(), 4);
+    }
+
+    /// `within` waits for a quick job, and gives up on a stuck one after its timeout, leaving it
+    /// to finish by itself (what the consumer's close relies on).
+    #[test]
+    fn within_waits_for_a_finished_job_and_gives_up_on_a_stuck_one() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        assert!(within(Duration::from_secs(30), "test-quick", move || flag.store(true, Ordering::SeqCst)));
+        assert!(ran.load(Ordering::SeqCst), "the job ran before `within` returned");
+        // A job that panics is over too (not reported as still running).
+        let started = Instant::now();
+        assert!(within(Duration::from_secs(30), "test-panics", || panic!("the job panics (expected)")));
+        assert!(started.elapsed() < Duration::from_secs(20), "did not wait for the timeout");
+
+        let (release, stuck) = crossbeam_channel::bounded::<()>(0);
+        let (finished_tx, finished) = crossbeam_channel::bounded::<()>(1);
+        let started = Instant::now();
+        // Stuck for 10 s at most, so that a `within` that waits for it fails instead of hanging.
+        let done = within(Duration::from_millis(200), "test-stuck", move || {
+            let _ = stuck.recv_timeout(Duration::from_secs(10));
+            let _ = finished_tx.send(());
+        });
+        assert!(!done, "a job that does not finish is reported as such");
+        assert!(started.elapsed() < Duration::from_secs(5), "gave up after its timeout, not when the job ended");
+        assert!(finished.try_recv().is_err(), "the job was still running");
+        release.send(()).expect("the stuck job still waits");
+        finished.recv_timeout(Duration::from_secs(30)).expect("the job finished by itself afterwards");
     }
 }

@@ -699,9 +699,10 @@ fn compose_defines_the_services() {
     );
     let grace = value_of(service, "stop_grace_period").unwrap_or_else(|| "10s".into()); // Docker's default
     let drain = config_str(&cfg, "delivery", "drain_timeout");
+    // The drain, then leaving the group: each up to drain_timeout.
     assert!(
-        seconds(&grace) > seconds(drain),
-        "stop_grace_period {grace} of the streamscore service must exceed delivery.drain_timeout {drain}, or Docker kills the drain"
+        seconds(&grace) > 2.0 * seconds(drain),
+        "stop_grace_period {grace} of the streamscore service must exceed twice delivery.drain_timeout {drain}, or Docker kills the stop"
     );
     let topics_service = compose
         .services
@@ -1405,15 +1406,15 @@ fn k8s_deployment_agrees_with_the_config() {
         assert_ne!(object.str_at(&["kind"]), Some("Secret"), "{file}: do not commit a Secret; create it out of band");
     }
 
-    // Shutdown: the grace period covers the drain.
+    // Shutdown: the grace period covers the drain, then leaving the group (each up to drain_timeout).
     let grace: f64 = deployment
         .str_at(&["spec", "template", "spec", "terminationGracePeriodSeconds"])
         .unwrap_or("30") // Kubernetes' default
         .parse()
         .expect("terminationGracePeriodSeconds is a number");
     assert!(
-        grace > config.delivery.drain_timeout.as_secs_f64(),
-        "terminationGracePeriodSeconds {grace} must exceed delivery.drain_timeout {:?}",
+        grace > 2.0 * config.delivery.drain_timeout.as_secs_f64(),
+        "terminationGracePeriodSeconds {grace} must exceed twice delivery.drain_timeout {:?}",
         config.delivery.drain_timeout
     );
 

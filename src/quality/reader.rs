@@ -61,10 +61,12 @@ pub fn spawn(
         LabelStart::Latest => Offset::End,
         LabelStart::Earliest => Offset::Beginning,
     };
+    let close_timeout = cfg.delivery.drain_timeout;
     std::thread::Builder::new()
         .name("streamscore-labels".into())
         .spawn(move || {
             run(&consumer, &topic, start, &decoder, &tracker, &stop);
+            source::close_within(consumer, close_timeout, "labels");
             info!(topic = %topic, "labels reader stopped");
         })
         .map_err(|e| ReaderError::Thread(e.to_string()))

@@ -217,6 +217,40 @@ async fn broker_stalled_mid_stream_recovers_with_nothing_lost() {
     assert!(summary.consumed >= n as u64);
 }
 
+/// The broker stops answering (SIGSTOP) after everything was scored and committed, then the
+/// service is asked to stop: leaving the group cannot complete (librdkafka waits 5 s for the
+/// LeaveGroup answer, other steps of its close wait without a bound), and the stop does not
+/// wait for the close beyond `drain_timeout` (1 s here): nothing is lost by giving up (the commits
+/// are done), the group expires the member after `session.timeout.ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_does_not_wait_for_an_unresponsive_broker_to_see_the_consumer_leave() {
+    let n = 200;
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let topics = Topics::create(&bootstrap, 2).await;
+    common::produce_values(&bootstrap, &topics.input, service::synthetic(n, 42, 1).records).await;
+    let extra = "[delivery]\ncommit_interval = \"200ms\"\ndrain_timeout = \"1s\"\n";
+    let running = InProcess::start(service::config(&service::config_toml(
+        &bootstrap,
+        &topics,
+        &common::random_topic("g"),
+        Schemas::Local,
+        None,
+        extra,
+    )));
+    assert!(running.wait_outcomes(n as u64, Duration::from_secs(60)).await, "every input scored");
+    // Several commit intervals: every offset is committed, so the stop has nothing left to commit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.pause();
+    let started = std::time::Instant::now();
+    let summary = running.stop().await;
+    let took = started.elapsed();
+    broker.resume();
+    assert_eq!(summary.consumed, n as u64);
+    // Measured here: 5.7 s when the stop waited for the close, 1.7 s with the bound.
+    assert!(took < Duration::from_secs(4), "the stop took {took:?} with an unresponsive broker");
+}
+
 /// Three instances in one group; one is killed (-9) and a fourth joins during the stream:
 /// N in, every input has an outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
