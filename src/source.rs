@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
@@ -31,8 +31,10 @@ use crate::outcome::{DeadLetterReason, Rejection};
 use crate::pipeline::{PipelineError, Shared};
 use crate::telemetry::names;
 
+mod commit;
 pub mod fetch;
 
+use commit::CommitQueue;
 use fetch::{FetchQueue, FetchedMessage, Routing, TopicMemo};
 
 /// How long one read may block when no batch is open (bounds the reaction time to a stop and
@@ -50,6 +52,9 @@ const PAUSE_AFTER: Duration = Duration::from_millis(500);
 const REGISTRY_RETRIES: u32 = 3;
 /// The most messages one read of the fetch queue takes (it also stops at the open batch's room).
 const READ_MAX: usize = 1024;
+/// The least the last commit on stop waits for the broker's answer, when the drain has used up
+/// `delivery.drain_timeout`.
+const COMMIT_WAIT: Duration = Duration::from_secs(1);
 
 /// librdkafka properties of a consumer that reads whole topics by `assign` (the labels reader,
 /// `streamscore report`): the service's connection settings (`kafka.common`: TLS, SASL), a
@@ -312,6 +317,8 @@ struct SourceContext {
     /// Where the fetched messages of assigned partitions go (routed on assignment); closed
     /// before the consumer is dropped.
     routing: Routing,
+    /// Where offset commits report their results (see `commit`); dropped before the consumer.
+    commits: Mutex<Option<CommitQueue>>,
 }
 
 impl SourceContext {
@@ -328,6 +335,10 @@ impl SourceContext {
 
     fn fetch(&self) -> MutexGuard<'_, Option<FetchQueue>> {
         self.routing.queue()
+    }
+
+    fn commits(&self) -> MutexGuard<'_, Option<CommitQueue>> {
+        self.commits.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -360,7 +371,7 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 metrics::counter!(names::REBALANCES, "kind" => "assign").increment(1);
@@ -402,7 +413,9 @@ impl ConsumerContext for SourceContext {
                     );
                 }
                 if !self.transactional {
-                    commit(consumer, &self.shared.tracker, Some(&revoked));
+                    // Bounded on its own (a lost assignment's commit fails at once).
+                    let deadline = Instant::now() + self.drain_timeout;
+                    commit_and_wait(self, &self.shared.tracker, &revoked, deadline);
                 }
                 // From here on the sink drops unproduced outcomes of these partitions.
                 self.shared.tracker.forget(&revoked);
@@ -440,29 +453,84 @@ fn describe(tpl: &TopicPartitionList) -> String {
     tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
 }
 
-/// Commits what the tracker says is safe (optionally only for `only` partitions).
-fn commit(consumer: &BaseConsumer<SourceContext>, tracker: &OffsetTracker, only: Option<&[TopicPartition]>) {
+/// Sends a commit of what the tracker says is safe for the `only` partitions; true when one was
+/// sent. Its result is applied by [`collect_commits`]: commits never wait for the broker here
+/// (a synchronous commit waits without a bound while the coordinator is unreachable).
+fn send_commit(ctx: &SourceContext, tracker: &OffsetTracker, only: &[TopicPartition]) -> bool {
     let offsets: Vec<(TopicPartition, i64)> =
-        tracker.committable().into_iter().filter(|(tp, _)| only.is_none_or(|o| o.contains(tp))).collect();
+        tracker.committable().into_iter().filter(|(tp, _)| only.contains(tp)).collect();
     if offsets.is_empty() {
-        return;
+        return false;
     }
+    let commits = ctx.commits();
+    let Some(queue) = commits.as_ref() else {
+        // The consumer is closing: the last commit was made before.
+        return false;
+    };
     let mut tpl = TopicPartitionList::with_capacity(offsets.len());
     for ((topic, partition), offset) in &offsets {
         if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
             warn!(error = %e, topic = %topic, partition, "cannot add offset to commit list");
         }
     }
-    match consumer.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => {
-            tracker.mark_committed(&offsets);
-            metrics::counter!(names::COMMITS, "result" => "ok").increment(1);
-            debug!(partitions = offsets.len(), "committed offsets");
-        }
-        Err(e) => {
+    match queue.send(&tpl) {
+        Ok(()) => true,
+        Err(code) => {
             // Not fatal: the offsets stay committable and the next commit retries them.
             metrics::counter!(names::COMMITS, "result" => "error").increment(1);
-            warn!(error = %e, "offset commit failed; will retry");
+            warn!(error = %code, "cannot send an offset commit; will retry");
+            false
+        }
+    }
+}
+
+/// Applies the results of commits sent earlier, waiting up to `wait` for a first one; returns
+/// how many came and whether any failed. Failed offsets stay committable: the next commit
+/// retries them.
+fn collect_commits(ctx: &SourceContext, tracker: &OffsetTracker, wait: Duration) -> (usize, bool) {
+    let commits = ctx.commits();
+    let Some(queue) = commits.as_ref() else { return (0, false) };
+    let (mut seen, mut failed) = (0, false);
+    let mut wait = wait;
+    while let Some(result) = queue.result(wait) {
+        wait = Duration::ZERO;
+        seen += 1;
+        let done: Vec<(TopicPartition, i64)> =
+            result.committed.iter().map(|(t, p, o)| ((Arc::from(t.as_str()), *p), *o)).collect();
+        tracker.mark_committed(&done);
+        if result.is_ok() {
+            metrics::counter!(names::COMMITS, "result" => "ok").increment(1);
+            debug!(partitions = done.len(), "committed offsets");
+        } else {
+            failed = true;
+            metrics::counter!(names::COMMITS, "result" => "error").increment(1);
+            let refused: Vec<String> = result.refused.iter().map(|(t, p, code)| format!("{t}/{p}: {code}")).collect();
+            match result.error {
+                Some(code) => warn!(error = %code, "offset commit failed; will retry"),
+                None => {
+                    warn!(partitions = %refused.join(", "), "offset commit refused for some partitions; will retry")
+                }
+            }
+        }
+    }
+    (seen, failed)
+}
+
+/// Commits what is safe for `only` and waits until the commit is confirmed, a commit fails, or
+/// `deadline`; true when nothing committable is left unconfirmed for `only`.
+fn commit_and_wait(ctx: &SourceContext, tracker: &OffsetTracker, only: &[TopicPartition], deadline: Instant) -> bool {
+    send_commit(ctx, tracker, only);
+    loop {
+        let pending = tracker.committable().iter().any(|(tp, _)| only.contains(tp));
+        if !pending {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || ctx.commits().is_none() {
+            return false;
+        }
+        if collect_commits(ctx, tracker, left.min(Duration::from_millis(100))).1 {
+            return false;
         }
     }
 }
@@ -494,6 +562,7 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
         transactional: cfg.delivery.mode == DeliveryMode::ExactlyOnce,
         member: parts.member.to_string(),
         routing: Routing::default(),
+        commits: Mutex::new(None),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(&cfg, parts.member)
         .create_with_context(context)
@@ -515,10 +584,21 @@ fn run(consumer: BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder, s
         // Before the first poll, which serves the first assignment; dropped before the consumer
         // (also when `serve` panics).
         let _routed = consumer.context().routing.installed(&consumer);
+        *consumer.context().commits() = Some(CommitQueue::new(&consumer));
+        let _commits = CommitsInstalled(consumer.context());
         serve(&consumer, cfg, decoder, shared);
     }
     if close_within(consumer, cfg.delivery.drain_timeout, "consumer") {
         info!("consumer stopped");
+    }
+}
+
+/// Drops its context's commit queue when dropped: before the consumer, also when `serve` panics.
+struct CommitsInstalled<'c>(&'c SourceContext);
+
+impl Drop for CommitsInstalled<'_> {
+    fn drop(&mut self) {
+        drop(self.0.commits().take());
     }
 }
 
@@ -592,7 +672,9 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
         if now >= next_commit {
             let owned = ctx.builder().owned();
             if !transactional {
-                commit(consumer, &shared.tracker, Some(&owned));
+                // The results of earlier commits, then the next one: neither waits.
+                collect_commits(ctx, &shared.tracker, Duration::ZERO);
+                send_commit(ctx, &shared.tracker, &owned);
             }
             // Routes are set on every assignment; this heals one that a fetcher stop cleared after
             // that (see `fetch`), within a commit interval.
@@ -602,8 +684,6 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
                 }
             }
             next_commit = now + cfg.delivery.commit_interval;
-            // A synchronous commit takes a round trip: the poll budget below needs the time now.
-            now = Instant::now();
         }
         if shared.take_rewind() {
             rewind(consumer, &mut ctx.builder(), shared);
@@ -744,10 +824,14 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
         );
     }
     // Commits the contiguous acknowledged prefix only: the tracker never offers an offset past
-    // an outcome that failed or is still in flight. (exactly_once: the transactions did.)
+    // an outcome that failed or is still in flight. (exactly_once: the transactions did.) Waits
+    // for the broker's answer within what is left of the drain, at least COMMIT_WAIT.
     if !transactional {
         let owned = ctx.builder().owned();
-        commit(consumer, &shared.tracker, Some(&owned));
+        let deadline = drain_deadline.max(Instant::now() + COMMIT_WAIT);
+        if !commit_and_wait(ctx, &shared.tracker, &owned, deadline) {
+            warn!("the last offset commit was not confirmed; inputs after the last confirmed commit will be consumed again after restart");
+        }
     }
 }
 
