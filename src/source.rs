@@ -443,7 +443,7 @@ impl ConsumerContext for SourceContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result {
-            // Sync commits report through their return value; this catches librdkafka's own.
+            // Our commits report on a queue of their own (`commit`); this catches any other.
             debug!(error = %e, "commit callback reported an error");
         }
     }
@@ -484,17 +484,15 @@ fn send_commit(ctx: &SourceContext, tracker: &OffsetTracker, only: &[TopicPartit
     }
 }
 
-/// Applies the results of commits sent earlier, waiting up to `wait` for a first one; returns
-/// how many came and whether any failed. Failed offsets stay committable: the next commit
-/// retries them.
-fn collect_commits(ctx: &SourceContext, tracker: &OffsetTracker, wait: Duration) -> (usize, bool) {
+/// Applies the results of commits sent earlier, waiting up to `wait` for a first one; true when
+/// any failed. Failed offsets stay committable: the next commit retries them.
+fn collect_commits(ctx: &SourceContext, tracker: &OffsetTracker, wait: Duration) -> bool {
     let commits = ctx.commits();
-    let Some(queue) = commits.as_ref() else { return (0, false) };
-    let (mut seen, mut failed) = (0, false);
+    let Some(queue) = commits.as_ref() else { return false };
+    let mut failed = false;
     let mut wait = wait;
     while let Some(result) = queue.result(wait) {
         wait = Duration::ZERO;
-        seen += 1;
         let done: Vec<(TopicPartition, i64)> =
             result.committed.iter().map(|(t, p, o)| ((Arc::from(t.as_str()), *p), *o)).collect();
         tracker.mark_committed(&done);
@@ -513,7 +511,7 @@ fn collect_commits(ctx: &SourceContext, tracker: &OffsetTracker, wait: Duration)
             }
         }
     }
-    (seen, failed)
+    failed
 }
 
 /// Commits what is safe for `only` and waits until the commit is confirmed, a commit fails, or
@@ -529,7 +527,7 @@ fn commit_and_wait(ctx: &SourceContext, tracker: &OffsetTracker, only: &[TopicPa
         if left.is_zero() || ctx.commits().is_none() {
             return false;
         }
-        if collect_commits(ctx, tracker, left.min(Duration::from_millis(100))).1 {
+        if collect_commits(ctx, tracker, left.min(Duration::from_millis(100))) {
             return false;
         }
     }
@@ -604,8 +602,9 @@ impl Drop for CommitsInstalled<'_> {
 
 /// Unsubscribes and closes `consumer` (librdkafka serves the last revocation through the
 /// context, stops the fetchers and leaves the group), waiting at most `timeout` for that; true
-/// when it finished. Every commit is done by then, so giving up loses nothing: the group expires
-/// the member after `session.timeout.ms` and hands its partitions on. The close runs on a thread
+/// when it finished. The last commit was made (or given up on) before, so giving up loses
+/// nothing: inputs not committed are consumed again, and the group expires the member after
+/// `session.timeout.ms` and hands its partitions on. The close runs on a thread
 /// of its own, which finishes (or not) by itself: rdkafka's close polls until librdkafka says the
 /// consumer is closed, without a bound, and librdkafka's own steps wait on the broker and on
 /// requests its main thread must answer.
@@ -618,8 +617,8 @@ pub fn close_within<C: ConsumerContext + 'static>(consumer: BaseConsumer<C>, tim
         warn!(
             what,
             ?timeout,
-            "the Kafka consumer did not close in time; stopping without waiting for it (its commits are done; the \
-             group reassigns its partitions after session.timeout.ms)"
+            "the Kafka consumer did not close in time; stopping without waiting for it (nothing is lost: its last \
+             commit was made before; the group reassigns its partitions after session.timeout.ms)"
         );
     }
     finished
