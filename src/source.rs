@@ -671,9 +671,13 @@ fn serve(consumer: &BaseConsumer<SourceContext>, cfg: &Config, decoder: &Decoder
         if now >= next_commit {
             let owned = ctx.builder().owned();
             if !transactional {
-                // The results of earlier commits, then the next one: neither waits.
+                // The results of earlier commits, then the next one: neither waits. One commit at a
+                // time: while the coordinator is unreachable librdkafka holds the commit until it
+                // finds one, and the next tick after its result sends the latest offsets.
                 collect_commits(ctx, &shared.tracker, Duration::ZERO);
-                send_commit(ctx, &shared.tracker, &owned);
+                if ctx.commits().as_ref().is_some_and(|q| q.pending() == 0) {
+                    send_commit(ctx, &shared.tracker, &owned);
+                }
             }
             // Routes are set on every assignment; this heals one that a fetcher stop cleared after
             // that (see `fetch`), within a commit interval.

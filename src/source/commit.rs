@@ -12,6 +12,7 @@
 //! A [`CommitQueue`] must be dropped before its consumer (a queue still alive when the consumer is
 //! destroyed can hang librdkafka's destroy).
 
+use std::cell::Cell;
 use std::ffi::CStr;
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -25,6 +26,8 @@ use rdkafka::TopicPartitionList;
 pub struct CommitQueue {
     queue: NonNull<rd::rd_kafka_queue_t>,
     rk: NonNull<rd::rd_kafka_t>,
+    /// Commits sent whose result has not been read yet.
+    pending: Cell<usize>,
 }
 
 // librdkafka's queue handles may be used from any thread.
@@ -54,7 +57,7 @@ impl CommitQueue {
         let rk = consumer.client().native_ptr();
         // Non-null for a live client (librdkafka allocates with an aborting allocator).
         let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(rk) }).expect("rd_kafka_queue_new returned null");
-        Self { queue, rk: NonNull::new(rk).expect("a live consumer has a client") }
+        Self { queue, rk: NonNull::new(rk).expect("a live consumer has a client"), pending: Cell::new(0) }
     }
 
     /// Sends a commit of `offsets` (each the next offset to consume) to the group coordinator
@@ -66,9 +69,18 @@ impl CommitQueue {
             rd::rd_kafka_commit_queue(self.rk.as_ptr(), offsets.ptr(), self.queue.as_ptr(), None, std::ptr::null_mut())
         };
         match RDKafkaErrorCode::from(err) {
-            RDKafkaErrorCode::NoError => Ok(()),
+            RDKafkaErrorCode::NoError => {
+                self.pending.set(self.pending.get() + 1);
+                Ok(())
+            }
             code => Err(code),
         }
+    }
+
+    /// How many commits were sent whose result has not been read yet (while the coordinator is
+    /// unreachable, librdkafka holds a commit until it finds one).
+    pub fn pending(&self) -> usize {
+        self.pending.get()
     }
 
     /// The result of a commit sent earlier, waiting up to `timeout` (rounded up to whole
@@ -86,6 +98,7 @@ impl CommitQueue {
                 RDKafkaErrorCode::NoError => None,
                 code => Some(code),
             };
+            self.pending.set(self.pending.get().saturating_sub(1));
             let mut result = CommitResult { error, committed: Vec::new(), refused: Vec::new() };
             // The list belongs to the event (destroyed with it).
             let list = unsafe { rd::rd_kafka_event_topic_partition_list(event.0.as_ptr()).as_ref() };
@@ -152,6 +165,7 @@ mod tests {
         tpl.add_partition_offset("in", 0, Offset::Offset(5)).expect("offset");
         tpl.add_partition_offset("other", 0, Offset::Offset(7)).expect("offset");
         queue.send(&tpl).expect("commit sent");
+        assert_eq!(queue.pending(), 1);
         let deadline = Instant::now() + Duration::from_secs(30);
         let result = loop {
             if let Some(r) = queue.result(Duration::from_millis(100)) {
@@ -160,6 +174,7 @@ mod tests {
             assert!(Instant::now() < deadline, "no commit result within 30 s");
         };
         assert!(result.is_ok(), "{result:?}");
+        assert_eq!(queue.pending(), 0);
         let mut committed = result.committed.clone();
         committed.sort();
         assert_eq!(committed, vec![("in".to_string(), 0, 5), ("other".to_string(), 0, 7)]);
