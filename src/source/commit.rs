@@ -185,4 +185,25 @@ mod tests {
         assert!(queue.result(Duration::ZERO).is_none(), "one result per commit");
         drop(queue);
     }
+
+    /// A commit the broker refuses (partitions it does not have) reports its error and each
+    /// refused partition, and commits nothing.
+    #[test]
+    fn a_refused_commit_reports_its_errors_and_commits_nothing() {
+        let (_owner, bootstrap) = mock_cluster(&["in"]);
+        let consumer = assigned_consumer(&bootstrap, "g-refused", &["in"]);
+        let queue = CommitQueue::new(&consumer);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("in", 7, Offset::Offset(5)).expect("offset");
+        tpl.add_partition_offset("missing", 0, Offset::Offset(5)).expect("offset");
+        queue.send(&tpl).expect("commit sent");
+        let result = queue.result(Duration::from_secs(30)).expect("a result within 30 s");
+        assert!(!result.is_ok());
+        assert!(result.error.is_some(), "{result:?}");
+        assert!(result.committed.is_empty(), "{result:?}");
+        let mut refused: Vec<_> = result.refused.iter().map(|(t, p, _)| (t.as_str(), *p)).collect();
+        refused.sort();
+        assert_eq!(refused, vec![("in", 7), ("missing", 0)]);
+        assert_eq!(queue.pending(), 0);
+    }
 }
