@@ -10,7 +10,8 @@
 //! without waiting in its loop, or with a bounded wait where it must know (on revoke, on stop).
 //!
 //! A [`CommitQueue`] must be dropped before its consumer (a queue still alive when the consumer is
-//! destroyed can hang librdkafka's destroy).
+//! destroyed can hang librdkafka's destroy). Dropping it frees the results still in it; a commit
+//! in flight still completes at the broker.
 
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -18,20 +19,18 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
+use super::fetch::AppQueue;
+
 /// A queue that receives the results of the commits sent through it.
 pub struct CommitQueue {
-    queue: NonNull<rd::rd_kafka_queue_t>,
-    rk: NonNull<rd::rd_kafka_t>,
+    own: AppQueue,
     /// Commits sent whose result has not been read yet.
     pending: Cell<usize>,
 }
-
-// librdkafka's queue handles may be used from any thread.
-unsafe impl Send for CommitQueue {}
 
 /// The result of one commit.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,10 +53,7 @@ impl CommitResult {
 impl CommitQueue {
     /// A new, empty queue of `consumer`'s client.
     pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
-        let rk = consumer.client().native_ptr();
-        // Non-null for a live client (librdkafka allocates with an aborting allocator).
-        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(rk) }).expect("rd_kafka_queue_new returned null");
-        Self { queue, rk: NonNull::new(rk).expect("a live consumer has a client"), pending: Cell::new(0) }
+        Self { own: AppQueue::new(consumer), pending: Cell::new(0) }
     }
 
     /// Sends a commit of `offsets` (each the next offset to consume) to the group coordinator
@@ -66,7 +62,13 @@ impl CommitQueue {
     pub fn send(&self, offsets: &TopicPartitionList) -> Result<(), RDKafkaErrorCode> {
         // librdkafka copies the list; no callback: the result is posted to the queue as an event.
         let err = unsafe {
-            rd::rd_kafka_commit_queue(self.rk.as_ptr(), offsets.ptr(), self.queue.as_ptr(), None, std::ptr::null_mut())
+            rd::rd_kafka_commit_queue(
+                self.own.rk.as_ptr(),
+                offsets.ptr(),
+                self.own.queue.as_ptr(),
+                None,
+                std::ptr::null_mut(),
+            )
         };
         match RDKafkaErrorCode::from(err) {
             RDKafkaErrorCode::NoError => {
@@ -88,7 +90,7 @@ impl CommitQueue {
     pub fn result(&self, timeout: Duration) -> Option<CommitResult> {
         let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
         loop {
-            let event = NonNull::new(unsafe { rd::rd_kafka_queue_poll(self.queue.as_ptr(), ms) })?;
+            let event = NonNull::new(unsafe { rd::rd_kafka_queue_poll(self.own.queue.as_ptr(), ms) })?;
             let event = Event(event);
             if unsafe { rd::rd_kafka_event_type(event.0.as_ptr()) } != rd::RD_KAFKA_EVENT_OFFSET_COMMIT {
                 // Nothing else is posted here; skip anything that is.
@@ -123,13 +125,6 @@ impl CommitQueue {
             }
             return Some(result);
         }
-    }
-}
-
-impl Drop for CommitQueue {
-    fn drop(&mut self) {
-        // Results still in the queue are freed; a commit in flight still completes at the broker.
-        unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) };
     }
 }
 

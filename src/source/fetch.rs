@@ -36,25 +36,52 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{ClientContext, Timestamp, TopicPartitionList};
 
+/// A queue of the application's own on a consumer's client (`rd_kafka_queue_new`), destroyed
+/// when dropped; it must be dropped before the consumer. What librdkafka posts to it is up to the
+/// owner ([`FetchQueue`], `commit::CommitQueue`).
+pub(super) struct AppQueue {
+    pub(super) queue: NonNull<rd::rd_kafka_queue_t>,
+    pub(super) rk: NonNull<rd::rd_kafka_t>,
+}
+
+// librdkafka's queue handles may be used from any thread.
+unsafe impl Send for AppQueue {}
+
+impl AppQueue {
+    /// A new, empty queue of `consumer`'s client.
+    pub(super) fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
+        let rk = consumer.client().native_ptr();
+        // Non-null for a live client (librdkafka allocates with an aborting allocator).
+        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(rk) }).expect("rd_kafka_queue_new returned null");
+        Self { queue, rk: NonNull::new(rk).expect("a live consumer has a client") }
+    }
+}
+
+impl Drop for AppQueue {
+    fn drop(&mut self) {
+        // Disables the queue: what is still in it is freed, what is posted to it later is dropped
+        // by librdkafka.
+        unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) };
+    }
+}
+
 /// A queue that receives the fetched messages of the partitions routed to it.
 pub struct FetchQueue {
-    queue: NonNull<rd::rd_kafka_queue_t>,
-    rk: NonNull<rd::rd_kafka_t>,
+    own: AppQueue,
     /// The messages of the last read (destroyed when its [`Fetched`] is dropped); reused.
     buf: Vec<*mut rd::rd_kafka_message_t>,
 }
 
-// librdkafka's queue handles may be used from any thread; `buf` is empty between reads (a
-// `Fetched` borrows the queue mutably, so no message pointer outlives its read).
+// `buf` is empty between reads (a `Fetched` borrows the queue mutably, so no message pointer
+// outlives its read).
 unsafe impl Send for FetchQueue {}
 
 impl FetchQueue {
     /// A new, empty queue of `consumer`'s client. Nothing arrives until partitions are routed.
+    /// Dropping it frees the messages still in it; ones routed here later are dropped by
+    /// librdkafka (never handed out, so never committed: they are read again later).
     pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
-        let rk = consumer.client().native_ptr();
-        // Non-null for a live client (librdkafka allocates with an aborting allocator).
-        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(rk) }).expect("rd_kafka_queue_new returned null");
-        Self { queue, rk: NonNull::new(rk).expect("a live consumer has a client"), buf: Vec::new() }
+        Self { own: AppQueue::new(consumer), buf: Vec::new() }
     }
 
     /// Routes the fetched messages of `topic`/`partition` here from now on. Call it before the
@@ -64,13 +91,13 @@ impl FetchQueue {
     /// a producer): its messages then keep coming out of `poll`.
     pub fn route(&self, topic: &str, partition: i32) -> bool {
         let Ok(name) = CString::new(topic) else { return false };
-        let fetchq = unsafe { rd::rd_kafka_queue_get_partition(self.rk.as_ptr(), name.as_ptr(), partition) };
+        let fetchq = unsafe { rd::rd_kafka_queue_get_partition(self.own.rk.as_ptr(), name.as_ptr(), partition) };
         if fetchq.is_null() {
             return false;
         }
         unsafe {
             // Marks the route as the application's: librdkafka's fetch start will not undo it.
-            rd::rd_kafka_queue_forward(fetchq, self.queue.as_ptr());
+            rd::rd_kafka_queue_forward(fetchq, self.own.queue.as_ptr());
             // Only the handle: the partition's queue keeps forwarding (and holds this queue).
             rd::rd_kafka_queue_destroy(fetchq);
         }
@@ -112,19 +139,11 @@ impl FetchQueue {
         debug_assert!(self.buf.capacity() - len >= n);
         // SAFETY: librdkafka writes at most `n` message pointers into the spare capacity.
         let got = unsafe {
-            rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), timeout_ms, self.buf.as_mut_ptr().add(len), n)
+            rd::rd_kafka_consume_batch_queue(self.own.queue.as_ptr(), timeout_ms, self.buf.as_mut_ptr().add(len), n)
         };
         let got = usize::try_from(got).unwrap_or(0).min(n);
         unsafe { self.buf.set_len(len + got) };
         got
-    }
-}
-
-impl Drop for FetchQueue {
-    fn drop(&mut self) {
-        // Disables the queue: messages still in it are freed, ones routed here later are dropped
-        // by librdkafka (never handed out, so never committed: they are read again later).
-        unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) };
     }
 }
 

@@ -119,14 +119,7 @@ async fn killed_mid_transaction_and_restarted_nothing_is_lost() {
     );
     bin.wait_metric("streamscore_events_scored_total", (n / 4) as f64, Duration::from_secs(120)).await;
     bin.kill9();
-    let second = InProcess::start(service::config(&service::config_toml(
-        &bootstrap,
-        &topics,
-        &group,
-        Schemas::Local,
-        None,
-        &extra,
-    )));
+    let second = InProcess::start_local(&bootstrap, &topics, &group, &extra);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         // Read everything there is (duplicates from the aborted transaction may be visible on Tansu).
@@ -169,14 +162,7 @@ async fn read_committed_sees_each_input_once() {
         bin.wait_metric("streamscore_events_scored_total", target, Duration::from_secs(120)).await;
         bin.kill9();
     }
-    let last = InProcess::start(service::config(&service::config_toml(
-        &bootstrap,
-        &topics,
-        &group,
-        Schemas::Local,
-        None,
-        &extra,
-    )));
+    let last = InProcess::start_local(&bootstrap, &topics, &group, &extra);
     let seen = loop {
         // Everything committed so far (a reader stops after 10 s without the full count).
         let seen = ids(&read_committed(&bootstrap, &topics.scored, 2 * n, Duration::from_secs(10)).await);

@@ -197,14 +197,8 @@ async fn broker_stalled_mid_stream_recovers_with_nothing_lost() {
     let want: HashSet<String> = inputs.transactions.iter().map(|t| t.event_id.clone()).collect();
     let mut chunks = inputs.records.chunks(n / 2).map(|c| c.to_vec());
     common::produce_values(&bootstrap, &topics.input, chunks.next().expect("chunk")).await;
-    let running = InProcess::start(service::config(&service::config_toml(
-        &bootstrap,
-        &topics,
-        &common::random_topic("g"),
-        Schemas::Local,
-        None,
-        "[batch]\nmax_batch_size = 64\n",
-    )));
+    let running =
+        InProcess::start_local(&bootstrap, &topics, &common::random_topic("g"), "[batch]\nmax_batch_size = 64\n");
     assert!(running.wait_outcomes((n / 8) as u64, Duration::from_secs(60)).await, "no progress before the stall");
     broker.pause();
     tokio::time::sleep(Duration::from_secs(stall_secs())).await;
@@ -233,14 +227,7 @@ async fn stop_with_an_unresponsive_broker_is_bounded() {
     common::produce_values(&bootstrap, &topics.input, service::synthetic(n, 42, 1).records).await;
     // No commit before the stop: the last one is the stop's.
     let extra = "[delivery]\ncommit_interval = \"1h\"\ndrain_timeout = \"500ms\"\n";
-    let running = InProcess::start(service::config(&service::config_toml(
-        &bootstrap,
-        &topics,
-        &common::random_topic("g"),
-        Schemas::Local,
-        None,
-        extra,
-    )));
+    let running = InProcess::start_local(&bootstrap, &topics, &common::random_topic("g"), extra);
     assert!(running.wait_outcomes(n as u64, Duration::from_secs(60)).await, "every input scored");
     broker.pause();
     let started = std::time::Instant::now();
@@ -325,8 +312,7 @@ async fn undeliverable_dead_letter_stops_without_committing_past_it() {
         bin.log_tail(30)
     );
 
-    let fixed =
-        InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
+    let fixed = InProcess::start_local(&bootstrap, &topics, &group, "");
     let dlq = common::consume_n(&bootstrap, &topics.dlq, 1, Duration::from_secs(60)).await;
     let summary = fixed.stop().await;
     assert_eq!(dlq.len(), 1, "the poison input got its dead-letter outcome after the restart");
@@ -438,14 +424,7 @@ async fn near_limit_bad_input_is_dead_lettered_cut_to_fit() {
     let big = vec![7u8; 990_000];
     records.insert(5, (Some(b"big".to_vec()), big.clone(), vec![], None));
     common::produce_values(&bootstrap, &topics.input, records).await;
-    let running = InProcess::start(service::config(&service::config_toml(
-        &bootstrap,
-        &topics,
-        &common::random_topic("g"),
-        Schemas::Local,
-        None,
-        "",
-    )));
+    let running = InProcess::start_local(&bootstrap, &topics, &common::random_topic("g"), "");
     assert!(running.wait_outcomes(11, Duration::from_secs(60)).await, "only {} outcomes", running.outcomes());
     running.stop().await;
     let dlq = common::consume_n(&bootstrap, &topics.dlq, 1, Duration::from_secs(30)).await;
@@ -485,8 +464,7 @@ async fn revoked_partitions_get_no_outcome_from_the_old_owner_after_the_drain() 
         &[("STREAMSCORE_INJECT_INFERENCE_DELAY_MS", "3000")],
     );
     old.wait_metric("streamscore_events_consumed_total", n as f64, Duration::from_secs(60)).await;
-    let new_owner =
-        InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
+    let new_owner = InProcess::start_local(&bootstrap, &topics, &group, "");
     old.wait_metric("streamscore_revoked_outcomes_dropped_total", 1.0, Duration::from_secs(60)).await;
     drop(old);
     // The old owner is gone (killed): the new one owns everything and catches up.
@@ -526,8 +504,7 @@ async fn sigterm_drain_is_bounded_and_commits_only_what_finished() {
     assert_eq!(code, Some(0), "clean exit:\n{}", bin.log_tail(30));
     // 2 s of drain, the last in-progress batch (1 s) and process teardown; 8 queued batches would take 8 s.
     assert!(took < Duration::from_secs(6), "drain bounded by drain_timeout, took {took:?}");
-    let restarted =
-        InProcess::start(service::config(&service::config_toml(&bootstrap, &topics, &group, Schemas::Local, None, "")));
+    let restarted = InProcess::start_local(&bootstrap, &topics, &group, "");
     let ids = wait_for_all(&bootstrap, &topics.scored, &want, Duration::from_secs(60)).await;
     let summary = restarted.stop().await;
     assert!(summary.consumed > 0, "the unfinished inputs were not committed and are consumed again");

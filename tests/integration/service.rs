@@ -149,6 +149,11 @@ impl InProcess {
         InProcess { stop: Some(tx), handle, stats, control: None }
     }
 
+    /// [`InProcess::start`] with [`config_toml`]'s local schemas and no HTTP endpoint.
+    pub fn start_local(bootstrap: &str, topics: &Topics, group: &str, extra: &str) -> InProcess {
+        Self::start(config(&config_toml(bootstrap, topics, group, Schemas::Local, None, extra)))
+    }
+
     /// As [`InProcess::start`], keeping the deployment control (see [`InProcess::control`]).
     pub fn start_with_control(config: Config) -> InProcess {
         let stats = Arc::new(RunStats::default());
