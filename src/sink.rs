@@ -18,7 +18,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use crate::batcher::adaptive::BatchFeedback;
-use crate::batcher::{Batch, BatchTiming, EntryKind};
+use crate::batcher::{Batch, BatchTiming, EntryKind, TopicId};
 use crate::codec::{encode_scored, encode_shadow, ScoredRecord, ShadowRecord};
 use crate::config::Config;
 use crate::model::deploy;
@@ -688,21 +688,91 @@ fn produce_batch(
 /// Partitions (with the epoch the batch saw) that this instance no longer owns under that epoch:
 /// revoked after a drain that timed out, or revoked and assigned again. One lock per batch.
 fn stale_partitions(batch: &Batch, shared: &Shared) -> Vec<(Arc<str>, i32, u64)> {
-    let mut seen: Vec<(Arc<str>, i32, u64)> = Vec::new();
+    // The batch's distinct (topic, partition, epoch): a topic id names one topic within a batch,
+    // and entries come in runs of one partition, so most are the previous entry's.
+    let mut seen: Vec<(TopicId, i32, u64)> = Vec::new();
     for e in &batch.entries {
-        let topic = batch.topic(e.topic);
-        if !seen.iter().any(|(t, p, ep)| *p == e.partition && *ep == e.epoch && same_topic(t, topic)) {
-            seen.push((topic.clone(), e.partition, e.epoch));
+        let key = (e.topic, e.partition, e.epoch);
+        if seen.last() != Some(&key) && !seen.contains(&key) {
+            seen.push(key);
         }
     }
-    let tps: Vec<_> = seen.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+    let tps: Vec<_> = seen.iter().map(|&(t, p, _)| (batch.topic(t).clone(), p)).collect();
     let current = shared.tracker.epochs(&tps);
-    seen.into_iter().zip(current).filter(|((_, _, ep), cur)| *cur != Some(*ep)).map(|(s, _)| s).collect()
+    seen.into_iter()
+        .zip(current)
+        .filter(|((_, _, ep), cur)| *cur != Some(*ep))
+        .map(|((t, p, ep), _)| (batch.topic(t).clone(), p, ep))
+        .collect()
 }
 
 /// Flushes the producer at shutdown (bounded).
 pub fn flush(producer: &OutputProducer, timeout: Duration) {
     if let Err(e) = producer.flush(timeout) {
         warn!(error = %e, "producer flush did not complete; unacknowledged outcomes are not committed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batcher::Entry;
+    use crate::outcome::Rejection;
+    use crate::telemetry::RunStats;
+    use std::collections::HashMap;
+
+    /// Partitions revoked since the batch was consumed, or assigned again (a new epoch), are
+    /// stale; each stale (topic, partition, epoch) is named once, whatever the order of entries
+    /// (runs of one partition, interleaved partitions and topics, a partition under two epochs).
+    #[test]
+    fn stale_partitions_are_the_ones_not_owned_under_the_batch_epoch() {
+        let shared = Shared::new(Arc::new(RunStats::default()), None);
+        let (payments, refunds) = (Arc::<str>::from("payments"), Arc::<str>::from("refunds"));
+        let epochs: HashMap<(&str, i32), u64> = shared
+            .tracker
+            .assign(&[(payments.clone(), 0), (payments.clone(), 1), (refunds.clone(), 0), (refunds.clone(), 3)])
+            .into_iter()
+            .map(|((t, p), e)| ((if &*t == "payments" { "payments" } else { "refunds" }, p), e))
+            .collect();
+        let mut batch = Batch::new(1, 16);
+        let mut push = |topic: &Arc<str>, partition: i32, epoch: u64| {
+            let topic = batch.topic_id(topic);
+            let entry = Entry {
+                topic,
+                partition,
+                offset: 0,
+                epoch,
+                key: None,
+                headers: None,
+                timestamp_ms: None,
+                kind: EntryKind::Rejected {
+                    rejection: Rejection::new(DeadLetterReason::Truncated, "x"),
+                    payload: None,
+                },
+            };
+            batch.push_entry(entry, Instant::now());
+        };
+        let current = |t: &str, p: i32| epochs[&(t, p)];
+        // payments/0 and refunds/0 current; payments/1 under an older epoch (re-assigned since);
+        // refunds/3 current at first, then revoked; refunds/7 never owned.
+        for _ in 0..3 {
+            push(&payments, 0, current("payments", 0));
+        }
+        push(&refunds, 0, current("refunds", 0));
+        push(&payments, 1, current("payments", 1) - 100);
+        push(&payments, 0, current("payments", 0));
+        push(&payments, 1, current("payments", 1) - 100);
+        push(&refunds, 3, current("refunds", 3));
+        push(&refunds, 7, 1);
+        push(&payments, 1, current("payments", 1));
+        push(&refunds, 7, 1);
+        assert_eq!(
+            stale_partitions(&batch, &shared),
+            vec![(payments.clone(), 1, current("payments", 1) - 100), (refunds.clone(), 7, 1)]
+        );
+        shared.tracker.forget(&[(refunds.clone(), 3)]);
+        let stale = stale_partitions(&batch, &shared);
+        assert_eq!(stale.len(), 3, "{stale:?}");
+        assert!(stale.contains(&(refunds.clone(), 3, current("refunds", 3))), "{stale:?}");
     }
 }

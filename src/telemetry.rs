@@ -360,12 +360,13 @@ impl EventHistogram {
     /// Records a batch of observations (NaN ones are ignored).
     pub fn record_batch(&self, values: impl IntoIterator<Item = f64>) {
         let mut local = [0u64; Self::MAX_BOUNDS + 1];
-        let (mut n, mut sum) = (0u64, 0.0f64);
+        let (mut n, mut sum, mut near) = (0u64, 0.0f64, 0);
         for v in values {
             if v.is_nan() {
                 continue;
             }
-            local[self.bounds.partition_point(|&b| b < v)] += 1;
+            near = bucket_near(self.bounds, v, near);
+            local[near] += 1;
             n += 1;
             sum += v;
         }
@@ -418,24 +419,45 @@ impl Default for LatencyHistogram {
     }
 }
 
-impl LatencyHistogram {
-    fn bucket(seconds: f64) -> usize {
-        let us = seconds * 1e6;
-        if us <= LAT_BASE_US {
-            return 0;
+/// The buckets' upper bounds (s): bucket i holds (bound i − 1, bound i], the last one also
+/// everything above.
+fn latency_bounds() -> &'static [f64] {
+    static BOUNDS: OnceLock<Vec<f64>> = OnceLock::new();
+    BOUNDS.get_or_init(|| (0..LAT_BUCKETS).map(|i| LAT_BASE_US * LAT_GROWTH.powi(i as i32) / 1e6).collect())
+}
+
+/// The bucket of `v` among increasing upper bounds `bounds`: the first bound at least `v`, or
+/// `bounds.len()` (`+Inf`) when there is none, i.e. `bounds.partition_point(|&b| b < v)`.
+/// Searched from `near`, the previous observation's bucket: the inputs of one batch are
+/// acknowledged together, so their latencies mostly fall in the same or a neighbouring bucket,
+/// and a few comparisons replace the binary search (or, in [`LatencyHistogram`], a logarithm):
+/// these run once per event and histogram on the delivery-report thread.
+#[inline]
+fn bucket_near(bounds: &[f64], v: f64, near: usize) -> usize {
+    let n = bounds.len();
+    let mut i = near.min(n);
+    for _ in 0..4 {
+        if i < n && bounds[i] < v {
+            i += 1;
+        } else if i > 0 && bounds[i - 1] >= v {
+            i -= 1;
+        } else {
+            return i;
         }
-        (((us / LAT_BASE_US).ln() / LAT_GROWTH.ln()).ceil() as usize).min(LAT_BUCKETS - 1)
     }
+    bounds.partition_point(|&b| b < v)
+}
 
-    fn upper_bound(bucket: usize) -> f64 {
-        LAT_BASE_US * LAT_GROWTH.powi(bucket as i32) / 1e6
-    }
-
-    /// Records many observations under one lock.
+impl LatencyHistogram {
+    /// Records many observations under one lock (NaN and negative ones count as 0).
     pub fn record_all(&self, seconds: impl Iterator<Item = f64>) {
+        let bounds = latency_bounds();
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut near = 0;
         for s in seconds {
-            b[Self::bucket(s.max(0.0))] += 1;
+            // Above the last bound: the last bucket.
+            near = bucket_near(bounds, s.max(0.0), near).min(LAT_BUCKETS - 1);
+            b[near] += 1;
         }
     }
 
@@ -451,10 +473,10 @@ impl LatencyHistogram {
         for (i, c) in b.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                return Some(Self::upper_bound(i));
+                return Some(latency_bounds()[i]);
             }
         }
-        Some(Self::upper_bound(LAT_BUCKETS - 1))
+        Some(latency_bounds()[LAT_BUCKETS - 1])
     }
 }
 
@@ -550,6 +572,49 @@ mod tests {
         assert!((p50 - 0.5).abs() / 0.5 < 0.05, "p50 {p50}");
         assert!((p99 - 0.99).abs() / 0.99 < 0.05, "p99 {p99}");
         assert!(LatencyHistogram::default().quantile(0.5).is_none());
+    }
+
+    /// `bucket_near` is `partition_point` whatever bucket the search starts from: on the
+    /// latency histogram's 600 bounds and on the end-to-end histogram's, for values on, just above
+    /// and just below every bound, between bounds, below the first and above the last. Away from
+    /// the bounds, the latency bucket is the one the logarithm of the value names.
+    #[test]
+    fn buckets_are_found_from_any_start() {
+        for bounds in [latency_bounds(), &END_TO_END_BUCKETS[..]] {
+            let mut values = vec![0.0, 1e-9, 5e-6, 1e9, f64::INFINITY];
+            for (i, &b) in bounds.iter().enumerate() {
+                values.extend([b, b * (1.0 + 1e-12), b * (1.0 - 1e-12)]);
+                if let Some(next) = bounds.get(i + 1) {
+                    values.push((b + next) / 2.0);
+                }
+            }
+            let n = bounds.len();
+            for &v in &values {
+                let want = bounds.partition_point(|&b| b < v);
+                for near in
+                    [0, 1, want.saturating_sub(5), want.saturating_sub(1), want, want + 1, want + 5, n / 2, n, n + 7]
+                {
+                    assert_eq!(bucket_near(bounds, v, near), want, "{v} from bucket {near} of {n}");
+                }
+            }
+        }
+        let bounds = latency_bounds();
+        let definition = |s: f64| bounds.partition_point(|&b| b < s).min(LAT_BUCKETS - 1);
+        for (i, pair) in bounds.windows(2).enumerate() {
+            let mid = (pair[0] + pair[1]) / 2.0;
+            let by_log = ((mid * 1e6 / LAT_BASE_US).ln() / LAT_GROWTH.ln()).ceil() as usize;
+            assert_eq!(definition(mid), i + 1);
+            assert_eq!(by_log, i + 1, "{mid}");
+        }
+        // One batch recorded under one lock: a NaN counts in the first bucket, a value above the
+        // last bound in the last.
+        let h = LatencyHistogram::default();
+        h.record_all([0.040, 0.041, 0.039, f64::NAN, 2.0, f64::INFINITY].into_iter());
+        let b = h.buckets.lock().unwrap();
+        assert_eq!(b.iter().sum::<u64>(), 6);
+        assert_eq!((b[0], b[LAT_BUCKETS - 1]), (1, 1));
+        assert_eq!(b[definition(0.041)], 1);
+        assert_eq!(b[definition(2.0)], 1);
     }
 
     #[test]
