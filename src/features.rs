@@ -534,7 +534,6 @@ pub(crate) mod tests {
             state ^= state << 17;
             state
         };
-        let (mut checked, mut worst) = (0u32, 0u64);
         for i in 0..2_000_000u32 {
             let r = next();
             let x = match i % 4 {
@@ -548,16 +547,10 @@ pub(crate) mod tests {
                 _ => -((r >> 11) as f64 / (1u64 << 53) as f64),
             };
             let (ours, libm) = (log1p(x), x.ln_1p());
-            if x == -1.0 {
-                continue;
-            }
             let ulps = ours.to_bits().abs_diff(libm.to_bits());
-            worst = worst.max(ulps);
             assert!(ulps <= 4, "log1p({x:e}) = {ours:e}, libm {libm:e}: {ulps} ulps apart");
             assert_eq!((ours as f32).to_bits(), (libm as f32).to_bits(), "f32 column of log1p({x:e})");
-            checked += 1;
         }
-        assert!(checked > 1_999_000 && worst <= 4, "{checked} values, worst {worst} ulps");
     }
 
     fn reader() -> Schema {

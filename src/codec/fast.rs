@@ -1030,10 +1030,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// `b.is_ascii()`, for the short strings of events (codes, ids: mostly 2 to 16 bytes) in two
-/// possibly overlapping word loads instead of the general routine's alignment handling.
+/// `b.is_ascii()`, for the short strings of events (codes and ids, mostly 2 to 32 bytes) in two
+/// or four possibly overlapping word loads instead of the general routine's alignment handling.
 #[inline]
 fn is_ascii(b: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word =
+        |at: usize| b.get(at..at + 8).and_then(|w| w.first_chunk::<8>()).map_or(HIGH, |w| u64::from_ne_bytes(*w));
     match b.len() {
         0 => true,
         n @ 1..=3 => (b[0] | b[n / 2] | b[n - 1]) & 0x80 == 0,
@@ -1041,10 +1044,8 @@ fn is_ascii(b: &[u8]) -> bool {
             (Some(lo), Some(hi)) => (u32::from_ne_bytes(*lo) | u32::from_ne_bytes(*hi)) & 0x8080_8080 == 0,
             _ => b.is_ascii(),
         },
-        8..=16 => match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
-            (Some(lo), Some(hi)) => (u64::from_ne_bytes(*lo) | u64::from_ne_bytes(*hi)) & 0x8080_8080_8080_8080 == 0,
-            _ => b.is_ascii(),
-        },
+        n @ 8..=16 => (word(0) | word(n - 8)) & HIGH == 0,
+        n @ 17..=32 => (word(0) | word(8) | word(n - 16) | word(n - 8)) & HIGH == 0,
         _ => b.is_ascii(),
     }
 }
