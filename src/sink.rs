@@ -753,23 +753,24 @@ mod tests {
             batch.push_entry(entry, Instant::now());
         };
         let current = |t: &str, p: i32| epochs[&(t, p)];
-        // payments/0 and refunds/0 current; payments/1 under an older epoch (re-assigned since);
+        // payments/1 is assigned again: its first epoch is over.
+        let old = current("payments", 1);
+        let new = shared.tracker.assign(&[(payments.clone(), 1)])[0].1;
+        assert_ne!(old, new);
+        // payments/0 and refunds/0 current; payments/1 under its old epoch, then its new one;
         // refunds/3 current at first, then revoked; refunds/7 never owned.
         for _ in 0..3 {
             push(&payments, 0, current("payments", 0));
         }
         push(&refunds, 0, current("refunds", 0));
-        push(&payments, 1, current("payments", 1) - 100);
+        push(&payments, 1, old);
         push(&payments, 0, current("payments", 0));
-        push(&payments, 1, current("payments", 1) - 100);
+        push(&payments, 1, old);
         push(&refunds, 3, current("refunds", 3));
         push(&refunds, 7, 1);
-        push(&payments, 1, current("payments", 1));
+        push(&payments, 1, new);
         push(&refunds, 7, 1);
-        assert_eq!(
-            stale_partitions(&batch, &shared),
-            vec![(payments.clone(), 1, current("payments", 1) - 100), (refunds.clone(), 7, 1)]
-        );
+        assert_eq!(stale_partitions(&batch, &shared), vec![(payments.clone(), 1, old), (refunds.clone(), 7, 1)]);
         shared.tracker.forget(&[(refunds.clone(), 3)]);
         let stale = stale_partitions(&batch, &shared);
         assert_eq!(stale.len(), 3, "{stale:?}");
