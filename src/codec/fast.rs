@@ -438,8 +438,14 @@ fn step_plan(spec: &FeatureSpec, kind: &ReaderKind, offset: usize) -> Option<Ste
 #[derive(Debug, Clone)]
 struct Categories {
     names: Vec<String>,
-    /// `pack(name)`, or [`NEVER`](Categories::NEVER) for a longer name.
-    words: Vec<u64>,
+    /// Open-addressed table of the packed names (`pack(name)`): (word, its last column), with
+    /// [`NEVER`](Categories::NEVER) in empty slots; a power of two, at least twice as many slots
+    /// as names (so a probe always ends). A lookup hashes the word and mostly compares once,
+    /// instead of scanning every category per one-hot field and event (a feature over the ~250
+    /// ISO country codes would compare up to 250 words).
+    slots: Vec<(u64, u32)>,
+    /// `64 − log2(slots.len())`: the hash keeps the product's top bits.
+    shift: u32,
 }
 
 impl Categories {
@@ -447,27 +453,70 @@ impl Categories {
     const NEVER: u64 = u64::MAX;
 
     fn new(names: &[String]) -> Self {
-        let words = names.iter().map(|n| Self::pack(n.as_bytes()).unwrap_or(Self::NEVER)).collect();
-        Categories { names: names.to_vec(), words }
+        let size = (2 * names.len()).next_power_of_two().max(8);
+        let mut slots = vec![(Self::NEVER, 0u32); size];
+        let shift = 64 - size.trailing_zeros();
+        for (column, name) in names.iter().enumerate() {
+            let Some(w) = Self::pack(name.as_bytes()) else { continue };
+            let mut i = Self::slot(w, shift);
+            // A repeated category's last column wins, as in the generic extractor.
+            while slots[i].0 != Self::NEVER && slots[i].0 != w {
+                i = (i + 1) & (size - 1);
+            }
+            slots[i] = (w, column as u32);
+        }
+        Categories { names: names.to_vec(), slots, shift }
+    }
+
+    /// The home slot of packed word `w` (Fibonacci hashing: the top bits of w · 2^64/φ).
+    #[inline]
+    fn slot(w: u64, shift: u32) -> usize {
+        (w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
     }
 
     /// The bytes of a string of at most 7 bytes, little-endian, with its length in the top byte:
-    /// equal words if and only if equal strings.
+    /// equal words if and only if equal strings. Read as two possibly overlapping loads (the
+    /// overlap ORs a byte onto itself).
     #[inline]
     fn pack(b: &[u8]) -> Option<u64> {
-        if b.len() > 7 {
-            return None;
-        }
-        // Shifted in byte by byte (in registers, not copied through a stack word).
-        let bytes = b.iter().enumerate().fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
-        Some(bytes | (b.len() as u64) << 56)
+        let n = b.len();
+        let bytes = match n {
+            0 => 0,
+            1 => u64::from(b[0]),
+            2..=3 => {
+                let (lo, hi) = (u16::from_le_bytes([b[0], b[1]]), u16::from_le_bytes([b[n - 2], b[n - 1]]));
+                u64::from(lo) | u64::from(hi) << (8 * (n - 2))
+            }
+            4..=7 => {
+                let (lo, hi) = (
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                    u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]),
+                );
+                u64::from(lo) | u64::from(hi) << (8 * (n - 4))
+            }
+            _ => return None,
+        };
+        Some(bytes | (n as u64) << 56)
     }
 
     /// The column of `text` within the feature, if it is one of the categories.
     #[inline]
     fn position(&self, text: &str) -> Option<usize> {
         match Self::pack(text.as_bytes()) {
-            Some(w) => self.words.iter().rposition(|&c| c == w),
+            Some(w) => {
+                let mask = self.slots.len() - 1;
+                let mut i = Self::slot(w, self.shift);
+                loop {
+                    let (k, column) = self.slots[i];
+                    if k == w {
+                        return Some(column as usize);
+                    }
+                    if k == Self::NEVER {
+                        return None;
+                    }
+                    i = (i + 1) & mask;
+                }
+            }
             None => self.names.iter().rposition(|c| c == text),
         }
     }
@@ -1862,13 +1911,66 @@ mod tests {
         }
     }
 
+    /// With many categories (so the table's probes collide and wrap), every lookup equals the
+    /// scan for the last equal name: 2 000 random short names over a 3-letter alphabet (many
+    /// repeated), probed with every name and with names of each length that are not categories.
+    #[test]
+    fn category_table_lookup_equals_the_scan_with_many_names() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut name = |len: usize| (0..len).map(|_| ["a", "b", "\0"][(next() % 3) as usize]).collect::<String>();
+        for count in [1, 2, 7, 8, 9, 100, 2_000] {
+            let names: Vec<String> = (0..count).map(|i| name(i % 9)).collect();
+            let categories = Categories::new(&names);
+            assert!(categories.slots.len() >= 2 * count && categories.slots.len().is_power_of_two());
+            let probes: Vec<String> = names.iter().cloned().chain((0..200).map(|i| name(i % 10))).collect();
+            for probe in &probes {
+                let expected = names.iter().rposition(|c| c == probe);
+                assert_eq!(categories.position(probe), expected, "{probe:?} among {count}");
+            }
+        }
+    }
+
     #[test]
     fn packed_words_are_equal_only_for_equal_strings() {
-        let short = ["", "\0", "\0\0", "a", "a\0", "\0a", "ab", "ba", "abcdefg", "abcdef\0", "\u{7f}"];
+        let short = [
+            "",
+            "\0",
+            "\0\0",
+            "a",
+            "a\0",
+            "\0a",
+            "ab",
+            "ba",
+            "aba",
+            "abb",
+            "abc",
+            "abcd",
+            "abce",
+            "bbcd",
+            "abcde",
+            "abcdf",
+            "abcdef",
+            "abcdeg",
+            "abcdefg",
+            "abcdefh",
+            "bbcdefg",
+            "abcdef\0",
+            "\u{7f}",
+            "\u{7f}\u{7f}\u{7f}",
+        ];
         for x in short {
             for y in short {
                 let (px, py) = (Categories::pack(x.as_bytes()), Categories::pack(y.as_bytes()));
                 assert_eq!(px == py, x == y, "{x:?} vs {y:?}");
+                // Byte i at bits 8i, the length in the top byte.
+                let bytes = x.bytes().enumerate().fold(0u64, |w, (i, c)| w | u64::from(c) << (8 * i));
+                assert_eq!(px, Some(bytes | (x.len() as u64) << 56), "{x:?}");
                 assert_ne!(px, Some(Categories::NEVER));
             }
         }
