@@ -1916,14 +1916,9 @@ mod tests {
     /// repeated), probed with every name and with names of each length that are not categories.
     #[test]
     fn category_table_lookup_equals_the_scan_with_many_names() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut name = |len: usize| (0..len).map(|_| ["a", "b", "\0"][(next() % 3) as usize]).collect::<String>();
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut name = |len: usize| (0..len).map(|_| ["a", "b", "\0"][rng.random_range(0..3)]).collect::<String>();
         for count in [1, 2, 7, 8, 9, 100, 2_000] {
             let names: Vec<String> = (0..count).map(|i| name(i % 9)).collect();
             let categories = Categories::new(&names);
