@@ -25,10 +25,12 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 
 use streamscore::batcher::{Batch, Entry, EntryKind};
 use streamscore::cache::{Lookup, PredictionCache};
-use streamscore::codec::{encode_scored, parse_schema, write_frame_header, Decoder, SchemaStore, ScoredRecord};
+use streamscore::codec::{
+    encode_scored, parse_schema, write_frame_header, Decoder, LastPlan, SchemaStore, ScoredRecord,
+};
 use streamscore::config::{CacheAdmission, Config};
 use streamscore::drift::DriftAccumulator;
-use streamscore::features::{FeatureExtractor, RowIdentity};
+use streamscore::features::{FeatureExtractor, IdArena, RowIdentity};
 use streamscore::model::manifest::Manifest;
 use streamscore::model::{Model, ModelInfo};
 use streamscore::quality::{JoinLimits, QualityTracker};
@@ -205,6 +207,26 @@ fn codec_cases(fx: &Fixture) -> Vec<Case> {
         }
     });
 
+    // As the source decodes: the plan of the last schema id kept, the ids stored in a batch's
+    // arena (cleared every 256 records, as batches are).
+    let into_decoder = fx.fast_decoder.clone();
+    let payloads = fx.payloads.clone();
+    let mut row = vec![0.0f32; width];
+    let mut missing = vec![false; width];
+    let mut last = LastPlan::default();
+    let mut ids = IdArena::default();
+    let decode_into = Case::new("codec", "decode_features_into", None, EVENTS, move || {
+        for (i, p) in payloads.iter().enumerate() {
+            if i % 256 == 0 {
+                ids.clear();
+            }
+            let spans = into_decoder
+                .decode_features_into(&mut last, black_box(p), &mut row, &mut missing, &mut ids)
+                .expect("synthetic events decode");
+            black_box((&spans, row.as_slice()));
+        }
+    });
+
     // One reused output buffer, cleared per record, as the sink does.
     let identities = fx.identities.clone();
     let model_name = fx.manifest.name.clone();
@@ -235,7 +257,7 @@ fn codec_cases(fx: &Fixture) -> Vec<Case> {
             black_box(out.as_slice());
         }
     });
-    vec![decode, decode_features, encode]
+    vec![decode, decode_features, decode_into, encode]
 }
 
 /// `features/extract`: decoded records into one reused row buffer.
@@ -340,7 +362,8 @@ fn quality_cases(fx: &Fixture) -> Vec<Case> {
         .map(|ids| {
             let mut batch = Batch::new(fx.width, BATCH_ROWS);
             for (i, identity) in ids.iter().enumerate() {
-                let (row, _, _) = batch.push_row();
+                let (row, _, _, ids) = batch.push_row_with_ids();
+                let identity = ids.store(identity.borrowed());
                 let topic = batch.topic_id(&Arc::from("transactions"));
                 batch.push_entry(
                     Entry {
@@ -351,7 +374,7 @@ fn quality_cases(fx: &Fixture) -> Vec<Case> {
                         key: None,
                         headers: None,
                         timestamp_ms: None,
-                        kind: EntryKind::Row { row, identity: identity.clone() },
+                        kind: EntryKind::Row { row, identity },
                     },
                     std::time::Instant::now(),
                 );
@@ -494,6 +517,7 @@ fn smoke_test(args: &[String]) {
     let mut names: Vec<String> = [
         "codec/decode",
         "codec/decode_features_fast",
+        "codec/decode_features_into",
         "codec/encode_scored",
         "features/extract",
         "cache/key_and_lookup",

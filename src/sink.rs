@@ -580,8 +580,8 @@ fn produce_batch(
                     buf,
                     parts.scored_schema_id,
                     &ScoredRecord {
-                        event_id: &identity.event_id,
-                        transaction_id: &identity.transaction_id,
+                        event_id: batch.ids.get(identity.event_id),
+                        transaction_id: batch.ids.get(identity.transaction_id),
                         model_name: &model.name,
                         model_version: &model.version,
                         score,
@@ -612,8 +612,8 @@ fn produce_batch(
                         buf,
                         parts.shadow.schema_id,
                         &ShadowRecord {
-                            event_id: &identity.event_id,
-                            transaction_id: &identity.transaction_id,
+                            event_id: batch.ids.get(identity.event_id),
+                            transaction_id: batch.ids.get(identity.transaction_id),
                             source_topic: entry.topic.of(&batch.topics),
                             source_partition: entry.partition,
                             source_offset: entry.offset,

@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 use crate::batcher::{Batch, BatchPolicy, Entry, EntryKind};
 use crate::codec::{Decoder, LastPlan};
 use crate::config::{Config, DeliveryMode};
-use crate::features::RowIdentity;
+use crate::features::{IdArena, IdSpans};
 use crate::offsets::{same_topic, OffsetTracker, TopicPartition};
 use crate::outcome::{DeadLetterReason, Rejection};
 use crate::pipeline::{PipelineError, Shared};
@@ -913,8 +913,8 @@ fn accept(
         },
         Some(bytes) => {
             // Decoded straight into the batch's next row; a rejected input gives the row back.
-            let (row, values, missing) = b.batch.push_row();
-            match decode_with_retry(decoder, bytes, values, missing, shared) {
+            let (row, values, missing, ids) = b.batch.push_row_with_ids();
+            match decode_with_retry(decoder, bytes, values, missing, ids, shared) {
                 Ok(identity) => EntryKind::Row { row, identity },
                 Err(rejection) => {
                     b.batch.pop_row();
@@ -942,12 +942,13 @@ fn decode_with_retry(
     bytes: &[u8],
     values: &mut [f32],
     missing: &mut [bool],
+    ids: &mut IdArena,
     shared: &Shared,
-) -> Result<RowIdentity, Rejection> {
+) -> Result<IdSpans, Rejection> {
     let mut delay = Duration::from_millis(500);
     let mut attempt = 0;
     loop {
-        match decoder.decode_features_with(last_plan, bytes, values, missing) {
+        match decoder.decode_features_into(last_plan, bytes, values, missing, ids) {
             Err(r)
                 if r.reason == DeadLetterReason::RegistryUnavailable
                     && attempt < REGISTRY_RETRIES

@@ -9,7 +9,7 @@ use apache_avro::types::Value;
 use super::fast::{FastPlan, Layout};
 use super::store::clip;
 use super::{split_frame, SchemaStore};
-use crate::features::{FeatureExtractor, RowIdentity};
+use crate::features::{FeatureExtractor, IdArena, IdSpans, RowIdentity, RowIdentityRef};
 use crate::model::manifest::Manifest;
 use crate::outcome::{DeadLetterReason, Rejection};
 
@@ -49,7 +49,7 @@ struct Features {
     plans: RwLock<HashMap<u32, Option<Arc<FastPlan>>>>,
 }
 
-/// The fast plan of the schema id a caller decoded last ([`Decoder::decode_features_with`]).
+/// The fast plan of the schema id a caller decoded last ([`Decoder::decode_features_into`]).
 #[derive(Default)]
 pub struct LastPlan(Option<(u32, Arc<FastPlan>)>);
 
@@ -185,20 +185,36 @@ impl Decoder {
         out: &mut [f32],
         missing: &mut [bool],
     ) -> Result<RowIdentity, Rejection> {
-        self.decode_features_with(&mut LastPlan::default(), payload, out, missing)
+        self.decode_features_then(&mut LastPlan::default(), payload, out, missing, |id| id.owned())
     }
 
     /// [`decode_features`](Self::decode_features) for a caller that decodes event after event
-    /// with this decoder (the source thread): `last` keeps the plan of the last schema id, so
-    /// consecutive events of one schema id skip the shared plan map (its lock and lookup).
-    /// `last` must only ever be used with this decoder.
-    pub fn decode_features_with(
+    /// with this decoder into batches (the source thread): the identity strings go straight into
+    /// the batch's `ids` (no owned strings built in between), and `last` keeps the plan of the
+    /// last schema id, so consecutive events of one schema id skip the shared plan map (its lock
+    /// and lookup). `last` must only ever be used with this decoder. Nothing is stored in `ids`
+    /// when the event is rejected.
+    pub fn decode_features_into(
         &self,
         last: &mut LastPlan,
         payload: &[u8],
         out: &mut [f32],
         missing: &mut [bool],
-    ) -> Result<RowIdentity, Rejection> {
+        ids: &mut IdArena,
+    ) -> Result<IdSpans, Rejection> {
+        self.decode_features_then(last, payload, out, missing, |id| ids.store(id))
+    }
+
+    /// Decodes as [`decode_features`](Self::decode_features) does and hands the identity of an
+    /// event that decoded to `finish`.
+    fn decode_features_then<T>(
+        &self,
+        last: &mut LastPlan,
+        payload: &[u8],
+        out: &mut [f32],
+        missing: &mut [bool],
+        finish: impl FnOnce(RowIdentityRef<'_>) -> T,
+    ) -> Result<T, Rejection> {
         let features =
             self.features.as_ref().expect("decode_features needs a decoder built with Decoder::with_features");
         if payload.len() > self.max_message_bytes {
@@ -210,7 +226,7 @@ impl Decoder {
         let (id, body) = split_frame(payload)?;
         if let Some((last_id, plan)) = &last.0 {
             if *last_id == id {
-                return plan.decode(body, out, missing);
+                return plan.decode(body, out, missing).map(finish);
             }
         }
         let cached = features.plans.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
@@ -229,13 +245,13 @@ impl Decoder {
         };
         match plan {
             Some(plan) => {
-                let decoded = plan.decode(body, out, missing);
+                let decoded = plan.decode(body, out, missing).map(finish);
                 last.0 = Some((id, plan));
                 decoded
             }
             None => {
                 let value = self.decode(payload)?;
-                features.extractor.extract(&value, out, missing)
+                features.extractor.extract(&value, out, missing).map(|id| finish(id.borrowed()))
             }
         }
     }

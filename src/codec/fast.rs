@@ -33,7 +33,7 @@ use apache_avro::types::Value;
 use apache_avro::util::{max_allocation_bytes, DEFAULT_MAX_ALLOCATION_BYTES};
 use apache_avro::{Schema, Uuid};
 
-use crate::features::{self, FeatureExtractor, IdText, RowIdentity};
+use crate::features::{self, FeatureExtractor, IdStr, RowIdentityRef};
 use crate::model::manifest::{FeatureSpec, Manifest, OnNull, Transform};
 use crate::outcome::{DeadLetterReason, Rejection};
 
@@ -642,12 +642,18 @@ impl FastPlan {
     /// Decodes one Avro body (no Confluent header) into `out[..F]` and `missing[..F]`, exactly as
     /// the generic decode + extract would, and returns the identity fields.
     ///
-    /// Allocates nothing but the identity strings. Bounds every claimed length by the bytes left
-    /// (and by apache-avro's allocation cap, so a length the generic path refuses is refused here).
+    /// Allocates nothing: the identity strings are borrowed from `body` (or from the plan's
+    /// defaults). Bounds every claimed length by the bytes left (and by apache-avro's allocation
+    /// cap, so a length the generic path refuses is refused here).
     ///
     /// # Panics
     /// If `out` or `missing` is shorter than [`num_columns`](Self::num_columns).
-    pub fn decode(&self, body: &[u8], out: &mut [f32], missing: &mut [bool]) -> Result<RowIdentity, Rejection> {
+    pub fn decode<'a>(
+        &'a self,
+        body: &'a [u8],
+        out: &mut [f32],
+        missing: &mut [bool],
+    ) -> Result<RowIdentityRef<'a>, Rejection> {
         let n = self.layout.columns;
         let (out, missing) = (&mut out[..n], &mut missing[..n]);
         let mut row = Row { out, missing, ids: Ids::default(), mismatch: self.default_mismatch, suspect: false };
@@ -690,7 +696,7 @@ impl FastPlan {
             ));
         }
         let Ids { event_id, transaction_id, event_time } = row.ids;
-        let identity = RowIdentity {
+        let identity = RowIdentityRef {
             event_id: event_id.ok_or_else(|| identity_missing(EVENT_ID))?,
             transaction_id: transaction_id.ok_or_else(|| identity_missing(TRANSACTION_ID))?,
             event_time_ms: event_time.ok_or_else(|| identity_missing(EVENT_TIME))?,
@@ -1519,7 +1525,7 @@ impl Fused {
 
     /// Reads the field's value from `cur` into `row`.
     #[inline]
-    fn read(&self, layout: &Layout, cur: &mut Cursor<'_>, row: &mut Row<'_>) -> Result<(), Bad> {
+    fn read<'a>(&'a self, layout: &'a Layout, cur: &mut Cursor<'a>, row: &mut Row<'_, 'a>) -> Result<(), Bad> {
         if let Some(null) = self.null_branch {
             if branch(cur, 2)? == null {
                 row.deliver(layout, self.field, Resolved::Null);
@@ -1557,10 +1563,10 @@ impl Fused {
             }
             FusedKind::EventIdUuid => row.ids.event_id = Some(uuid_id(uuid(cur)?)),
             FusedKind::IdText(ident) => {
-                let text = IdText::new(cur.string()?);
+                let text = cur.string()?;
                 match ident {
                     Ident::TransactionId => row.ids.transaction_id = Some(text),
-                    _ => row.ids.event_id = Some(text),
+                    _ => row.ids.event_id = Some(IdStr::Text(text)),
                 }
             }
             FusedKind::Skip(skipped) => match skipped {
@@ -1594,39 +1600,40 @@ fn hour_of_day(t: i64) -> f32 {
     t.div_euclid(MS_PER_HOUR).rem_euclid(24) as f32
 }
 
-/// The event id's text of a uuid: its own text when it is already canonical, else what
-/// `Uuid::to_string` writes (without the formatting machinery).
+/// The event id of a uuid: its own text when it is already canonical, else the uuid (stored as
+/// what `Uuid::to_string` writes).
 #[inline]
-fn uuid_id(u: UuidValue<'_>) -> IdText {
+fn uuid_id(u: UuidValue<'_>) -> IdStr<'_> {
     match u {
-        UuidValue::Text(text) => IdText::new(text),
-        UuidValue::Value(u) => IdText::new(u.hyphenated().encode_lower(&mut Uuid::encode_buffer())),
+        UuidValue::Text(text) => IdStr::Text(text),
+        UuidValue::Value(u) => IdStr::Uuid(u),
     }
 }
 
 // ---------------------------------------------------------------- writing the row
 
+/// The identity fields read so far, borrowed from the body or the plan.
 #[derive(Default)]
-struct Ids {
-    event_id: Option<IdText>,
-    transaction_id: Option<IdText>,
+struct Ids<'a> {
+    event_id: Option<IdStr<'a>>,
+    transaction_id: Option<&'a str>,
     event_time: Option<i64>,
 }
 
-struct Row<'r> {
+struct Row<'r, 'a> {
     out: &'r mut [f32],
     missing: &'r mut [bool],
-    ids: Ids,
+    ids: Ids<'a>,
     mismatch: bool,
     /// A column written this decode may fail the final checks (a non-finite value, or a null
     /// for a feature that rejects nulls); only then are the columns scanned.
     suspect: bool,
 }
 
-impl Row<'_> {
+impl<'a> Row<'_, 'a> {
     /// Hands reader field `field`'s value to the features and identity field that use it.
     #[inline(always)]
-    fn deliver(&mut self, layout: &Layout, field: usize, value: Resolved<'_>) {
+    fn deliver(&mut self, layout: &Layout, field: usize, value: Resolved<'a>) {
         let uses = &layout.reader[field].uses;
         for &s in &uses.steps {
             self.write(&layout.steps[s], value);
@@ -1636,13 +1643,13 @@ impl Row<'_> {
             Some(Ident::EventId) => {
                 self.ids.event_id = match value {
                     Resolved::Uuid(u) => Some(uuid_id(u)),
-                    Resolved::Text(s) => Some(IdText::new(s)),
+                    Resolved::Text(s) => Some(IdStr::Text(s)),
                     _ => None,
                 }
             }
             Some(Ident::TransactionId) => {
                 self.ids.transaction_id = match value {
-                    Resolved::Text(s) => Some(IdText::new(s)),
+                    Resolved::Text(s) => Some(s),
                     _ => None,
                 }
             }

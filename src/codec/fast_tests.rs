@@ -22,7 +22,7 @@ use serde_json::{json, Value as Json};
 use crate::features::tests::manifest;
 
 use super::*;
-use crate::features::{FeatureExtractor, RowIdentity};
+use crate::features::{FeatureExtractor, IdArena, RowIdentity};
 use crate::model::manifest::Manifest;
 use crate::outcome::{DeadLetterReason, Rejection};
 
@@ -80,6 +80,9 @@ struct Harness {
     manifest: Manifest,
     /// Kept across [`Harness::check`] calls, as the source thread keeps it across events.
     last_plan: std::cell::RefCell<LastPlan>,
+    /// The identity strings `decode_features_into` stored so far (never cleared: spans must
+    /// stay right behind earlier ones).
+    ids: std::cell::RefCell<IdArena>,
     _dir: tempfile::TempDir,
 }
 
@@ -97,7 +100,14 @@ impl Harness {
         let store = Arc::new(SchemaStore::new(reader(), &local, None, None).unwrap());
         let extractor = Arc::new(FeatureExtractor::new(manifest, &reader()).unwrap());
         let decoder = Decoder::with_features(store, MAX_MESSAGE_BYTES, manifest, extractor.clone());
-        Harness { decoder, extractor, manifest: manifest.clone(), last_plan: Default::default(), _dir: dir }
+        Harness {
+            decoder,
+            extractor,
+            manifest: manifest.clone(),
+            last_plan: Default::default(),
+            ids: Default::default(),
+            _dir: dir,
+        }
     }
 
     fn run(&self, f: impl FnOnce(&mut [f32], &mut [bool]) -> Result<RowIdentity, Rejection>) -> Outcome {
@@ -129,13 +139,18 @@ impl Harness {
         let generic = self.generic(payload);
         let fast = self.fast(payload);
         assert_eq!(fast, generic, "decode_features differs from decode + extract on {payload:02x?}");
+        // As the source decodes: the plan remembered from the last event, the ids stored in a
+        // batch's arena (behind what earlier events stored there) and read back.
         let remembered = self.run(|out, missing| {
-            self.decoder.decode_features_with(&mut self.last_plan.borrow_mut(), payload, out, missing)
+            let mut ids = self.ids.borrow_mut();
+            let spans =
+                self.decoder.decode_features_into(&mut self.last_plan.borrow_mut(), payload, out, missing, &mut ids)?;
+            Ok(ids.identity(&spans).owned())
         });
-        assert_eq!(remembered, generic, "decode_features_with differs from decode + extract on {payload:02x?}");
+        assert_eq!(remembered, generic, "decode_features_into differs from decode + extract on {payload:02x?}");
         if let (Some(plan), Ok((_, body))) = (plan, split_frame(payload)) {
             if payload.len() <= MAX_MESSAGE_BYTES {
-                let direct = self.run(|out, missing| plan.decode(body, out, missing));
+                let direct = self.run(|out, missing| plan.decode(body, out, missing).map(|id| id.owned()));
                 assert_eq!(direct, generic, "FastPlan::decode differs from decode + extract on {payload:02x?}");
             }
         }

@@ -597,7 +597,7 @@ impl Scorer {
                     if let crate::batcher::EntryKind::Row { row, identity } = &e.kind {
                         let key = match e.key {
                             Some(span) => span.of(&batch.keys),
-                            None => identity.event_id.as_bytes(),
+                            None => batch.ids.get(identity.event_id).as_bytes(),
                         };
                         if deploy::canary_routes(key, weight) {
                             self.challenger_rows.push(*row);
@@ -1397,17 +1397,15 @@ mod tests {
     /// A batch of `keys.len()` rows, each row's features distinct, keyed by `keys` (None = null key).
     fn keyed_batch(keys: &[Option<String>]) -> Batch {
         use crate::batcher::{Entry, EntryKind};
-        use crate::features::{IdText, RowIdentity};
+        use crate::features::{IdStr, RowIdentityRef};
         let mut batch = Batch::new(36, keys.len());
         for (i, k) in keys.iter().enumerate() {
-            let (row, values, _) = batch.push_row();
+            let (row, values, _, ids) = batch.push_row_with_ids();
             values.iter_mut().enumerate().for_each(|(j, v)| *v = (i * 36 + j) as f32 / 7200.0);
+            let event_id = format!("event-{i}");
+            let identity =
+                ids.store(RowIdentityRef { event_id: IdStr::Text(&event_id), transaction_id: "tx", event_time_ms: 0 });
             let key = k.as_ref().map(|k| batch.store_key(k.as_bytes()));
-            let identity = RowIdentity {
-                event_id: IdText::new(&format!("event-{i}")),
-                transaction_id: IdText::new("tx"),
-                event_time_ms: 0,
-            };
             let topic = batch.topic_id(&Arc::from("t"));
             batch.push_entry(
                 Entry {

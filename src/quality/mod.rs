@@ -596,7 +596,7 @@ impl QualityTracker {
         self.stats.waiting_expired += early.expired;
         for entry in &batch.entries {
             let EntryKind::Row { row, identity } = &entry.kind else { continue };
-            let (row, key) = (*row, self.key(&identity.event_id));
+            let (row, key) = (*row, self.key(batch.ids.get(identity.event_id)));
             let (Some(&score), Some(&v)) = (batch.scores.get(row), batch.row_version.get(row)) else { continue };
             let Some(&version) = slot_of.get(usize::from(v)) else { continue };
             let (shadow_version, shadow_score) = match (shadow, batch.shadow_scores.get(row)) {

@@ -5,7 +5,7 @@ use apache_avro::types::Value;
 
 use super::*;
 use crate::batcher::{Batch, Entry, EntryKind};
-use crate::features::{IdText, RowIdentity};
+use crate::features::{IdStr, RowIdentityRef};
 use crate::model::ModelInfo;
 
 fn info(version: &str, threshold: f32) -> Arc<ModelInfo> {
@@ -35,7 +35,8 @@ fn scored(
 ) -> Batch {
     let mut batch = Batch::new(2, rows.len());
     for (i, (id, score, v)) in rows.iter().enumerate() {
-        let (row, _, _) = batch.push_row();
+        let (row, _, _, ids) = batch.push_row_with_ids();
+        let identity = ids.store(RowIdentityRef { event_id: IdStr::Text(id), transaction_id: "t", event_time_ms: 0 });
         let topic = batch.topic_id(&Arc::from("in"));
         batch.push_entry(
             Entry {
@@ -46,14 +47,7 @@ fn scored(
                 key: None,
                 headers: None,
                 timestamp_ms: None,
-                kind: EntryKind::Row {
-                    row,
-                    identity: RowIdentity {
-                        event_id: IdText::new(id),
-                        transaction_id: IdText::new("t"),
-                        event_time_ms: 0,
-                    },
-                },
+                kind: EntryKind::Row { row, identity },
             },
             Instant::now(),
         );
