@@ -576,7 +576,7 @@ fn produce_batch(
                 };
                 buf.clear();
                 let score = batch.scores[row];
-                encode_scored(
+                let payload = encode_scored(
                     buf,
                     parts.scored_schema_id,
                     &ScoredRecord {
@@ -598,7 +598,7 @@ fn produce_batch(
                 outputs.scored.send(
                     OutgoingRecord {
                         key,
-                        payload: Some(&buf[..]),
+                        payload: Some(payload),
                         headers: entry.headers.as_ref(),
                         timestamp_ms: Some(scored_at),
                     },
@@ -608,7 +608,7 @@ fn produce_batch(
                     // `send` copied the scored record: the buffer is free again.
                     buf.clear();
                     let challenger_score = batch.shadow_scores[row];
-                    encode_shadow(
+                    let payload = encode_shadow(
                         buf,
                         parts.shadow.schema_id,
                         &ShadowRecord {
@@ -630,7 +630,7 @@ fn produce_batch(
                         },
                     );
                     let record =
-                        OutgoingRecord { key, payload: Some(&buf[..]), headers: None, timestamp_ms: Some(scored_at) };
+                        OutgoingRecord { key, payload: Some(payload), headers: None, timestamp_ms: Some(scored_at) };
                     match outputs.shadow.send(record, shadow_ack.clone()) {
                         Ok(()) => shadow_sent += 1,
                         Err(e) => {

@@ -185,6 +185,11 @@ struct Builder {
     /// that tagging an input costs no lock.
     epochs: Vec<(TopicPartition, u64)>,
     topics: TopicNames,
+    /// `streamscore_events_consumed_total` and `streamscore_batch_size`, looked up once when
+    /// the thread starts (after the pipeline installed the recorder): looking the histogram up
+    /// in the recorder's registry per sealed batch cost ~1.7 µs a batch here (`perf`).
+    consumed: metrics::Counter,
+    batch_sizes: metrics::Histogram,
 }
 
 /// What happened to a sealed batch.
@@ -272,8 +277,8 @@ impl Builder {
         shared.tracker.register(batch.seq, &self.last_offsets);
         self.last_offsets.clear();
         shared.stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        metrics::counter!(names::EVENTS_CONSUMED).increment(batch.len() as u64);
-        metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
+        self.consumed.increment(batch.len() as u64);
+        self.batch_sizes.record(batch.len() as f64);
         self.pending = Some(batch);
         self.push_pending(deadline.saturating_duration_since(Instant::now()))
     }
@@ -554,6 +559,8 @@ pub fn spawn(parts: SourceParts) -> Result<std::thread::JoinHandle<()>, Pipeline
             last_offsets: Vec::new(),
             epochs: Vec::new(),
             topics: TopicNames::default(),
+            consumed: metrics::counter!(names::EVENTS_CONSUMED),
+            batch_sizes: metrics::histogram!(names::BATCH_SIZE),
         }),
         shared: parts.shared.clone(),
         drain_timeout: cfg.delivery.drain_timeout,

@@ -360,8 +360,9 @@ fn encode_scored_round_trips_through_apache_avro() {
         scored_at_ms: -1,
     };
     let mut out = b"previous".to_vec();
-    encode_scored(&mut out, 2, &rec);
+    let record = encode_scored(&mut out, 2, &rec).to_vec();
     assert_eq!(&out[..8], b"previous", "appends");
+    assert_eq!(record, &out[8..], "returns what it appended");
     let (id, v) = read_scored(&out[8..]);
     assert_eq!(id, 2);
     assert_eq!(v, Value::Record(expected_scored(&rec)));
