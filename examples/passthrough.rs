@@ -6,7 +6,8 @@
 //! `streamscore::source::fetch`; the consumer queue polled for the group protocol) and hands
 //! them to a `ThreadedProducer`, which produces the raw bytes (same key, same headers) to an output topic
 //! the way streamscore's sink produces (`streamscore::sink::OutputTopic`: a topic handle taken
-//! once, one timestamp per batch): no decode, no features, no inference, no encode. Delivery callbacks settle each batch; every
+//! once; records without headers in runs of one `rd_kafka_produce_batch` call, a record with
+//! headers alone with the batch's one timestamp): no decode, no features, no inference, no encode. Delivery callbacks settle each batch; every
 //! second the contiguous prefix of settled batches is committed with explicit offsets (as
 //! streamscore's offset tracker does). The librdkafka settings are streamscore's
 //! (`source::consumer_config`, `sink::producer_config`): `fetch.queue.backoff.ms=10`,
@@ -36,7 +37,7 @@ use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use streamscore::sink::{now_ms, OutgoingRecord, OutputTopic};
+use streamscore::sink::{now_ms, OutgoingRecord, OutputTopic, RecordRun};
 use streamscore::source::fetch::{FetchedMessage, Routing};
 
 const BATCH: usize = 256;
@@ -259,19 +260,32 @@ fn run(args: Args) -> anyhow::Result<()> {
                 false,
             ));
             seq += 1;
-            // One clock reading per batch, as the sink stamps its records.
+            // As the sink produces: records without headers in runs of one `rd_kafka_produce_batch`
+            // call, a record with headers alone after the run so far, stamped with the batch's
+            // one clock reading.
             let produced_at = now_ms();
+            let mut run = RecordRun::with_capacity(batch.len());
             for m in &batch {
-                let headers = m.headers();
-                let record = OutgoingRecord {
-                    key: m.key(),
-                    payload: m.payload(),
-                    headers: headers.as_ref(),
-                    timestamp_ms: Some(produced_at),
-                };
-                if let Err((code, _)) = output.produce(record, ack.clone()) {
-                    bail!("produce failed: {code}");
+                match m.headers() {
+                    None => run.push(m.key().into(), m.payload().into(), ack.clone()),
+                    Some(headers) => {
+                        if let Err((code, _)) = output.produce_run(&mut run, &[]) {
+                            bail!("produce failed: {code}");
+                        }
+                        let record = OutgoingRecord {
+                            key: m.key(),
+                            payload: m.payload(),
+                            headers: Some(&headers),
+                            timestamp_ms: Some(produced_at),
+                        };
+                        if let Err((code, _)) = output.produce(record, ack.clone()) {
+                            bail!("produce failed: {code}");
+                        }
+                    }
                 }
+            }
+            if let Err((code, _)) = output.produce_run(&mut run, &[]) {
+                bail!("produce failed: {code}");
             }
         }
         drop(fetched);

@@ -28,7 +28,7 @@ use crate::pipeline::{PipelineError, Shared};
 use crate::telemetry::{self, names, RunStats};
 
 mod topic;
-pub use topic::{OutgoingRecord, OutputTopic};
+pub use topic::{OutgoingRecord, OutputTopic, RecordRun, RunBytes};
 
 /// Header names added to dead-letter records (the input's own headers are kept too).
 pub mod dlq_headers {
@@ -41,6 +41,10 @@ pub mod dlq_headers {
     pub const TRUNCATED: &str = "streamscore.dlq.truncated";
     pub const ORIGINAL_SIZE: &str = "streamscore.dlq.original_size";
 }
+
+/// A run of scored records is produced once its encoded values reach this many bytes (or the
+/// batch ends), which bounds the sink's encoding buffer whatever the records' size.
+const RUN_BYTES: usize = 256 * 1024;
 
 /// Bytes kept free for headers and framing when a dead-letter value is cut to fit.
 const DLQ_HEADROOM: usize = 16 * 1024;
@@ -562,6 +566,11 @@ fn produce_batch(
     let scored_at = now_ms();
     let shadow_ack = batch.shadow.is_some().then(|| Arc::new(Ack::Shadow));
     let (mut shadow_sent, mut shadow_failed) = (0u64, 0u64);
+    // Scored records without headers leave in runs of one `rd_kafka_produce_batch` call, their
+    // values encoded one after another into `buf`; a record with headers leaves alone, after
+    // the run so far (`sink::topic::RecordRun`).
+    buf.clear();
+    let mut run = RecordRun::with_capacity(to_send);
     for entry in batch.entries.drain(..) {
         if is_stale(&entry) {
             continue;
@@ -574,7 +583,11 @@ fn produce_batch(
                 let Some(model) = batch.row_version.get(row).and_then(|v| batch.versions.get(usize::from(*v))) else {
                     return Err(PipelineError::Internal("a batch with rows reached the sink without a model".into()));
                 };
-                buf.clear();
+                if entry.headers.is_some() || buf.len() >= RUN_BYTES {
+                    outputs.scored.send_run(&mut run, buf)?;
+                    buf.clear();
+                }
+                let start = buf.len();
                 let score = batch.scores[row];
                 let payload = encode_scored(
                     buf,
@@ -595,18 +608,23 @@ fn produce_batch(
                         scored_at_ms: scored_at,
                     },
                 );
-                outputs.scored.send(
-                    OutgoingRecord {
-                        key,
-                        payload: Some(payload),
-                        headers: entry.headers.as_ref(),
-                        timestamp_ms: Some(scored_at),
-                    },
-                    opaque,
-                )?;
+                match entry.headers.as_ref() {
+                    None => {
+                        let end = start + payload.len();
+                        run.push(key.into(), RunBytes::InBuffer(start..end), opaque);
+                    }
+                    Some(headers) => outputs.scored.send(
+                        OutgoingRecord {
+                            key,
+                            payload: Some(payload),
+                            headers: Some(headers),
+                            timestamp_ms: Some(scored_at),
+                        },
+                        opaque,
+                    )?,
+                }
                 if let (Some(challenger), Some(shadow_ack)) = (batch.shadow.as_deref(), &shadow_ack) {
-                    // `send` copied the scored record: the buffer is free again.
-                    buf.clear();
+                    // Appended after the run's values (which it leaves as they are) and sent at once.
                     let challenger_score = batch.shadow_scores[row];
                     let payload = encode_shadow(
                         buf,
@@ -671,6 +689,12 @@ fn produce_batch(
                 )?;
             }
         }
+    }
+    outputs.scored.send_run(&mut run, buf)?;
+    if buf.capacity() > 4 * RUN_BYTES {
+        // A batch of very large records: do not keep its high-water mark.
+        buf.clear();
+        buf.shrink_to(RUN_BYTES);
     }
     if let Ack::Batch(b) = &*ack {
         let _ = b.produced.set(Instant::now());

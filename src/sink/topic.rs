@@ -105,6 +105,23 @@ impl OutputTopic<SinkContext> {
         })
     }
 
+    /// [`produce_run`](Self::produce_run) for the sink: records it refuses, having no delivery
+    /// report to come, mark their batch's ack failed.
+    pub fn send_run(&self, run: &mut RecordRun<'_, Arc<Ack>>, buffer: &[u8]) -> Result<(), PipelineError> {
+        self.produce_run(run, buffer).map_err(|(code, refused)| {
+            for back in &refused {
+                if let Ack::Batch(b) = &**back {
+                    b.failed.store(true, Ordering::Release);
+                }
+            }
+            PipelineError::Delivery(format!(
+                "cannot enqueue {} record(s) for topic {}: {code}",
+                refused.len(),
+                self.name
+            ))
+        })
+    }
+
     /// Produces one drift report, drift alert or quality report of `model` `version`, keyed
     /// `model/version` (shadow results, keyed by their input's key, go through `send`).
     pub fn send_report(&self, model: &str, version: &str, payload: &[u8]) -> Result<(), PipelineError> {
@@ -163,6 +180,151 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
     }
 }
 
+/// librdkafka's "unassigned partition" (`RD_KAFKA_PARTITION_UA`): the partitioner picks one.
+const PARTITION_UA: i32 = -1;
+
+/// Where a record's key or value lies for [`OutputTopic::produce_run`].
+#[derive(Debug, Clone)]
+pub enum RunBytes<'a> {
+    /// No key / a null value.
+    Absent,
+    /// Borrowed bytes (the run must not outlive them).
+    Slice(&'a [u8]),
+    /// A range of the buffer handed to `produce_run` (bytes encoded into it while the run grew).
+    InBuffer(std::ops::Range<usize>),
+}
+
+impl<'a> From<Option<&'a [u8]>> for RunBytes<'a> {
+    fn from(bytes: Option<&'a [u8]>) -> Self {
+        bytes.map_or(RunBytes::Absent, RunBytes::Slice)
+    }
+}
+
+/// Records without headers gathered for one `rd_kafka_produce_batch` call, in order. Producing
+/// them one `rd_kafka_produceva` each took the topic's read lock, a clock reading and the
+/// argument list's parsing once per record; the batch call takes the lock and the clock once.
+/// A record with headers (which that call cannot carry) goes through
+/// [`produce`](OutputTopic::produce) after the run so far is produced, so records leave in
+/// order. Records of a run carry no timestamp of their own: librdkafka stamps them with one
+/// reading of its clock at the call.
+pub struct RecordRun<'a, O> {
+    records: Vec<(RunBytes<'a>, RunBytes<'a>, O)>,
+    native: Vec<rd::rd_kafka_message_t>,
+}
+
+impl<'a, O: IntoOpaque> RecordRun<'a, O> {
+    pub fn with_capacity(n: usize) -> Self {
+        RecordRun { records: Vec::with_capacity(n), native: Vec::with_capacity(n) }
+    }
+
+    pub fn push(&mut self, key: RunBytes<'a>, value: RunBytes<'a>, opaque: O) {
+        self.records.push((key, value, opaque));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+impl<C: ProducerContext + 'static> OutputTopic<C> {
+    /// Produces the records of `run` in order with `rd_kafka_produce_batch` (key and value
+    /// copied, partitioned as [`produce`](Self::produce) partitions) and empties it; `buffer` holds
+    /// the bytes the run's [`RunBytes::InBuffer`] ranges name. Waits while librdkafka's queue is
+    /// full, then goes on from the first record it did not take. Records it refuses for any
+    /// other reason are handed back with the first such refusal's code (their opaques will get
+    /// no delivery report); the records it took will.
+    pub fn produce_run(
+        &self,
+        run: &mut RecordRun<'_, C::DeliveryOpaque>,
+        buffer: &[u8],
+    ) -> Result<(), (RDKafkaErrorCode, Vec<C::DeliveryOpaque>)> {
+        if run.records.is_empty() {
+            return Ok(());
+        }
+        let bytes = |b: &RunBytes<'_>| -> (*mut c_void, usize) {
+            match b {
+                RunBytes::Absent => (ptr::null_mut(), 0),
+                RunBytes::Slice(s) => (s.as_ptr() as *mut c_void, s.len()),
+                RunBytes::InBuffer(r) => {
+                    let s = &buffer[r.clone()];
+                    (s.as_ptr() as *mut c_void, s.len())
+                }
+            }
+        };
+        run.native.clear();
+        for (key, value, opaque) in run.records.drain(..) {
+            let ((payload, len), (key, key_len)) = (bytes(&value), bytes(&key));
+            run.native.push(rd::rd_kafka_message_t {
+                err: rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                rkt: ptr::null_mut(),
+                partition: PARTITION_UA,
+                payload,
+                len,
+                key,
+                key_len,
+                offset: 0,
+                _private: opaque.into_ptr(),
+            });
+        }
+        let mut refused: Vec<C::DeliveryOpaque> = Vec::new();
+        let mut first_refusal = None;
+        let mut from = 0;
+        while from < run.native.len() {
+            let pending = &mut run.native[from..];
+            // SAFETY: a live topic handle (held in `self`); every key and value points at bytes
+            // that outlive the call (borrowed for the run's lifetime, or in `buffer`) and are
+            // copied (MSG_F_COPY); librdkafka takes each opaque of a record it enqueues.
+            unsafe {
+                rd::rd_kafka_produce_batch(
+                    self.rkt.as_ptr(),
+                    PARTITION_UA,
+                    rd::RD_KAFKA_MSG_F_COPY,
+                    pending.as_mut_ptr(),
+                    pending.len() as i32,
+                );
+            }
+            let mut queue_full_at = None;
+            for (i, m) in pending.iter().enumerate() {
+                let code = RDKafkaErrorCode::from(m.err);
+                match code {
+                    RDKafkaErrorCode::NoError => {}
+                    // From the first full-queue refusal on, librdkafka took nothing more.
+                    RDKafkaErrorCode::QueueFull => {
+                        queue_full_at = Some(from + i);
+                        break;
+                    }
+                    _ => {
+                        first_refusal.get_or_insert(code);
+                        // SAFETY: from `into_ptr` above; librdkafka refused the record and
+                        // did not keep its opaque.
+                        refused.push(unsafe { C::DeliveryOpaque::from_ptr(m._private) });
+                    }
+                }
+            }
+            match queue_full_at {
+                Some(at) => {
+                    from = at;
+                    for m in &mut run.native[from..] {
+                        m.err = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+                    }
+                    // The producer's own thread polls; give it time to drain deliveries.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                None => break,
+            }
+        }
+        run.native.clear();
+        match first_refusal {
+            None => Ok(()),
+            Some(code) => Err((code, refused)),
+        }
+    }
+}
+
 impl<C: ProducerContext + 'static> Drop for OutputTopic<C> {
     fn drop(&mut self) {
         // SAFETY: the handle was taken in `new` and is released once; records still in flight
@@ -201,6 +363,7 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::Instant;
 
+    use rdkafka::consumer::BaseConsumer;
     use rdkafka::message::Header;
     use rdkafka::producer::BaseProducer;
     use rdkafka::{Message, Timestamp};
@@ -340,5 +503,129 @@ mod tests {
             .send(OutgoingRecord { key: None, payload: Some(b"small"), headers: None, timestamp_ms: None }, ack.clone())
             .expect("enqueued");
         producer.flush(Duration::from_secs(10)).expect("flushed");
+    }
+
+    /// Polls `consumer` until `n` records arrived (or 10 s passed): (key, value, timestamp).
+    #[allow(clippy::type_complexity)]
+    fn consume(consumer: &BaseConsumer, n: usize) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Timestamp)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => got.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec), m.timestamp())),
+                Some(Err(e)) => panic!("consume: {e}"),
+                None => {}
+            }
+        }
+        got
+    }
+
+    fn wait_released(ack: &Arc<Ack>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(ack) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(Arc::strong_count(ack), 1, "every delivery report released its ack");
+    }
+
+    /// A run mixing values in the caller's buffer, borrowed values, absent keys and values: every
+    /// record arrives once with its key and value, per key (one partition) in run order, stamped
+    /// by librdkafka at the call; every opaque comes back through the delivery callback.
+    #[test]
+    fn a_run_leaves_in_order_with_its_keys_and_values_and_every_ack_comes_back() {
+        let (_owner, bootstrap, producer) = setup("");
+        let topic = OutputTopic::new(producer.clone(), "out").expect("handle");
+        let ack = batch_ack();
+        let n = 300;
+        let keys: Vec<Vec<u8>> = (0..3).map(|k| format!("key-{k}").into_bytes()).collect();
+        let borrowed: Vec<Vec<u8>> = (0..n).map(|i| format!("borrowed-{i}").into_bytes()).collect();
+        let mut buffer = Vec::new();
+        let mut run = RecordRun::with_capacity(n);
+        let mut want = Vec::new();
+        for i in 0..n {
+            let key = if i % 10 == 9 { None } else { Some(&keys[i % 3][..]) };
+            let value = match i % 3 {
+                0 => {
+                    let start = buffer.len();
+                    buffer.extend_from_slice(format!("buffered-{i}").as_bytes());
+                    (RunBytes::InBuffer(start..buffer.len()), Some(buffer[start..].to_vec()))
+                }
+                1 => (RunBytes::Slice(&borrowed[i][..]), Some(borrowed[i].clone())),
+                _ => (RunBytes::Absent, None),
+            };
+            run.push(key.into(), value.0, ack.clone());
+            want.push((key.map(<[u8]>::to_vec), value.1));
+        }
+        assert_eq!(run.len(), n);
+        let before_ms = now_ms();
+        topic.produce_run(&mut run, &buffer).map_err(|(code, _)| code).expect("all enqueued");
+        let after_ms = now_ms();
+        assert!(run.is_empty(), "the run is emptied");
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+        wait_released(&ack);
+
+        let consumer = assigned_consumer(&bootstrap, "run-test", &["out"]);
+        let got = consume(&consumer, n);
+        assert_eq!(got.len(), n);
+        for (_, _, t) in &got {
+            let Timestamp::CreateTime(t) = *t else { panic!("{t:?}") };
+            assert!((before_ms..=after_ms).contains(&t), "{t} is not the time of the call");
+        }
+        // Records of one key share a partition: there they arrive in run order.
+        let got: Vec<_> = got.into_iter().map(|(k, v, _)| (k, v)).collect();
+        for key in keys.iter().map(|k| Some(k.clone())) {
+            let sent: Vec<_> = want.iter().filter(|(k, _)| *k == key).collect();
+            let arrived: Vec<_> = got.iter().filter(|(k, _)| *k == key).collect();
+            assert_eq!(arrived, sent, "records of {key:?}");
+        }
+        let mut sorted_got = got.clone();
+        let mut sorted_want = want.clone();
+        sorted_got.sort();
+        sorted_want.sort();
+        assert_eq!(sorted_got, sorted_want, "every record once");
+    }
+
+    /// A queue that holds 10 records: the run waits for room and goes on from the first record
+    /// librdkafka did not take, so all arrive, once each, in order.
+    #[test]
+    fn a_run_waits_while_the_queue_is_full() {
+        let (_owner, bootstrap, producer) = setup("[kafka.producer]\n\"queue.buffering.max.messages\" = \"10\"\n");
+        let topic = OutputTopic::new(producer.clone(), "out").expect("handle");
+        let ack = batch_ack();
+        let values: Vec<Vec<u8>> = (0..200).map(|i| format!("{i:05}").into_bytes()).collect();
+        let mut run = RecordRun::with_capacity(values.len());
+        for v in &values {
+            run.push(RunBytes::Slice(b"one-key"), RunBytes::Slice(v), ack.clone());
+        }
+        topic.produce_run(&mut run, &[]).map_err(|(code, _)| code).expect("all enqueued, after waiting");
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+        wait_released(&ack);
+        let consumer = assigned_consumer(&bootstrap, "run-full-test", &["out"]);
+        let got: Vec<Vec<u8>> = consume(&consumer, values.len()).into_iter().filter_map(|(_, v, _)| v).collect();
+        assert_eq!(got, values);
+    }
+
+    /// A record librdkafka refuses is handed back (no delivery report will come for it) and its
+    /// batch is failed; the run's other records, before and after it, are produced.
+    #[test]
+    fn a_refused_record_of_a_run_is_handed_back_and_fails_its_batch() {
+        let (_owner, bootstrap, producer) = setup("[kafka.producer]\n\"message.max.bytes\" = \"1000\"\n");
+        let topic = OutputTopic::new(producer.clone(), "out").expect("handle");
+        let ack = batch_ack();
+        let big = vec![7u8; 5_000];
+        let mut run = RecordRun::with_capacity(3);
+        run.push(RunBytes::Slice(b"k"), RunBytes::Slice(b"first"), ack.clone());
+        run.push(RunBytes::Slice(b"k"), RunBytes::Slice(&big), ack.clone());
+        run.push(RunBytes::Slice(b"k"), RunBytes::Slice(b"third"), ack.clone());
+        let err = topic.send_run(&mut run, &[]).expect_err("over message.max.bytes");
+        let text = err.to_string();
+        assert!(text.contains("1 record(s) for topic out") && text.to_lowercase().contains("too large"), "{text}");
+        let Ack::Batch(b) = &*ack else { unreachable!() };
+        assert!(b.failed.load(Ordering::Acquire), "no delivery report will come: the batch is failed");
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+        wait_released(&ack);
+        let consumer = assigned_consumer(&bootstrap, "run-refused-test", &["out"]);
+        let got: Vec<Vec<u8>> = consume(&consumer, 2).into_iter().filter_map(|(_, v, _)| v).collect();
+        assert_eq!(got, vec![b"first".to_vec(), b"third".to_vec()]);
     }
 }

@@ -19,7 +19,8 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// N valid events in → N scored out; every score equals Python onnxruntime's on the same inputs
 /// (Python decodes with fastavro and extracts features from the manifest on its own); keys and
-/// headers propagate; per input partition, outcomes keep input order.
+/// headers propagate; per input partition, outcomes keep input order, across records produced
+/// in batch calls (no headers) and alone (headers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
     let n = 3000;
@@ -83,6 +84,9 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
         inputs.transactions.iter().zip(&placed).map(|(tx, p)| (tx.event_id.clone(), *p)).collect();
     let keys: HashMap<String, &str> =
         inputs.transactions.iter().map(|tx| (tx.event_id.clone(), tx.account_id.as_str())).collect();
+    let traced: HashMap<String, bool> =
+        inputs.transactions.iter().zip(&inputs.records).map(|(tx, r)| (tx.event_id.clone(), !r.2.is_empty())).collect();
+    assert!(traced.values().any(|&t| t) && traced.values().any(|&t| !t), "inputs with and without headers");
     let mut seen = HashSet::new();
     let mut max_diff = 0f64;
     let mut flagged = 0;
@@ -105,14 +109,22 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
         let (partition, offset) = offsets[&id];
         assert_eq!((s.long("source_partition") as i32, s.long("source_offset")), (partition, offset), "source of {id}");
         assert_eq!(s.key.as_deref(), Some(keys[&id].as_bytes()), "key of {id}");
-        assert!(
-            header(&s.headers, "trace-id").is_some_and(|v| v.starts_with("trace-")),
-            "headers of {id}: {:?}",
-            s.headers
-        );
-        assert!(s.long("scored_at") >= s.long("event_time"));
-        // The record's Kafka timestamp is the time it was scored (one reading per batch).
-        assert_eq!(s.timestamp, rdkafka::Timestamp::CreateTime(s.long("scored_at")), "timestamp of {id}");
+        let scored_at = s.long("scored_at");
+        assert!(scored_at >= s.long("event_time"));
+        if traced[&id] {
+            assert!(
+                header(&s.headers, "trace-id").is_some_and(|v| v.starts_with("trace-")),
+                "headers of {id}: {:?}",
+                s.headers
+            );
+            // Produced alone: its Kafka timestamp is its batch's one clock reading, `scored_at`.
+            assert_eq!(s.timestamp, rdkafka::Timestamp::CreateTime(scored_at), "timestamp of {id}");
+        } else {
+            assert!(s.headers.is_empty(), "headers of {id}: {:?}", s.headers);
+            // Produced in a batch call: librdkafka's clock at that call, just after `scored_at`.
+            let rdkafka::Timestamp::CreateTime(t) = s.timestamp else { panic!("timestamp of {id}: {:?}", s.timestamp) };
+            assert!((scored_at..=scored_at + 10_000).contains(&t), "timestamp of {id}: {t}, scored at {scored_at}");
+        }
         // Outcomes of one input partition landing in one output partition appear in input order.
         let k = (partition, s.partition);
         if let Some(prev) = last_offset.insert(k, offset) {

@@ -309,7 +309,10 @@ pub fn metric_sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Synthetic transactions framed with `schema_id`: key = account id, a `trace-id` header.
+/// Synthetic transactions framed with `schema_id`: key = account id, and a `trace-id` header
+/// on some: none on every fourth record and on every record of every other stretch of 64, so
+/// that the sink produces both ways (records without headers in batch calls, a record with
+/// headers alone, in input order between them).
 pub struct Inputs {
     pub records: Vec<TestRecord>,
     pub transactions: Vec<Transaction>,
@@ -327,12 +330,21 @@ pub fn synthetic(n: usize, seed: u64, schema_id: u32) -> Inputs {
         records.push((
             Some(tx.account_id.clone().into_bytes()),
             value,
-            vec![("trace-id".to_string(), format!("trace-{i}").into_bytes())],
+            if has_trace_header(i) {
+                vec![("trace-id".to_string(), format!("trace-{i}").into_bytes())]
+            } else {
+                Vec::new()
+            },
             None,
         ));
         transactions.push(tx);
     }
     Inputs { records, transactions }
+}
+
+/// Whether [`synthetic`]'s record `i` carries a `trace-id` header.
+pub fn has_trace_header(i: usize) -> bool {
+    i % 4 != 0 && (i / 64) % 2 == 0
 }
 
 /// A decoded ScoredTransaction plus its Kafka envelope.
