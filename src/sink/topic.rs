@@ -7,7 +7,9 @@
 //! [`OutputTopic`] holds an `rd_kafka_topic_t` for the producer's lifetime and produces with
 //! `rd_kafka_produceva` and that handle; everything else is what `BaseRecord` does (librdkafka
 //! copies key, value and headers; the delivery opaque is an `Arc<Ack>` that the producer's
-//! delivery callback gets back, exactly as for records sent through rdkafka).
+//! delivery callback gets back, exactly as for records sent through rdkafka). Records without
+//! headers can go in runs ([`RecordRun`], [`OutputTopic::produce_run`]): one
+//! `rd_kafka_produce_batch` call per run instead of a `rd_kafka_produceva` per record.
 
 use std::ffi::{c_void, CString};
 use std::ptr::{self, NonNull};

@@ -343,7 +343,7 @@ pub fn synthetic(n: usize, seed: u64, schema_id: u32) -> Inputs {
 }
 
 /// Whether [`synthetic`]'s record `i` carries a `trace-id` header.
-pub fn has_trace_header(i: usize) -> bool {
+fn has_trace_header(i: usize) -> bool {
     i % 4 != 0 && (i / 64) % 2 == 0
 }
 
