@@ -144,9 +144,9 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
     ) -> Result<(), (RDKafkaErrorCode, C::DeliveryOpaque)> {
         use rd::rd_kafka_vtype_t as V;
         let headers = record.headers.map_or(ptr::null_mut(), native_headers);
-        let mem = |bytes: Option<&[u8]>| match bytes {
-            Some(b) => rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 { ptr: b.as_ptr() as *mut c_void, size: b.len() },
-            None => rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 { ptr: ptr::null_mut(), size: 0 },
+        let mem = |bytes: Option<&[u8]>| {
+            let (ptr, size) = raw(bytes);
+            rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 { ptr, size }
         };
         let opaque_ptr = opaque.into_ptr();
         let vus = [
@@ -194,6 +194,22 @@ pub enum RunBytes<'a> {
     Slice(&'a [u8]),
     /// A range of the buffer handed to `produce_run` (bytes encoded into it while the run grew).
     InBuffer(std::ops::Range<usize>),
+}
+
+impl RunBytes<'_> {
+    /// The bytes, the [`InBuffer`](RunBytes::InBuffer) ones taken from `buffer`.
+    fn resolve<'b>(&'b self, buffer: &'b [u8]) -> Option<&'b [u8]> {
+        match self {
+            RunBytes::Absent => None,
+            RunBytes::Slice(s) => Some(s),
+            RunBytes::InBuffer(r) => Some(&buffer[r.clone()]),
+        }
+    }
+}
+
+/// A key or value as librdkafka takes it: pointer and length, null for none.
+fn raw(bytes: Option<&[u8]>) -> (*mut c_void, usize) {
+    bytes.map_or((ptr::null_mut(), 0), |b| (b.as_ptr() as *mut c_void, b.len()))
 }
 
 impl<'a> From<Option<&'a [u8]>> for RunBytes<'a> {
@@ -247,19 +263,9 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
         if run.records.is_empty() {
             return Ok(());
         }
-        let bytes = |b: &RunBytes<'_>| -> (*mut c_void, usize) {
-            match b {
-                RunBytes::Absent => (ptr::null_mut(), 0),
-                RunBytes::Slice(s) => (s.as_ptr() as *mut c_void, s.len()),
-                RunBytes::InBuffer(r) => {
-                    let s = &buffer[r.clone()];
-                    (s.as_ptr() as *mut c_void, s.len())
-                }
-            }
-        };
         run.native.clear();
         for (key, value, opaque) in run.records.drain(..) {
-            let ((payload, len), (key, key_len)) = (bytes(&value), bytes(&key));
+            let ((payload, len), (key, key_len)) = (raw(value.resolve(buffer)), raw(key.resolve(buffer)));
             run.native.push(rd::rd_kafka_message_t {
                 err: rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
                 rkt: ptr::null_mut(),
@@ -309,10 +315,8 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
             }
             match queue_full_at {
                 Some(at) => {
+                    // The call sets every record's `err` again, so the rest is passed as it is.
                     from = at;
-                    for m in &mut run.native[from..] {
-                        m.err = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
-                    }
                     // The producer's own thread polls; give it time to drain deliveries.
                     std::thread::sleep(Duration::from_millis(1));
                 }
