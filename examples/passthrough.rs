@@ -6,8 +6,9 @@
 //! `streamscore::source::fetch`; the consumer queue polled for the group protocol) and hands
 //! them to a `ThreadedProducer`, which produces the raw bytes (same key, same headers) to an output topic
 //! the way streamscore's sink produces (`streamscore::sink::OutputTopic`: a topic handle taken
-//! once; records without headers in runs of one `rd_kafka_produce_batch` call, a record with
-//! headers alone with the batch's one timestamp): no decode, no features, no inference, no encode. Delivery callbacks settle each batch; every
+//! once; records without headers in runs of `rd_kafka_produce_batch` calls, one per output
+//! partition, keyed records given the partition librdkafka's partitioner would pick; a record
+//! with headers alone with the batch's one timestamp): no decode, no features, no inference, no encode. Delivery callbacks settle each batch; every
 //! second the contiguous prefix of settled batches is committed with explicit offsets (as
 //! streamscore's offset tracker does). The librdkafka settings are streamscore's
 //! (`source::consumer_config`, `sink::producer_config`): `fetch.queue.backoff.ms=10`,

@@ -27,6 +27,7 @@ use crate::outcome::DeadLetterReason;
 use crate::pipeline::{PipelineError, Shared};
 use crate::telemetry::{self, names, RunStats};
 
+mod partition;
 mod topic;
 pub use topic::{OutgoingRecord, OutputTopic, RecordRun, RunBytes};
 
@@ -566,9 +567,9 @@ fn produce_batch(
     let scored_at = now_ms();
     let shadow_ack = batch.shadow.is_some().then(|| Arc::new(Ack::Shadow));
     let (mut shadow_sent, mut shadow_failed) = (0u64, 0u64);
-    // Scored records without headers leave in runs of one `rd_kafka_produce_batch` call, their
-    // values encoded one after another into `buf`; a record with headers leaves alone, after
-    // the run so far (`sink::topic::RecordRun`).
+    // Scored records without headers leave in runs (`rd_kafka_produce_batch` calls, one per
+    // output partition), their values encoded one after another into `buf`; a record with
+    // headers leaves alone, after the run so far (`sink::topic::RecordRun`).
     buf.clear();
     let mut run = RecordRun::with_capacity(to_send);
     for entry in batch.entries.drain(..) {

@@ -9,7 +9,9 @@
 //! copies key, value and headers; the delivery opaque is an `Arc<Ack>` that the producer's
 //! delivery callback gets back, exactly as for records sent through rdkafka). Records without
 //! headers can go in runs ([`RecordRun`], [`OutputTopic::produce_run`]): one
-//! `rd_kafka_produce_batch` call per run instead of a `rd_kafka_produceva` per record.
+//! `rd_kafka_produce_batch` call per output partition of a run instead of a
+//! `rd_kafka_produceva` per record. Keyed records are given their partition, computed as
+//! librdkafka's partitioner would ([`super::partition`]).
 
 use std::ffi::{c_void, CString};
 use std::ptr::{self, NonNull};
@@ -23,6 +25,7 @@ use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::IntoOpaque;
 
+use super::partition::{self, KeyPartitioner, PARTITION_UA};
 use super::{Ack, SinkContext};
 use crate::pipeline::PipelineError;
 
@@ -45,6 +48,8 @@ pub struct OutputTopic<C: ProducerContext + 'static = SinkContext> {
     producer: Arc<ThreadedProducer<C>>,
     rkt: NonNull<rd::rd_kafka_topic_t>,
     name: String,
+    /// `None`: librdkafka partitions every record (see [`partition::topic_conf`]).
+    keys: Option<KeyPartitioner>,
 }
 
 // SAFETY: librdkafka's topic handles are thread-safe (reference counted, used from any thread
@@ -55,19 +60,25 @@ unsafe impl<C: ProducerContext + Send + Sync + 'static> Sync for OutputTopic<C> 
 
 impl<C: ProducerContext + 'static> OutputTopic<C> {
     /// Takes `producer`'s handle on topic `name` (its topic settings are the producer's
-    /// defaults, as for records sent by name).
+    /// defaults, as for records sent by name, with a partitioner callback that notes the
+    /// partition count: [`partition::topic_conf`]).
     pub fn new(producer: Arc<ThreadedProducer<C>>, name: &str) -> Result<Self, PipelineError> {
         let c_name =
             CString::new(name).map_err(|_| PipelineError::Kafka(format!("topic name {name:?} contains a NUL byte")))?;
-        // SAFETY: a live client and a NUL-terminated name; a null topic conf means the
-        // producer's default topic settings.
-        let rkt = unsafe { rd::rd_kafka_topic_new(producer.client().native_ptr(), c_name.as_ptr(), ptr::null_mut()) };
+        let rk = producer.client().native_ptr();
+        // SAFETY: a live client. The topic conf is handed to `rd_kafka_topic_new`, which takes
+        // it over (also when it fails, or when this client already has a handle on `name`,
+        // whose settings then stay: its partitioner never notes a count here, so `keys` never
+        // learns one and librdkafka partitions every record, as before).
+        let (conf, keys) = unsafe { partition::topic_conf(rk) };
+        // SAFETY: a live client, a NUL-terminated name and a conf librdkafka takes over.
+        let rkt = unsafe { rd::rd_kafka_topic_new(rk, c_name.as_ptr(), conf) };
         let rkt = NonNull::new(rkt).ok_or_else(|| {
             // SAFETY: reads this thread's last librdkafka error, set by the failed call above.
             let code = RDKafkaErrorCode::from(unsafe { rd::rd_kafka_last_error() });
             PipelineError::Kafka(format!("cannot open topic {name} for producing: {code}"))
         })?;
-        Ok(OutputTopic { producer, rkt, name: name.to_owned() })
+        Ok(OutputTopic { producer, rkt, name: name.to_owned(), keys })
     }
 
     pub fn name(&self) -> &str {
@@ -82,16 +93,33 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
         opaque: C::DeliveryOpaque,
     ) -> Result<(), (RDKafkaErrorCode, C::DeliveryOpaque)> {
         let mut opaque = opaque;
+        let mut partition = self.partition_of(record.key, self.known_partitions());
         loop {
-            match self.enqueue(&record, opaque) {
+            match self.enqueue(&record, partition, opaque) {
                 Err((RDKafkaErrorCode::QueueFull, back)) => {
                     opaque = back;
                     // The producer's own thread polls; give it time to drain deliveries.
                     std::thread::sleep(Duration::from_millis(1));
                 }
+                // The topic has fewer partitions than last seen: librdkafka decides.
+                Err((RDKafkaErrorCode::UnknownPartition, back)) if partition != PARTITION_UA => {
+                    opaque = back;
+                    partition = PARTITION_UA;
+                }
                 other => return other,
             }
         }
+    }
+
+    /// The topic's partition count as librdkafka last used it; 0 while not known (or when
+    /// librdkafka partitions every record of this topic).
+    pub fn known_partitions(&self) -> i32 {
+        self.keys.map_or(0, |k| k.count())
+    }
+
+    /// The partition a record with `key` goes to among `count`, or [`PARTITION_UA`].
+    fn partition_of(&self, key: Option<&[u8]>, count: i32) -> i32 {
+        self.keys.map_or(PARTITION_UA, |k| k.partition(self.rkt.as_ptr(), key, count))
     }
 }
 
@@ -140,6 +168,7 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
     fn enqueue(
         &self,
         record: &OutgoingRecord<'_>,
+        partition: i32,
         opaque: C::DeliveryOpaque,
     ) -> Result<(), (RDKafkaErrorCode, C::DeliveryOpaque)> {
         use rd::rd_kafka_vtype_t as V;
@@ -151,6 +180,7 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
         let opaque_ptr = opaque.into_ptr();
         let vus = [
             vu(V::RD_KAFKA_VTYPE_RKT, rd::rd_kafka_vu_s__bindgen_ty_1 { rkt: self.rkt.as_ptr() }),
+            vu(V::RD_KAFKA_VTYPE_PARTITION, rd::rd_kafka_vu_s__bindgen_ty_1 { i32_: partition }),
             vu(V::RD_KAFKA_VTYPE_MSGFLAGS, rd::rd_kafka_vu_s__bindgen_ty_1 { i: rd::RD_KAFKA_MSG_F_COPY }),
             vu(V::RD_KAFKA_VTYPE_VALUE, rd::rd_kafka_vu_s__bindgen_ty_1 { mem: mem(record.payload) }),
             vu(V::RD_KAFKA_VTYPE_KEY, rd::rd_kafka_vu_s__bindgen_ty_1 { mem: mem(record.key) }),
@@ -181,9 +211,6 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
         Err((code, unsafe { C::DeliveryOpaque::from_ptr(opaque_ptr) }))
     }
 }
-
-/// librdkafka's "unassigned partition" (`RD_KAFKA_PARTITION_UA`): the partitioner picks one.
-const PARTITION_UA: i32 = -1;
 
 /// Where a record's key or value lies for [`OutputTopic::produce_run`].
 #[derive(Debug, Clone)]
@@ -218,13 +245,13 @@ impl<'a> From<Option<&'a [u8]>> for RunBytes<'a> {
     }
 }
 
-/// Records without headers gathered for one `rd_kafka_produce_batch` call, in order. Producing
-/// them one `rd_kafka_produceva` each took the topic's read lock, a clock reading and the
-/// argument list's parsing once per record; the batch call takes the lock and the clock once.
-/// A record with headers (which that call cannot carry) goes through
-/// [`produce`](OutputTopic::produce) after the run so far is produced, so records leave in
-/// order. Records of a run carry no timestamp of their own: librdkafka stamps them with one
-/// reading of its clock at the call.
+/// Records without headers gathered for [`OutputTopic::produce_run`], in order: one
+/// `rd_kafka_produce_batch` call per output partition. Producing them one `rd_kafka_produceva`
+/// each took the topic's read lock, a clock reading and the argument list's parsing once per
+/// record; a batch call takes the lock and the clock once. A record with headers (which that
+/// call cannot carry) goes through [`produce`](OutputTopic::produce) after the run so far is
+/// produced, so records leave in order. Records of a run carry no timestamp of their own:
+/// librdkafka stamps them with its clock at the call.
 pub struct RecordRun<'a, O> {
     records: Vec<(RunBytes<'a>, RunBytes<'a>, O)>,
     native: Vec<rd::rd_kafka_message_t>,
@@ -249,12 +276,12 @@ impl<'a, O: IntoOpaque> RecordRun<'a, O> {
 }
 
 impl<C: ProducerContext + 'static> OutputTopic<C> {
-    /// Produces the records of `run` in order with `rd_kafka_produce_batch` (key and value
-    /// copied, partitioned as [`produce`](Self::produce) partitions) and empties it; `buffer` holds
-    /// the bytes the run's [`RunBytes::InBuffer`] ranges name. Waits while librdkafka's queue is
-    /// full, then goes on from the first record it did not take. Records it refuses for any
-    /// other reason are handed back with the first such refusal's code (their opaques will get
-    /// no delivery report); the records it took will.
+    /// Produces the records of `run` with `rd_kafka_produce_batch` (key and value copied,
+    /// partitioned as [`produce`](Self::produce) partitions; each partition's records in run
+    /// order) and empties it; `buffer` holds the bytes the run's [`RunBytes::InBuffer`] ranges
+    /// name. Waits while librdkafka's queue is full, then goes on from the first record it did
+    /// not take. Records it refuses for any other reason are handed back with the first such
+    /// refusal's code (their opaques will get no delivery report); the records it took will.
     pub fn produce_run(
         &self,
         run: &mut RecordRun<'_, C::DeliveryOpaque>,
@@ -280,53 +307,98 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
         }
         let mut refused: Vec<C::DeliveryOpaque> = Vec::new();
         let mut first_refusal = None;
-        let mut from = 0;
-        while from < run.native.len() {
-            let pending = &mut run.native[from..];
-            // SAFETY: a live topic handle (held in `self`); every key and value points at bytes
-            // that outlive the call (borrowed for the run's lifetime, or in `buffer`) and are
-            // copied (MSG_F_COPY); librdkafka takes each opaque of a record it enqueues.
-            unsafe {
-                rd::rd_kafka_produce_batch(
-                    self.rkt.as_ptr(),
-                    PARTITION_UA,
-                    rd::RD_KAFKA_MSG_F_COPY,
-                    pending.as_mut_ptr(),
-                    pending.len() as i32,
-                );
+        // The run's first keyed record (and the records without a key before it) go first, left
+        // to librdkafka's partitioner, which notes the topic's partition count as it places that
+        // record; the rest are placed with that count.
+        let probe_end = match self.keys {
+            Some(_) => run.native.iter().position(|m| m.key_len > 0).map_or(run.native.len(), |i| i + 1),
+            None => run.native.len(),
+        };
+        let (probe, rest) = run.native.split_at_mut(probe_end);
+        self.enqueue_run(probe, &mut refused, &mut first_refusal);
+        if let Some(keys) = self.keys {
+            let count = keys.count();
+            for m in rest.iter_mut() {
+                // A key's bytes outlive the run (borrowed, or in `buffer`).
+                m.partition = keys.partition_raw(self.rkt.as_ptr(), m.key, m.key_len, count);
             }
-            let mut queue_full_at = None;
-            for (i, m) in pending.iter().enumerate() {
-                let code = RDKafkaErrorCode::from(m.err);
-                match code {
-                    RDKafkaErrorCode::NoError => {}
-                    // From the first full-queue refusal on, librdkafka took nothing more.
-                    RDKafkaErrorCode::QueueFull => {
-                        queue_full_at = Some(from + i);
-                        break;
-                    }
-                    _ => {
-                        first_refusal.get_or_insert(code);
-                        // SAFETY: from `into_ptr` above; librdkafka refused the record and
-                        // did not keep its opaque.
-                        refused.push(unsafe { C::DeliveryOpaque::from_ptr(m._private) });
-                    }
-                }
-            }
-            match queue_full_at {
-                Some(at) => {
-                    // The call sets every record's `err` again, so the rest is passed as it is.
-                    from = at;
-                    // The producer's own thread polls; give it time to drain deliveries.
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                None => break,
-            }
+        }
+        // Each stretch of records with a partition is grouped by partition (a stable sort: a
+        // partition's records stay in run order), to go in one call per partition; records left
+        // to librdkafka stay where they are, between the stretches. So every partition's
+        // records are enqueued in run order, whoever picks the partition.
+        for stretch in rest.split_mut(|m| m.partition == PARTITION_UA) {
+            stretch.sort_by_key(|m| m.partition);
+        }
+        for records in rest.chunk_by_mut(|a, b| a.partition == b.partition) {
+            self.enqueue_run(records, &mut refused, &mut first_refusal);
         }
         run.native.clear();
         match first_refusal {
             None => Ok(()),
             Some(code) => Err((code, refused)),
+        }
+    }
+
+    /// Enqueues `records`, all of one partition or all left to librdkafka, with as many
+    /// `rd_kafka_produce_batch` calls as a full queue takes. A call with a partition takes the
+    /// partition once, enqueues without the partitioner and refuses all of its records if the
+    /// partition is unknown (librdkafka's per-record partition flag would leak each such
+    /// record).
+    fn enqueue_run(
+        &self,
+        records: &mut [rd::rd_kafka_message_t],
+        refused: &mut Vec<C::DeliveryOpaque>,
+        first_refusal: &mut Option<RDKafkaErrorCode>,
+    ) {
+        let Some(first) = records.first() else { return };
+        let mut partition = first.partition;
+        let mut from = 0;
+        while from < records.len() {
+            let pending = &mut records[from..];
+            // SAFETY: a live topic handle (held in `self`); every key and value points at bytes
+            // that outlive the call (borrowed for the run's lifetime, or in the run's buffer)
+            // and are copied (MSG_F_COPY); librdkafka takes each opaque of a record it enqueues.
+            unsafe {
+                rd::rd_kafka_produce_batch(
+                    self.rkt.as_ptr(),
+                    partition,
+                    rd::RD_KAFKA_MSG_F_COPY,
+                    pending.as_mut_ptr(),
+                    pending.len() as i32,
+                );
+            }
+            let mut resume_at = None;
+            for (i, m) in pending.iter().enumerate() {
+                match RDKafkaErrorCode::from(m.err) {
+                    RDKafkaErrorCode::NoError => {}
+                    // From the first full-queue refusal on, librdkafka took nothing more.
+                    RDKafkaErrorCode::QueueFull => {
+                        resume_at = Some(from + i);
+                        // The producer's own thread polls; give it time to drain deliveries.
+                        std::thread::sleep(Duration::from_millis(1));
+                        break;
+                    }
+                    // The topic has fewer partitions than last seen (librdkafka took none of
+                    // these records): they go to its partitioner.
+                    RDKafkaErrorCode::UnknownPartition if partition != PARTITION_UA => {
+                        resume_at = Some(from + i);
+                        partition = PARTITION_UA;
+                        break;
+                    }
+                    code => {
+                        first_refusal.get_or_insert(code);
+                        // SAFETY: from `into_ptr` in `produce_run`; librdkafka refused the
+                        // record and did not keep its opaque.
+                        refused.push(unsafe { C::DeliveryOpaque::from_ptr(m._private) });
+                    }
+                }
+            }
+            match resume_at {
+                // The call sets every record's `err` again, so the rest is passed as it is.
+                Some(at) => from = at,
+                None => break,
+            }
         }
     }
 }
@@ -369,10 +441,10 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::Instant;
 
-    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Header;
     use rdkafka::producer::BaseProducer;
-    use rdkafka::{Message, Timestamp};
+    use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
 
     use super::*;
     use crate::batcher::BatchTiming;
@@ -633,5 +705,301 @@ mod tests {
         let consumer = assigned_consumer(&bootstrap, "run-refused-test", &["out"]);
         let got: Vec<Vec<u8>> = consume(&consumer, 2).into_iter().filter_map(|(_, v, _)| v).collect();
         assert_eq!(got, vec![b"first".to_vec(), b"third".to_vec()]);
+    }
+
+    /// A record as sent (key, value) and as consumed from `spread` (partition, key, value).
+    type Sent = (Option<Vec<u8>>, Vec<u8>);
+    type Got = (i32, Option<Vec<u8>>, Vec<u8>);
+
+    /// Partitions of the topic `spread` in [`spread_setup`].
+    const SPREAD: i32 = 7;
+
+    /// A mock cluster with topic `spread` of [`SPREAD`] partitions and a producer made as the
+    /// sink makes its own, with `extra` lines appended to the config.
+    fn spread_setup(extra: &str) -> (BaseProducer, String, Arc<OutputProducer>) {
+        let owner: BaseProducer =
+            ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
+        let bootstrap = {
+            let cluster = owner.client().mock_cluster().expect("mock cluster");
+            cluster.create_topic("spread", SPREAD, 1).expect("topic");
+            cluster.bootstrap_servers()
+        };
+        let cfg = Config::from_toml_str(&format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n{extra}"), "test", &[])
+            .expect("config");
+        let producer =
+            create_producer(&cfg, Shared::new(Arc::new(RunStats::default()), None), false).expect("producer");
+        (owner, bootstrap, Arc::new(producer))
+    }
+
+    /// Every record of every partition of `spread`, per partition in arrival order: (partition,
+    /// key, value).
+    fn consume_spread(bootstrap: &str, n: usize) -> Vec<Got> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "spread-test")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..SPREAD {
+            tpl.add_partition_offset("spread", p, Offset::Beginning).expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => got.push((
+                    m.partition(),
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().map(<[u8]>::to_vec).expect("a value"),
+                )),
+                Some(Err(e)) => panic!("consume: {e}"),
+                None => {}
+            }
+        }
+        got
+    }
+
+    /// CRC-32 (IEEE, as zlib computes it), bit by bit: librdkafka's `consistent` hash.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    /// The Java client's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), made positive
+    /// as its partitioner does.
+    fn java_murmur2(data: &[u8]) -> u32 {
+        const M: u32 = 0x5bd1_e995;
+        let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+        let mut chunks = data.chunks_exact(4);
+        for c in &mut chunks {
+            let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            k = k.wrapping_mul(M);
+            k ^= k >> 24;
+            k = k.wrapping_mul(M);
+            h = h.wrapping_mul(M) ^ k;
+        }
+        let rest = chunks.remainder();
+        if rest.len() >= 3 {
+            h ^= u32::from(rest[2]) << 16;
+        }
+        if rest.len() >= 2 {
+            h ^= u32::from(rest[1]) << 8;
+        }
+        if !rest.is_empty() {
+            h ^= u32::from(rest[0]);
+            h = h.wrapping_mul(M);
+        }
+        h ^= h >> 13;
+        h = h.wrapping_mul(M);
+        h ^= h >> 15;
+        h & 0x7fff_ffff
+    }
+
+    /// Run `r`'s records: values `r*1000 + i`; keys `acct-*` (37 of them), and some null and
+    /// some empty keys among them.
+    fn spread_run(r: usize, n: usize) -> Vec<Sent> {
+        (0..n)
+            .map(|i| {
+                let key = match i % 12 {
+                    11 => None,
+                    5 => Some(Vec::new()),
+                    _ => Some(format!("acct-{}", i % 37).into_bytes()),
+                };
+                (key, format!("{:06}", r * 1000 + i).into_bytes())
+            })
+            .collect()
+    }
+
+    /// Produces `records` as one run and waits until librdkafka holds none of them.
+    fn produce_spread(topic: &OutputTopic, producer: &OutputProducer, records: &[Sent]) {
+        let ack = batch_ack();
+        let mut run = RecordRun::with_capacity(records.len());
+        for (k, v) in records {
+            run.push(k.as_deref().into(), RunBytes::Slice(v), ack.clone());
+        }
+        topic.produce_run(&mut run, &[]).map_err(|(code, _)| code).expect("all enqueued");
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+        wait_released(&ack);
+    }
+
+    /// Per partition, records arrive in the order they were produced (values rise), and every
+    /// record arrives once.
+    fn assert_once_and_in_order(got: &[Got], sent: &[Sent]) {
+        let mut last: std::collections::HashMap<i32, &[u8]> = std::collections::HashMap::new();
+        for (p, _, v) in got {
+            if let Some(prev) = last.insert(*p, v) {
+                assert!(
+                    prev < &v[..],
+                    "partition {p}: {:?} after {:?}",
+                    String::from_utf8_lossy(v),
+                    String::from_utf8_lossy(prev)
+                );
+            }
+        }
+        let mut a: Vec<_> = got.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
+        let mut b = sent.to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "every record once");
+    }
+
+    /// Keyed records go to the partition librdkafka's default partitioner (`consistent_random`:
+    /// CRC-32 of the key) picks, whether librdkafka partitions them (the first run, before it
+    /// knows the topic; each run's first keyed record) or `produce_run` / `produce` does (once
+    /// the partitioner callback has noted the count); records without a key or with an empty
+    /// one are left to librdkafka; per partition, records arrive in produce order; librdkafka
+    /// holds no record afterwards.
+    #[test]
+    fn keyed_records_go_where_librdkafkas_partitioner_puts_them() {
+        let (_owner, bootstrap, producer) = spread_setup("");
+        let topic = OutputTopic::new(producer.clone(), "spread").expect("handle");
+        assert_eq!(topic.known_partitions(), 0, "nothing partitioned yet");
+        let first = spread_run(0, 240);
+        produce_spread(&topic, &producer, &first);
+        assert_eq!(topic.known_partitions(), SPREAD, "the partitioner callback noted the count");
+        let second = spread_run(1, 240);
+        produce_spread(&topic, &producer, &second);
+        // Records with headers, one `produceva` each, with their partition given.
+        let headers = OwnedHeaders::new().insert(Header { key: "h", value: Some("v") });
+        let mut singles = Vec::new();
+        for i in 0..20 {
+            let key = format!("acct-{i}").into_bytes();
+            let value = format!("{:06}", 2000 + i).into_bytes();
+            let record =
+                OutgoingRecord { key: Some(&key), payload: Some(&value), headers: Some(&headers), timestamp_ms: None };
+            topic.send(record, batch_ack()).expect("enqueued");
+            singles.push((Some(key), value));
+        }
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+        assert_eq!(producer.in_flight_count(), 0, "librdkafka holds no record");
+
+        let sent: Vec<_> = first.into_iter().chain(second).chain(singles).collect();
+        let got = consume_spread(&bootstrap, sent.len());
+        assert_eq!(got.len(), sent.len());
+        for (p, k, v) in &got {
+            if let Some(k) = k.as_deref().filter(|k| !k.is_empty()) {
+                let want = (crc32(k) % SPREAD as u32) as i32;
+                assert_eq!(*p, want, "record {} with key {}", String::from_utf8_lossy(v), String::from_utf8_lossy(k));
+            }
+        }
+        assert_once_and_in_order(&got, &sent);
+    }
+
+    /// With `partitioner = "murmur2_random"` (the Java client's placement) keyed records go
+    /// where the Java client's partitioner would put them; with a partitioner that maps records
+    /// without a key to one partition, or spreads every record at random, librdkafka
+    /// partitions every record.
+    #[test]
+    fn the_configured_partitioner_is_followed() {
+        let (_owner, bootstrap, producer) = spread_setup("[kafka.producer]\npartitioner = \"murmur2_random\"\n");
+        let topic = OutputTopic::new(producer.clone(), "spread").expect("handle");
+        let runs: Vec<_> = (0..2).map(|r| spread_run(r, 120)).collect();
+        for run in &runs {
+            produce_spread(&topic, &producer, run);
+        }
+        assert_eq!(topic.known_partitions(), SPREAD);
+        let sent: Vec<_> = runs.concat();
+        let got = consume_spread(&bootstrap, sent.len());
+        for (p, k, v) in &got {
+            if let Some(k) = k.as_deref().filter(|k| !k.is_empty()) {
+                let want = (java_murmur2(k) % SPREAD as u32) as i32;
+                assert_eq!(*p, want, "record {} with key {}", String::from_utf8_lossy(v), String::from_utf8_lossy(k));
+            }
+        }
+        assert_once_and_in_order(&got, &sent);
+
+        for setting in ["random", "consistent", "murmur2"] {
+            let (_owner, _bootstrap, producer) =
+                spread_setup(&format!("[kafka.producer]\npartitioner = \"{setting}\"\n"));
+            let topic = OutputTopic::new(producer.clone(), "spread").expect("handle");
+            produce_spread(&topic, &producer, &spread_run(0, 60));
+            assert_eq!(topic.known_partitions(), 0, "{setting}: left to librdkafka");
+        }
+    }
+
+    /// A partition count above the topic's (a topic made again with fewer partitions): a run
+    /// places its records with the count librdkafka passes for its first keyed record, and
+    /// records for partitions that no longer exist go to librdkafka's partitioner instead of
+    /// being refused (a run's records given such a partition, and a record alone); librdkafka
+    /// holds none of them afterwards.
+    #[test]
+    fn records_for_a_partition_that_is_gone_go_to_librdkafkas_partitioner() {
+        let (_owner, bootstrap, producer) = spread_setup("");
+        let topic = OutputTopic::new(producer.clone(), "spread").expect("handle");
+        let first = spread_run(0, 60);
+        produce_spread(&topic, &producer, &first);
+        let keys = topic.keys.expect("default partitioner followed");
+        let stale = 3 * SPREAD;
+        let beyond = |k: &[u8]| crc32(k) % stale as u32 >= SPREAD as u32;
+
+        keys.pretend_count(stale);
+        let second = spread_run(1, 240);
+        assert!(second.iter().filter(|(k, _)| k.as_deref().is_some_and(|k| !k.is_empty() && beyond(k))).count() > 20);
+        produce_spread(&topic, &producer, &second);
+        assert_eq!(topic.known_partitions(), SPREAD, "the run's first keyed record noted the real count");
+
+        // Records given a partition the topic lacks, as a stale count would give them.
+        let third: Vec<(Vec<u8>, Vec<u8>)> = (0..)
+            .map(|i| format!("gone-{i}").into_bytes())
+            .filter(|k| beyond(k))
+            .take(30)
+            .enumerate()
+            .map(|(i, k)| (k, format!("{:06}", 2000 + i).into_bytes()))
+            .collect();
+        let ack = batch_ack();
+        let mut native: Vec<rd::rd_kafka_message_t> = third
+            .iter()
+            .map(|(k, v)| rd::rd_kafka_message_t {
+                err: rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                rkt: ptr::null_mut(),
+                partition: (crc32(k) % stale as u32) as i32,
+                payload: v.as_ptr() as *mut c_void,
+                len: v.len(),
+                key: k.as_ptr() as *mut c_void,
+                key_len: k.len(),
+                offset: 0,
+                _private: ack.clone().into_ptr(),
+            })
+            .collect();
+        let (mut refused, mut first_refusal) = (Vec::new(), None);
+        for records in native.chunk_by_mut(|a, b| a.partition == b.partition) {
+            topic.enqueue_run(records, &mut refused, &mut first_refusal);
+        }
+        assert!(refused.is_empty() && first_refusal.is_none(), "refused: {first_refusal:?}");
+
+        keys.pretend_count(stale);
+        let key = (0..).map(|i| format!("single-{i}").into_bytes()).find(|k| beyond(k)).expect("a key");
+        let value = b"003000".to_vec();
+        topic
+            .send(
+                OutgoingRecord { key: Some(&key), payload: Some(&value), headers: None, timestamp_ms: None },
+                ack.clone(),
+            )
+            .expect("enqueued");
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+        wait_released(&ack);
+        assert_eq!(producer.in_flight_count(), 0, "librdkafka holds no record");
+
+        let sent: Vec<_> = first
+            .into_iter()
+            .chain(second)
+            .chain(third.into_iter().map(|(k, v)| (Some(k), v)))
+            .chain([(Some(key), value)])
+            .collect();
+        let got = consume_spread(&bootstrap, sent.len());
+        for (p, k, v) in &got {
+            if let Some(k) = k.as_deref().filter(|k| !k.is_empty()) {
+                let want = (crc32(k) % SPREAD as u32) as i32;
+                assert_eq!(*p, want, "record {} with key {}", String::from_utf8_lossy(v), String::from_utf8_lossy(k));
+            }
+        }
+        assert_once_and_in_order(&got, &sent);
     }
 }

@@ -20,7 +20,8 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 /// N valid events in → N scored out; every score equals Python onnxruntime's on the same inputs
 /// (Python decodes with fastavro and extracts features from the manifest on its own); keys and
 /// headers propagate; per input partition, outcomes keep input order, across records produced
-/// in batch calls (no headers) and alone (headers).
+/// in batch calls (no headers) and alone (headers); each lands in the partition librdkafka's
+/// default partitioner picks for its key (CRC-32 of the key, modulo the scored topic's 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
     let n = 3000;
@@ -109,6 +110,7 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
         let (partition, offset) = offsets[&id];
         assert_eq!((s.long("source_partition") as i32, s.long("source_offset")), (partition, offset), "source of {id}");
         assert_eq!(s.key.as_deref(), Some(keys[&id].as_bytes()), "key of {id}");
+        assert_eq!(s.partition, (crc32(keys[&id].as_bytes()) % 3) as i32, "partition of {id}");
         let scored_at = s.long("scored_at");
         assert!(scored_at >= s.long("event_time"));
         if traced[&id] {
@@ -134,6 +136,18 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
     assert_eq!(seen.len(), n);
     assert!(flagged > 0 && flagged < n, "some, not all, flagged: {flagged}");
     eprintln!("max |streamscore - onnxruntime| = {max_diff:e}; {flagged} of {n} flagged");
+}
+
+/// CRC-32 (IEEE, as zlib computes it), bit by bit: the hash of librdkafka's `consistent_random`.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 /// Each kind of bad input goes to the dead-letter topic with its key, bytes, headers and the
