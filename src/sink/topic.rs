@@ -656,11 +656,14 @@ mod tests {
             let arrived: Vec<_> = got.iter().filter(|(k, _)| *k == key).collect();
             assert_eq!(arrived, sent, "records of {key:?}");
         }
-        let mut sorted_got = got.clone();
-        let mut sorted_want = want.clone();
-        sorted_got.sort();
-        sorted_want.sort();
-        assert_eq!(sorted_got, sorted_want, "every record once");
+        assert_every_record_once(got, want);
+    }
+
+    /// `got` holds the records of `sent`, each once, in any order.
+    fn assert_every_record_once<T: Ord + std::fmt::Debug>(mut got: Vec<T>, mut sent: Vec<T>) {
+        got.sort();
+        sent.sort();
+        assert_eq!(got, sent, "every record once");
     }
 
     /// A queue that holds 10 records: the run waits for room and goes on from the first record
@@ -829,6 +832,16 @@ mod tests {
         wait_released(&ack);
     }
 
+    /// Every record with a non-empty key is in partition `hash(key) % SPREAD`.
+    fn assert_placed(got: &[Got], hash: fn(&[u8]) -> u32) {
+        for (p, k, v) in got {
+            if let Some(k) = k.as_deref().filter(|k| !k.is_empty()) {
+                let want = (hash(k) % SPREAD as u32) as i32;
+                assert_eq!(*p, want, "record {} with key {}", String::from_utf8_lossy(v), String::from_utf8_lossy(k));
+            }
+        }
+    }
+
     /// Per partition, records arrive in the order they were produced (values rise), and every
     /// record arrives once.
     fn assert_once_and_in_order(got: &[Got], sent: &[Sent]) {
@@ -843,11 +856,7 @@ mod tests {
                 );
             }
         }
-        let mut a: Vec<_> = got.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
-        let mut b = sent.to_vec();
-        a.sort();
-        b.sort();
-        assert_eq!(a, b, "every record once");
+        assert_every_record_once(got.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect(), sent.to_vec());
     }
 
     /// Keyed records go to the partition librdkafka's default partitioner (`consistent_random`:
@@ -883,12 +892,7 @@ mod tests {
         let sent: Vec<_> = first.into_iter().chain(second).chain(singles).collect();
         let got = consume_spread(&bootstrap, sent.len());
         assert_eq!(got.len(), sent.len());
-        for (p, k, v) in &got {
-            if let Some(k) = k.as_deref().filter(|k| !k.is_empty()) {
-                let want = (crc32(k) % SPREAD as u32) as i32;
-                assert_eq!(*p, want, "record {} with key {}", String::from_utf8_lossy(v), String::from_utf8_lossy(k));
-            }
-        }
+        assert_placed(&got, crc32);
         assert_once_and_in_order(&got, &sent);
     }
 
@@ -907,12 +911,7 @@ mod tests {
         assert_eq!(topic.known_partitions(), SPREAD);
         let sent: Vec<_> = runs.concat();
         let got = consume_spread(&bootstrap, sent.len());
-        for (p, k, v) in &got {
-            if let Some(k) = k.as_deref().filter(|k| !k.is_empty()) {
-                let want = (java_murmur2(k) % SPREAD as u32) as i32;
-                assert_eq!(*p, want, "record {} with key {}", String::from_utf8_lossy(v), String::from_utf8_lossy(k));
-            }
-        }
+        assert_placed(&got, java_murmur2);
         assert_once_and_in_order(&got, &sent);
 
         for setting in ["random", "consistent", "murmur2"] {
@@ -994,12 +993,7 @@ mod tests {
             .chain([(Some(key), value)])
             .collect();
         let got = consume_spread(&bootstrap, sent.len());
-        for (p, k, v) in &got {
-            if let Some(k) = k.as_deref().filter(|k| !k.is_empty()) {
-                let want = (crc32(k) % SPREAD as u32) as i32;
-                assert_eq!(*p, want, "record {} with key {}", String::from_utf8_lossy(v), String::from_utf8_lossy(k));
-            }
-        }
+        assert_placed(&got, crc32);
         assert_once_and_in_order(&got, &sent);
     }
 }

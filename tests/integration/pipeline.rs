@@ -21,7 +21,8 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 /// (Python decodes with fastavro and extracts features from the manifest on its own); keys and
 /// headers propagate; per input partition, outcomes keep input order, across records produced
 /// in batch calls (no headers) and alone (headers); each lands in the partition librdkafka's
-/// default partitioner picks for its key (CRC-32 of the key, modulo the scored topic's 3).
+/// default partitioner picks for its key (CRC-32 of the key by Python's zlib, modulo the scored
+/// topic's 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
     let n = 3000;
@@ -88,6 +89,10 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
     let traced: HashMap<String, bool> =
         inputs.transactions.iter().zip(&inputs.records).map(|(tx, r)| (tx.event_id.clone(), !r.2.is_empty())).collect();
     assert!(traced.values().any(|&t| t) && traced.values().any(|&t| !t), "inputs with and without headers");
+    // Where librdkafka's default partitioner puts each key among the scored topic's 3
+    // partitions (CRC-32 of the key), by Python's zlib.
+    let distinct: Vec<&str> = keys.values().copied().collect::<HashSet<_>>().into_iter().collect();
+    let partitions: HashMap<&str, i32> = distinct.iter().copied().zip(crc32_mod(&distinct, 3)).collect();
     let mut seen = HashSet::new();
     let mut max_diff = 0f64;
     let mut flagged = 0;
@@ -110,7 +115,7 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
         let (partition, offset) = offsets[&id];
         assert_eq!((s.long("source_partition") as i32, s.long("source_offset")), (partition, offset), "source of {id}");
         assert_eq!(s.key.as_deref(), Some(keys[&id].as_bytes()), "key of {id}");
-        assert_eq!(s.partition, (crc32(keys[&id].as_bytes()) % 3) as i32, "partition of {id}");
+        assert_eq!(s.partition, partitions[keys[&id]], "partition of {id}");
         let scored_at = s.long("scored_at");
         assert!(scored_at >= s.long("event_time"));
         if traced[&id] {
@@ -138,16 +143,24 @@ async fn scores_match_python_onnxruntime_and_envelopes_propagate() {
     eprintln!("max |streamscore - onnxruntime| = {max_diff:e}; {flagged} of {n} flagged");
 }
 
-/// CRC-32 (IEEE, as zlib computes it), bit by bit: the hash of librdkafka's `consistent_random`.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
+/// `zlib.crc32(key) % n` for each of `keys` (ASCII, one per line), computed by Python.
+fn crc32_mod(keys: &[&str], n: u32) -> Vec<i32> {
+    let script =
+        format!("import sys, zlib\nfor k in sys.stdin.read().split():\n    print(zlib.crc32(k.encode()) % {n})");
+    let mut child = std::process::Command::new(common::python())
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    use std::io::Write;
+    child.stdin.take().expect("stdin").write_all(keys.join("\n").as_bytes()).expect("write keys");
+    let out = child.wait_with_output().expect("python output");
+    assert!(out.status.success(), "python crc32 failed");
+    let got: Vec<i32> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse().expect("a partition")).collect();
+    assert_eq!(got.len(), keys.len());
+    got
 }
 
 /// Each kind of bad input goes to the dead-letter topic with its key, bytes, headers and the
