@@ -12,7 +12,7 @@
 //! no metadata request of ours: the topic handle gets a partitioner callback that runs the
 //! configured function and notes the count librdkafka passes it. librdkafka calls it for every
 //! record it partitions itself, and each run leaves its first keyed record to it, so a change
-//! of the topic's partition count (librdkafka's metadata refresh) reaches the next run.
+//! of the topic's partition count (librdkafka's metadata refresh) reaches the rest of that run.
 //!
 //! Only the partitioners that spread records without a key at random (`consistent_random`, the
 //! default, `murmur2_random` and `fnv1a_random`) get this: with a partitioner callback

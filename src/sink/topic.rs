@@ -459,11 +459,17 @@ mod tests {
     /// made as the sink makes its own, with `extra` lines appended to the config.
     fn setup(extra: &str) -> (BaseProducer, String, Arc<OutputProducer>) {
         let (owner, bootstrap) = mock_cluster(&["out"]);
+        let producer = sink_producer(&bootstrap, extra);
+        (owner, bootstrap, producer)
+    }
+
+    /// A producer made as the sink makes its own, with `extra` lines appended to the config.
+    fn sink_producer(bootstrap: &str, extra: &str) -> Arc<OutputProducer> {
         let cfg = Config::from_toml_str(&format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n{extra}"), "test", &[])
             .expect("config");
         let producer =
             create_producer(&cfg, Shared::new(Arc::new(RunStats::default()), None), false).expect("producer");
-        (owner, bootstrap, Arc::new(producer))
+        Arc::new(producer)
     }
 
     fn batch_ack() -> Arc<Ack> {
@@ -717,8 +723,7 @@ mod tests {
     /// Partitions of the topic `spread` in [`spread_setup`].
     const SPREAD: i32 = 7;
 
-    /// A mock cluster with topic `spread` of [`SPREAD`] partitions and a producer made as the
-    /// sink makes its own, with `extra` lines appended to the config.
+    /// A mock cluster with topic `spread` of [`SPREAD`] partitions and [`sink_producer`].
     fn spread_setup(extra: &str) -> (BaseProducer, String, Arc<OutputProducer>) {
         let owner: BaseProducer =
             ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
@@ -727,11 +732,8 @@ mod tests {
             cluster.create_topic("spread", SPREAD, 1).expect("topic");
             cluster.bootstrap_servers()
         };
-        let cfg = Config::from_toml_str(&format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n{extra}"), "test", &[])
-            .expect("config");
-        let producer =
-            create_producer(&cfg, Shared::new(Arc::new(RunStats::default()), None), false).expect("producer");
-        (owner, bootstrap, Arc::new(producer))
+        let producer = sink_producer(&bootstrap, extra);
+        (owner, bootstrap, producer)
     }
 
     /// Every record of every partition of `spread`, per partition in arrival order: (partition,
