@@ -73,16 +73,17 @@ impl KeyPartitioner {
         self.probe.count.load(Ordering::Relaxed)
     }
 
-    /// The partition of a record with a non-empty `key` among `count` partitions (from
-    /// [`count`](Self::count)); [`PARTITION_UA`] (librdkafka decides) for a null or empty key or
-    /// an unknown count.
-    pub fn partition(&self, rkt: *const rd::rd_kafka_topic_t, key: Option<&[u8]>, count: i32) -> i32 {
+    /// The partition of a record with a non-empty `key` among the [`count`](Self::count)
+    /// partitions; [`PARTITION_UA`] (librdkafka decides) for a null or empty key or an unknown
+    /// count.
+    pub fn partition(&self, rkt: *const rd::rd_kafka_topic_t, key: Option<&[u8]>) -> i32 {
         let (ptr, len) = key.map_or((ptr::null(), 0), |k| (k.as_ptr().cast(), k.len()));
-        self.partition_raw(rkt, ptr, len, count)
+        self.partition_raw(rkt, ptr, len, self.count())
     }
 
-    /// [`partition`](Self::partition) of a key as librdkafka holds it: `key_len` bytes at
-    /// `key` (readable when `key_len > 0`).
+    /// The partition of a key as librdkafka holds it (`key_len` bytes at `key`, readable when
+    /// `key_len > 0`) among `count` partitions (a run reads [`count`](Self::count) once), or
+    /// [`PARTITION_UA`] as [`partition`](Self::partition) says.
     pub fn partition_raw(
         &self,
         rkt: *const rd::rd_kafka_topic_t,

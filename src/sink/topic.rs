@@ -93,7 +93,7 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
         opaque: C::DeliveryOpaque,
     ) -> Result<(), (RDKafkaErrorCode, C::DeliveryOpaque)> {
         let mut opaque = opaque;
-        let mut partition = self.partition_of(record.key, self.known_partitions());
+        let mut partition = self.partition_of(record.key);
         loop {
             match self.enqueue(&record, partition, opaque) {
                 Err((RDKafkaErrorCode::QueueFull, back)) => {
@@ -117,9 +117,9 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
         self.keys.map_or(0, |k| k.count())
     }
 
-    /// The partition a record with `key` goes to among `count`, or [`PARTITION_UA`].
-    fn partition_of(&self, key: Option<&[u8]>, count: i32) -> i32 {
-        self.keys.map_or(PARTITION_UA, |k| k.partition(self.rkt.as_ptr(), key, count))
+    /// The partition a record with `key` goes to, or [`PARTITION_UA`].
+    fn partition_of(&self, key: Option<&[u8]>) -> i32 {
+        self.keys.map_or(PARTITION_UA, |k| k.partition(self.rkt.as_ptr(), key))
     }
 }
 
