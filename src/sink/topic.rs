@@ -111,8 +111,9 @@ impl<C: ProducerContext + 'static> OutputTopic<C> {
         }
     }
 
-    /// The topic's partition count as librdkafka last used it; 0 while not known (or when
-    /// librdkafka partitions every record of this topic).
+    /// Test hook: the topic's partition count as librdkafka last used it; 0 while not known
+    /// (or when librdkafka partitions every record of this topic).
+    #[cfg(test)]
     pub fn known_partitions(&self) -> i32 {
         self.keys.map_or(0, |k| k.count())
     }
@@ -441,10 +442,10 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::Instant;
 
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::BaseConsumer;
     use rdkafka::message::Header;
     use rdkafka::producer::BaseProducer;
-    use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
+    use rdkafka::{Message, Timestamp};
 
     use super::*;
     use crate::batcher::BatchTiming;
@@ -453,7 +454,7 @@ mod tests {
     use crate::pipeline::Shared;
     use crate::sink::{create_producer, now_ms, BatchAck, OutputProducer};
     use crate::telemetry::RunStats;
-    use crate::testing::{assigned_consumer, mock_cluster};
+    use crate::testing::{assigned_consumer, assigned_partitions, mock_cluster, mock_cluster_partitioned};
 
     /// A mock cluster with topic `out` (the owner must outlive its clients) and a producer
     /// made as the sink makes its own, with `extra` lines appended to the config.
@@ -725,30 +726,13 @@ mod tests {
 
     /// A mock cluster with topic `spread` of [`SPREAD`] partitions and [`sink_producer`].
     fn spread_setup(extra: &str) -> (BaseProducer, String, Arc<OutputProducer>) {
-        let owner: BaseProducer =
-            ClientConfig::new().set("test.mock.num.brokers", "1").create().expect("mock cluster owner");
-        let bootstrap = {
-            let cluster = owner.client().mock_cluster().expect("mock cluster");
-            cluster.create_topic("spread", SPREAD, 1).expect("topic");
-            cluster.bootstrap_servers()
-        };
+        let (owner, bootstrap) = mock_cluster_partitioned(&[("spread", SPREAD)]);
         let producer = sink_producer(&bootstrap, extra);
         (owner, bootstrap, producer)
     }
 
-    /// Every record of every partition of `spread`, per partition in arrival order: (partition,
-    /// key, value).
     fn consume_spread(bootstrap: &str, n: usize) -> Vec<Got> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "spread-test")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..SPREAD {
-            tpl.add_partition_offset("spread", p, Offset::Beginning).expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
+        let consumer = assigned_partitions(bootstrap, "spread-test", &[("spread", SPREAD)]);
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut got = Vec::new();
         while got.len() < n && Instant::now() < deadline {
