@@ -23,7 +23,18 @@
 //!
 //! It exits 0 once `--count` outputs are delivered and their offsets committed. While running it
 //! prints `progress <consumed> <delivered> <unix-seconds>` lines about every 50 ms (read by the
-//! harness), and at the end one line `done {json}` with its own figures.
+//! harness), `ready` once the group has given it partitions, and at the end one line
+//! `done {json}` with its own figures.
+//!
+//! `--latency` also measures each input's latency as streamscore's histograms do, for the
+//! harness's half-load comparison (the latency a consumer that does no work has on the same
+//! broker and machine): end to end from the input's Kafka timestamp, and processing from the
+//! moment it was read, both to its batch's last acknowledgement (one clock reading per batch,
+//! as streamscore settles a batch), in streamscore's own two histograms
+//! (`streamscore::telemetry::EventLatency`: `streamscore_end_to_end_latency_seconds` and
+//! `streamscore_processing_latency_seconds`), which the `done` line carries in the Prometheus
+//! text format (`"metrics"`). Off by default: the throughput runs do not pay for it.
+//!
 //! Extra librdkafka properties: `-X key=value` (both clients), e.g. `-X session.timeout.ms=6000`.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -40,6 +51,7 @@ use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProdu
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use streamscore::sink::{now_ms, OutgoingRecord, OutputTopic, RecordRun};
 use streamscore::source::fetch::{FetchedMessage, Routing};
+use streamscore::telemetry::EventLatency;
 
 const BATCH: usize = 256;
 
@@ -57,6 +69,9 @@ struct Args {
     /// Exit after this many outputs are delivered and committed.
     #[arg(long)]
     count: u64,
+    /// Measure each input's end-to-end and processing latency (see the module's doc).
+    #[arg(long)]
+    latency: bool,
     /// Extra librdkafka property for both clients, KEY=VALUE.
     #[arg(short = 'X', value_parser = parse_property)]
     property: Vec<(String, String)>,
@@ -70,6 +85,8 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
 struct BatchAck {
     seq: u64,
     remaining: AtomicUsize,
+    /// With `--latency`: when the batch was read and its inputs' Kafka timestamps (ms).
+    times: Option<(Instant, Vec<i64>)>,
 }
 
 /// One batch in the tracker: (seq, next offset to commit per partition once it is settled, settled?).
@@ -110,6 +127,7 @@ impl Tracker {
 struct Ctx {
     tracker: Arc<Mutex<Tracker>>,
     delivered: Arc<AtomicU64>,
+    latency: Option<Arc<EventLatency>>,
 }
 
 impl ClientContext for Ctx {}
@@ -125,6 +143,13 @@ impl ProducerContext for Ctx {
         }
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if ack.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let (Some(latency), Some((read_at, timestamps))) = (&self.latency, &ack.times) {
+                // As the sink settles a batch: one clock reading for all of its inputs.
+                let (acked, now) = (Instant::now(), now_ms());
+                let processing = acked.saturating_duration_since(*read_at).as_secs_f64();
+                latency.end_to_end.record_batch(timestamps.iter().map(|t| (now - t).max(0) as f64 / 1000.0));
+                latency.processing.record_batch(timestamps.iter().map(|_| processing));
+            }
             self.tracker.lock().unwrap_or_else(|e| e.into_inner()).settle(ack.seq);
         }
     }
@@ -200,9 +225,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let delivered = Arc::new(AtomicU64::new(0));
+    let latency = args.latency.then(|| Arc::new(EventLatency::new()));
     let producer: Arc<ThreadedProducer<Ctx>> = Arc::new(
-        pc.create_with_context(Ctx { tracker: tracker.clone(), delivered: delivered.clone() })
-            .context("creating the producer")?,
+        pc.create_with_context(Ctx {
+            tracker: tracker.clone(),
+            delivered: delivered.clone(),
+            latency: latency.clone(),
+        })
+        .context("creating the producer")?,
     );
     let output = OutputTopic::new(producer.clone(), &args.output).context("opening the output topic")?;
     let consumer: BaseConsumer<Routing> =
@@ -221,6 +251,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut to_commit: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_commit = Instant::now();
     let mut last_progress = Instant::now();
+    let mut ready = false;
     let stdout = std::io::stdout();
 
     loop {
@@ -254,7 +285,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let e = next.entry(m.partition()).or_insert(m.offset() + 1);
                 *e = (*e).max(m.offset() + 1);
             }
-            let ack = Arc::new(BatchAck { seq, remaining: AtomicUsize::new(batch.len()) });
+            let times = args.latency.then(|| {
+                let stamps = batch.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+                (Instant::now(), stamps)
+            });
+            let ack = Arc::new(BatchAck { seq, remaining: AtomicUsize::new(batch.len()), times });
             tracker.lock().unwrap_or_else(|e| e.into_inner()).pending.push_back((
                 seq,
                 next.into_iter().collect(),
@@ -325,6 +360,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         if last_progress.elapsed() >= Duration::from_millis(50) {
             last_progress = Instant::now();
             let mut out = stdout.lock();
+            if !ready && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                ready = true;
+                let _ = writeln!(out, "ready");
+            }
             let _ = writeln!(out, "progress {consumed} {} {:.6}", delivered.load(Ordering::Relaxed), unix_now());
             let _ = out.flush();
         }
@@ -342,11 +381,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         })
         .collect();
     let threads = serde_json::to_string(&threads).unwrap_or_else(|_| "{}".into());
+    let latency = latency.map_or_else(String::new, |l| {
+        let mut text = String::new();
+        l.render(&mut text);
+        format!(", \"metrics\": {}", serde_json::Value::String(text))
+    });
     let mut out = stdout.lock();
     let _ = writeln!(out, "progress {consumed} {delivered} {t_done:.6}");
     let _ = writeln!(
         out,
-        "done {{\"consumed\": {consumed}, \"delivered\": {delivered}, \"t_first\": {t_first:.6}, \"t_done\": {t_done:.6}, \"cpu_first\": {cpu_first:.3}, \"threads\": {threads}, \"events_per_s\": {:.1}}}",
+        "done {{\"consumed\": {consumed}, \"delivered\": {delivered}, \"t_first\": {t_first:.6}, \"t_done\": {t_done:.6}, \"cpu_first\": {cpu_first:.3}, \"threads\": {threads}, \"events_per_s\": {:.1}{latency}}}",
         delivered as f64 / secs
     );
     let _ = out.flush();

@@ -237,11 +237,13 @@ pub struct RawBatch {
     /// adaptive: the latency the batch size and delay are steered toward, from an input's
     /// arrival at the source to its outcome acknowledged by the broker.
     pub latency_target: String,
-    /// Batches queued between stages; a full queue stops consumption (backpressure).
-    pub queue_depth: usize,
+    /// Batches queued between stages; a full queue stops consumption (backpressure). `"auto"`:
+    /// as many as hold [`QUEUE_INPUTS`] inputs at `max_batch_size` (4 to 64 batches).
+    pub queue_depth: RawBatchSize,
 }
 
-/// `batch.max_batch_size`: a number of rows, or `"auto"`.
+/// `batch.max_batch_size`: a number of rows, or `"auto"` (also `batch.queue_depth`: a number of
+/// batches, or `"auto"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RawBatchSize {
@@ -256,6 +258,18 @@ pub const CPU_DEFAULT_BATCH_SIZE: usize = 256;
 /// (launch, copies), so it needs thousands of rows to be worth it.
 pub const GPU_DEFAULT_BATCH_SIZE: usize = 2048;
 
+/// `queue_depth = "auto"`: each queue between stages holds about this many inputs. On a few cores
+/// shared with other work, a stage thread that was woken may wait a scheduler slice (a few ms)
+/// for a core; the stage before it keeps working meanwhile only while the queue has room, so
+/// the queue is sized in inputs (a few ms of the source's work at saturation), not in batches.
+pub const QUEUE_INPUTS: usize = 4096;
+
+/// The `"auto"` queue depth for batches of `max_batch_size`: [`QUEUE_INPUTS`] worth of batches,
+/// at least 4 (the depth before `"auto"`; also what GPU-sized batches get) and at most 64.
+pub fn auto_queue_depth(max_batch_size: usize) -> usize {
+    (QUEUE_INPUTS / max_batch_size.max(1)).clamp(4, 64)
+}
+
 impl Default for RawBatch {
     fn default() -> Self {
         Self {
@@ -263,7 +277,7 @@ impl Default for RawBatch {
             max_batch_size: RawBatchSize::Word("auto".into()),
             max_batch_delay: "5ms".into(),
             latency_target: "10ms".into(),
-            queue_depth: 4,
+            queue_depth: RawBatchSize::Word("auto".into()),
         }
     }
 }
@@ -555,18 +569,24 @@ pub struct BatchConfig {
     /// adaptive: arrival at the source → outcome acknowledged, the latency batches are sized for.
     pub latency_target: Duration,
     pub queue_depth: usize,
+    /// `queue_depth = "auto"`: follows `max_batch_size` (see [`auto_queue_depth`]).
+    pub auto_depth: bool,
 }
 
 impl BatchConfig {
     /// Settles an `"auto"` batch size on the execution provider that actually started: when a
     /// GPU provider was asked for but the model fell back to CPU, GPU-sized batches would only
-    /// add latency, so the CPU size applies. Returns `(from, to)` when the size changed.
+    /// add latency, so the CPU size applies. Returns `(from, to)` when the size changed; an
+    /// `"auto"` queue depth follows the new size.
     pub fn settle_for(&mut self, active_provider: &str) -> Option<(usize, usize)> {
         let size = if active_provider == "cpu" { CPU_DEFAULT_BATCH_SIZE } else { GPU_DEFAULT_BATCH_SIZE };
         if !self.auto_size || self.max_batch_size == size {
             return None;
         }
         let from = std::mem::replace(&mut self.max_batch_size, size);
+        if self.auto_depth {
+            self.queue_depth = auto_queue_depth(size);
+        }
         Some((from, size))
     }
 }
@@ -1092,7 +1112,20 @@ impl RawConfig {
                 CPU_DEFAULT_BATCH_SIZE
             }
         };
-        in_range("batch.queue_depth", b.queue_depth, 1, 1024, p);
+        let queue_depth = match &b.queue_depth {
+            RawBatchSize::Rows(n) => {
+                in_range("batch.queue_depth", *n, 1, 1024, p);
+                *n
+            }
+            RawBatchSize::Word(w) if w == "auto" => auto_queue_depth(max_batch_size),
+            RawBatchSize::Word(w) => {
+                p.push(ConfigProblem {
+                    key: "batch.queue_depth".into(),
+                    message: format!("`{w}` is neither a number of batches (1..=1024) nor `auto`"),
+                });
+                auto_queue_depth(max_batch_size)
+            }
+        };
         let max_batch_delay = duration("batch.max_batch_delay", &b.max_batch_delay, p);
         if max_batch_delay > Duration::from_secs(10) {
             p.push(ConfigProblem { key: "batch.max_batch_delay".into(), message: "must be at most 10s".into() });
@@ -1293,7 +1326,8 @@ impl RawConfig {
                 auto_size: matches!(&b.max_batch_size, RawBatchSize::Word(w) if w == "auto"),
                 max_batch_delay,
                 latency_target,
-                queue_depth: b.queue_depth,
+                queue_depth,
+                auto_depth: matches!(&b.queue_depth, RawBatchSize::Word(w) if w == "auto"),
             },
             cache: CacheConfig {
                 enabled: c.enabled,
@@ -1609,10 +1643,10 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_section() {
-        let p = problems(load("[batch]\nqueue_depth = \"deep\"\n[cache]\nenabled = 3\n", &[]));
+        let p = problems(load("[batch]\nmax_batch_delay = 5\n[cache]\nenabled = 3\n", &[]));
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["batch", "cache"], "{p:?}");
-        assert!(p[0].message.contains("queue_depth") || p[0].message.contains("invalid type"), "{p:?}");
+        assert!(p[0].message.contains("max_batch_delay") || p[0].message.contains("invalid type"), "{p:?}");
     }
 
     #[test]
@@ -1897,5 +1931,42 @@ mod tests {
         assert_eq!(env.batch.max_batch_size, CPU_DEFAULT_BATCH_SIZE);
         let p = problems(load("[batch]\nmax_batch_size = \"lots\"\n", &[]));
         assert!(p.iter().any(|p| p.key == "batch.max_batch_size" && p.message.contains("auto")), "{p:?}");
+    }
+
+    #[test]
+    fn auto_queue_depth_holds_a_few_thousand_inputs() {
+        // In inputs, not batches: 16 batches of the CPU default, 4 of the GPU default; 4 to 64.
+        assert_eq!(auto_queue_depth(CPU_DEFAULT_BATCH_SIZE), 16);
+        assert_eq!(auto_queue_depth(GPU_DEFAULT_BATCH_SIZE), 4);
+        assert_eq!(auto_queue_depth(64), 64);
+        assert_eq!(auto_queue_depth(1), 64);
+        assert_eq!(auto_queue_depth(1000), 4);
+        assert_eq!(auto_queue_depth(65_536), 4);
+        let d = load("", &[]).expect("defaults");
+        assert_eq!((d.batch.queue_depth, d.batch.auto_depth), (16, true));
+        assert_eq!(load("[batch]\nmax_batch_size = 128\n", &[]).expect("128").batch.queue_depth, 32);
+        let gpu = load("[model]\nexecution_provider = \"cuda\"\n", &[]).expect("cuda");
+        assert_eq!(gpu.batch.queue_depth, 4);
+        // A number is kept whatever the batch size; from the file or the environment.
+        let set = load("[batch]\nqueue_depth = 3\nmax_batch_size = 64\n", &[]).expect("set");
+        assert_eq!((set.batch.queue_depth, set.batch.auto_depth), (3, false));
+        let env = load("", &[("STREAMSCORE_BATCH__QUEUE_DEPTH", "7")]).expect("env");
+        assert_eq!(env.batch.queue_depth, 7);
+        let env = load("[batch]\nqueue_depth = 2\n", &[("STREAMSCORE_BATCH__QUEUE_DEPTH", "auto")]).expect("env");
+        assert_eq!(env.batch.queue_depth, 16);
+        // A GPU provider that fell back to CPU: "auto" follows the size that settled ...
+        let mut fell_back = load("[model]\nexecution_provider = \"cuda\"\n", &[]).expect("cuda");
+        assert_eq!(fell_back.batch.settle_for("cpu"), Some((GPU_DEFAULT_BATCH_SIZE, CPU_DEFAULT_BATCH_SIZE)));
+        assert_eq!(fell_back.batch.queue_depth, 16);
+        // ... a set depth does not.
+        let mut kept = load("[model]\nexecution_provider = \"cuda\"\n[batch]\nqueue_depth = 5\n", &[]).expect("set");
+        assert!(kept.batch.settle_for("cpu").is_some());
+        assert_eq!(kept.batch.queue_depth, 5);
+        for bad in ["\"deep\"", "0", "1025"] {
+            let p = problems(load(&format!("[batch]\nqueue_depth = {bad}\n"), &[]));
+            assert!(p.iter().any(|p| p.key == "batch.queue_depth"), "{bad}: {p:?}");
+        }
+        let p = problems(load("[batch]\nqueue_depth = \"deep\"\n", &[]));
+        assert!(p.iter().any(|p| p.message.contains("auto")), "{p:?}");
     }
 }

@@ -301,29 +301,47 @@ pub struct EventLatency {
     pub processing: EventHistogram,
 }
 
+impl EventLatency {
+    /// An empty pair. The service keeps one, [`event_latency`]; the benchmark's passthrough
+    /// (`examples/passthrough.rs`) its own, to measure itself the same way.
+    pub fn new() -> Self {
+        EventLatency {
+            end_to_end: EventHistogram::new(
+                names::END_TO_END_SECONDS,
+                "Kafka timestamp of the input to its outcome acknowledged by the broker.",
+                &END_TO_END_BUCKETS,
+            ),
+            processing: EventHistogram::new(
+                names::PROCESSING_SECONDS,
+                "Input received by the source to its outcome acknowledged by the broker (the latency streamscore adds).",
+                &PROCESSING_BUCKETS,
+            ),
+        }
+    }
+
+    /// Both histograms in the Prometheus text format, as `/metrics` shows them.
+    pub fn render(&self, out: &mut String) {
+        self.end_to_end.render(out);
+        self.processing.render(out);
+    }
+}
+
+impl Default for EventLatency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The process's per-event latency histograms (one set, like the exporter's registry).
 pub fn event_latency() -> &'static EventLatency {
     static LATENCY: OnceLock<EventLatency> = OnceLock::new();
-    LATENCY.get_or_init(|| EventLatency {
-        end_to_end: EventHistogram::new(
-            names::END_TO_END_SECONDS,
-            "Kafka timestamp of the input to its outcome acknowledged by the broker.",
-            &END_TO_END_BUCKETS,
-        ),
-        processing: EventHistogram::new(
-            names::PROCESSING_SECONDS,
-            "Input received by the source to its outcome acknowledged by the broker (the latency streamscore adds).",
-            &PROCESSING_BUCKETS,
-        ),
-    })
+    LATENCY.get_or_init(EventLatency::new)
 }
 
 /// The `/metrics` page: the exporter's families, then the per-event latency histograms.
 pub fn render_metrics(handle: &PrometheusHandle) -> String {
     let mut page = handle.render();
-    let latency = event_latency();
-    latency.end_to_end.render(&mut page);
-    latency.processing.render(&mut page);
+    event_latency().render(&mut page);
     page
 }
 

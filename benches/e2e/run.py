@@ -28,7 +28,10 @@ One run, one broker, same data and model for every contender:
     p50/p99 come from streamscore's own end-to-end latency histogram (Kafka timestamp → outcome
     acknowledged), interpolated linearly inside the histogram's buckets, and from its processing
     latency histogram (input received by the source → outcome acknowledged: what streamscore
-    adds, without the load generator's linger and queueing);
+    adds, without the load generator's linger and queueing); then the passthrough (`--latency`)
+    the same way at the same rate (`--skip latency-passthrough` leaves it out): the latency of a
+    consumer that does no work, on the same broker and cores, in the same buckets: the floor
+    under streamscore's latency on this machine;
  6. a batching comparison (`--skip batching` leaves it out): the same offered rate for
     --batching-seconds each with fixed batches of 64, 256 (the default) and 1024 and with
     adaptive batching (latency_target 10 ms, max_batch_size 1024), each on a fresh topic and
@@ -300,7 +303,11 @@ _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 def scrape(url: str) -> dict[str, list[tuple[str, float]]]:
     with urllib.request.urlopen(url, timeout=2) as r:
-        text = r.read().decode()
+        return parse_metrics(r.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[str, float]]]:
+    """Prometheus text format → {name: [(labels, value), ...]}."""
     out: dict[str, list[tuple[str, float]]] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -686,6 +693,76 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
     return res
 
 
+def run_passthrough_latency(broker: Broker, workdir: str, rate: float, seconds: float) -> Result:
+    """The passthrough (`--latency`) on a fresh topic while `streamscore produce --rate` offers
+    `rate` for `seconds`, as in streamscore's latency run (same generator, seed and consumer
+    `fetch.wait.max.ms`): the latency of a consumer that does no work, on the same broker and
+    machine, in the buckets of streamscore's histograms. Only the generator, the broker and the
+    machine's cores are in it, so it is the floor under streamscore's latency here."""
+    n = int(rate * seconds)
+    topic, out_topic = "bench.latency-passthrough.in", "bench.latency-passthrough.out"
+    create_topics(broker.bootstrap, [topic, out_topic], ARGS.partitions)
+    props = list(SESSION)
+    if ARGS.latency_fetch_wait_ms:
+        props += ["-X", f"fetch.wait.max.ms={ARGS.latency_fetch_wait_ms}"]
+    errf = open(os.path.join(workdir, "latency-passthrough.stderr"), "w+")
+    proc = subprocess.Popen([PASSTHROUGH, "--bootstrap", broker.bootstrap, "--input", topic, "--output", out_topic,
+                             "--group", "bench.latency-passthrough.group", "--count", str(n), "--latency"] + props,
+                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, text=True)
+    state = {"ready": False, "done": None}
+
+    def reader():
+        for line in proc.stdout:
+            if line.startswith("ready"):
+                state["ready"] = True
+            elif line.startswith("done "):
+                state["done"] = json.loads(line[5:])
+
+    threading.Thread(target=reader, daemon=True).start()
+    res = Result(contender="passthrough latency", offered_rate=rate, events=n)
+    producer = None
+    try:
+        deadline = time.time() + 60
+        while not state["ready"]:  # the group gave it partitions
+            if proc.poll() is not None or time.time() > deadline:
+                errf.seek(0)
+                raise RuntimeError(f"the passthrough did not join its group (exit {proc.poll()}): {errf.read()[-500:]}")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        machine0, t0 = machine_cpu(), time.time()
+        producer = preload(broker.bootstrap, topic, n, rate=rate, seed=7, wait=False)
+        try:
+            proc.wait(timeout=seconds * 3 + 60)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the passthrough did not deliver {n} outputs within {seconds * 3 + 60:.0f} s")
+        machine1 = machine_cpu()
+        out, _ = producer.communicate(timeout=30)
+        time.sleep(0.2)  # the reader's last lines
+        d = state["done"]
+        if proc.returncode != 0 or not d:
+            errf.seek(0)
+            raise RuntimeError(f"the passthrough exited with {proc.returncode}: {errf.read()[-500:]}")
+        m_prod = re.search(r"\(([\d.]+)/s\)", out)
+        # streamscore's own histograms, filled by the passthrough and read as a scrape would.
+        m = parse_metrics(d["metrics"])
+        ms = lambda v: v * 1e3 if v is not None else None  # noqa: E731
+        q = histogram_quantiles(m, "streamscore_end_to_end_latency_seconds")
+        qp = histogram_quantiles(m, "streamscore_processing_latency_seconds")
+        res.update(achieved_rate=float(m_prod.group(1)) if m_prod else n / (time.time() - t0),
+                   p50_ms=ms(q[0.5]), p99_ms=ms(q[0.99]), proc_p50_ms=ms(qp[0.5]), proc_p99_ms=ms(qp[0.99]),
+                   machine_busy=(machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]),
+                   buckets=buckets_of(m, "streamscore_end_to_end_latency_seconds"),
+                   proc_buckets=buckets_of(m, "streamscore_processing_latency_seconds"))
+    except Exception as e:
+        res["error"] = str(e)
+    finally:
+        if producer is not None and producer.poll() is None:
+            stop(producer, 3)
+        if proc.poll() is None:
+            stop(proc, 3)
+    return res
+
+
 def run_steady(broker: Broker, workdir: str, n: int, scrape_every: float) -> Result:
     """Memory at steady state: a backlog of `n` transactions with repeats (so the prediction cache
     fills to its default capacity) consumed by a fresh streamscore whose /metrics is scraped only
@@ -799,7 +876,7 @@ def batching_report(batching: dict, rate: float) -> list[str]:
 
 
 def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching: dict | None = None,
-           batching_rate: float = 0.0, steady: Result | None = None) -> str:
+           batching_rate: float = 0.0, steady: Result | None = None, lat_pt: Result | None = None) -> str:
     L = []
     L.append(f"# streamscore end-to-end benchmark, {meta['date']}")
     L.append("")
@@ -933,6 +1010,15 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
             ack.get(0.99), "(the broker's part)", True, spec=".1f", suffix=" ms")
     elif lat:
         L.append(f"| latency run | FAILED: {lat['error'][:300]} | | |")
+    if lat_pt and "error" not in lat_pt:
+        for q in ("p50", "p99"):
+            row(f"passthrough {q} latency at {lat_pt['offered_rate']:,.0f} events/s offered (a consumer that does no "
+                "work, same generator, broker and cores: the floor here)", lat_pt[f"{q}_ms"], "(context)", True,
+                spec=".1f", suffix=" ms")
+        row("passthrough p99 processing latency (read → acknowledged), same run", lat_pt.get("proc_p99_ms"),
+            "(context)", True, spec=".1f", suffix=" ms")
+    elif lat_pt:
+        L.append(f"| passthrough latency run | FAILED: {lat_pt['error'][:300]} | | |")
     for wl in ("plain", "repeats"):
         r = results.get((wl, "streamscore")) or {}
         if ort and "error" not in ort and r.get("cpu_s"):
@@ -975,6 +1061,17 @@ def report(results: dict, ort: Result, lat: Result | None, meta: dict, batching:
                  + (f" Extra consumer properties of streamscore in this run: {', '.join(extra)}"
                     " (fetch.wait.max.ms: Tansu answers a waiting fetch only when the wait expires; Kafka and "
                     "Redpanda answer when data arrives)." if extra else ""))
+        L.append("")
+    if lat_pt and "error" not in lat_pt:
+        L.append(f"Passthrough latency run: {lat_pt['events']:,} events offered the same way (achieved "
+                 f"{lat_pt['achieved_rate']:,.0f}/s) to a fresh topic while `examples/passthrough --latency` copied them "
+                 f"(same consumer `fetch.wait.max.ms`); the cores were {fmt(lat_pt.get('machine_busy'), '.0%')} busy. "
+                 "Its latency is measured as streamscore's (input's Kafka timestamp, and the moment the batch was read, "
+                 "→ the batch's last acknowledgement), in the same buckets. End to end, cumulative: "
+                 + ", ".join(f"≤{le * 1e3:g} ms: {c:.0f}" for le, c in lat_pt["buckets"] if le != float("inf"))
+                 + "; processing: "
+                 + ", ".join(f"≤{le * 1e3:g} ms: {c:.0f}" for le, c in lat_pt["proc_buckets"] if le != float("inf"))
+                 + ".")
         L.append("")
     if steady and "error" not in steady:
         lookups = (steady.get("cache_hits") or 0) + (steady.get("cache_misses") or 0)
@@ -1023,7 +1120,8 @@ def main() -> int:
     ap.add_argument("--batching-seconds", type=float, default=10.0,
                     help="seconds per setting of the batching comparison at the latency run's rate")
     ap.add_argument("--skip", default="",
-                    help="comma list of: peer, passthrough, ort, latency, repeats, steady, batching, batching-saturation")
+                    help="comma list of: peer, passthrough, ort, latency, latency-passthrough, repeats, steady, batching, "
+                         "batching-saturation")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "bench-results"))
     ARGS = ap.parse_args()
     skip = set(filter(None, ARGS.skip.split(",")))
@@ -1056,7 +1154,7 @@ def main() -> int:
     log(f"work dir {workdir}")
     broker = Broker(workdir)
     results: dict = {}
-    ort = lat = steady = None
+    ort = lat = lat_pt = steady = None
     batching: dict = {}
     rate = 0.0
 
@@ -1133,6 +1231,10 @@ def main() -> int:
                 log(f"latency run at {rate:.0f} events/s for {ARGS.latency_seconds:.0f} s ...")
                 lat = run_latency(broker, workdir, rate, ARGS.latency_seconds)
                 log(f"latency {json.dumps({k: v for k, v in lat.items() if k != 'buckets'})}")
+                if not {"passthrough", "latency-passthrough"} & skip:
+                    log(f"passthrough latency run at {rate:.0f} events/s for {ARGS.latency_seconds:.0f} s ...")
+                    lat_pt = run_passthrough_latency(broker, workdir, rate, ARGS.latency_seconds)
+                    log(f"passthrough latency {json.dumps({k: v for k, v in lat_pt.items() if 'buckets' not in k})}")
             else:
                 lat = Result(error="no saturation figure from the plain streamscore run")
 
@@ -1161,7 +1263,7 @@ def main() -> int:
     finally:
         broker.stop()
 
-    text = report(results, ort, lat, meta, batching, rate, steady)
+    text = report(results, ort, lat, meta, batching, rate, steady, lat_pt)
     print(text)
     os.makedirs(ARGS.out_dir, exist_ok=True)
     base = os.path.join(ARGS.out_dir, f"e2e-{started.strftime('%Y-%m-%d')}")
@@ -1174,6 +1276,7 @@ def main() -> int:
     print(f"written to {os.path.relpath(path, os.getcwd())}")
     log(f"logs kept in {workdir}")
     failed = any("error" in r for r in results.values()) or (ort and "error" in ort) or (lat and "error" in lat) \
+        or (lat_pt and "error" in lat_pt) \
         or (steady and "error" in steady) \
         or "error" in batching or any("error" in r for b in batching.values() if isinstance(b, dict)
                                       for k, r in b.items() if k in ("rate", "sat"))
