@@ -230,7 +230,7 @@ pub struct RawBatch {
     pub mode: String,
     /// Most rows in one inference call (adaptive: the upper bound of the size target); `"auto"`:
     /// by execution provider (CPU 256, GPU 2048).
-    pub max_batch_size: RawBatchSize,
+    pub max_batch_size: RawCount,
     /// Longest wait after a batch's first row before it is scored anyway (adaptive: the upper
     /// bound of the delay).
     pub max_batch_delay: String,
@@ -239,15 +239,15 @@ pub struct RawBatch {
     pub latency_target: String,
     /// Batches queued between stages; a full queue stops consumption (backpressure). `"auto"`:
     /// as many as hold [`QUEUE_INPUTS`] inputs at `max_batch_size` (4 to 64 batches).
-    pub queue_depth: RawBatchSize,
+    pub queue_depth: RawCount,
 }
 
-/// `batch.max_batch_size`: a number of rows, or `"auto"` (also `batch.queue_depth`: a number of
-/// batches, or `"auto"`).
+/// A count that may be left to streamscore: `batch.max_batch_size` (rows) and
+/// `batch.queue_depth` (batches), a number or `"auto"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum RawBatchSize {
-    Rows(usize),
+pub enum RawCount {
+    Number(usize),
     Word(String),
 }
 
@@ -274,10 +274,10 @@ impl Default for RawBatch {
     fn default() -> Self {
         Self {
             mode: "fixed".into(),
-            max_batch_size: RawBatchSize::Word("auto".into()),
+            max_batch_size: RawCount::Word("auto".into()),
             max_batch_delay: "5ms".into(),
             latency_target: "10ms".into(),
-            queue_depth: RawBatchSize::Word("auto".into()),
+            queue_depth: RawCount::Word("auto".into()),
         }
     }
 }
@@ -1096,15 +1096,15 @@ impl RawConfig {
 
         let b = self.batch;
         let max_batch_size = match &b.max_batch_size {
-            RawBatchSize::Rows(n) => {
+            RawCount::Number(n) => {
                 in_range("batch.max_batch_size", *n, 1, 65_536, p);
                 *n
             }
-            RawBatchSize::Word(w) if w == "auto" => match execution_provider {
+            RawCount::Word(w) if w == "auto" => match execution_provider {
                 ExecutionProvider::Cpu => CPU_DEFAULT_BATCH_SIZE,
                 ExecutionProvider::Cuda | ExecutionProvider::TensorRt => GPU_DEFAULT_BATCH_SIZE,
             },
-            RawBatchSize::Word(w) => {
+            RawCount::Word(w) => {
                 p.push(ConfigProblem {
                     key: "batch.max_batch_size".into(),
                     message: format!("`{w}` is neither a number of rows (1..=65536) nor `auto`"),
@@ -1113,12 +1113,12 @@ impl RawConfig {
             }
         };
         let queue_depth = match &b.queue_depth {
-            RawBatchSize::Rows(n) => {
+            RawCount::Number(n) => {
                 in_range("batch.queue_depth", *n, 1, 1024, p);
                 *n
             }
-            RawBatchSize::Word(w) if w == "auto" => auto_queue_depth(max_batch_size),
-            RawBatchSize::Word(w) => {
+            RawCount::Word(w) if w == "auto" => auto_queue_depth(max_batch_size),
+            RawCount::Word(w) => {
                 p.push(ConfigProblem {
                     key: "batch.queue_depth".into(),
                     message: format!("`{w}` is neither a number of batches (1..=1024) nor `auto`"),
@@ -1323,11 +1323,11 @@ impl RawConfig {
             batch: BatchConfig {
                 mode: batch_mode,
                 max_batch_size,
-                auto_size: matches!(&b.max_batch_size, RawBatchSize::Word(w) if w == "auto"),
+                auto_size: matches!(&b.max_batch_size, RawCount::Word(w) if w == "auto"),
                 max_batch_delay,
                 latency_target,
                 queue_depth,
-                auto_depth: matches!(&b.queue_depth, RawBatchSize::Word(w) if w == "auto"),
+                auto_depth: matches!(&b.queue_depth, RawCount::Word(w) if w == "auto"),
             },
             cache: CacheConfig {
                 enabled: c.enabled,
