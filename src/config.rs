@@ -259,7 +259,7 @@ pub const CPU_DEFAULT_BATCH_SIZE: usize = 256;
 pub const GPU_DEFAULT_BATCH_SIZE: usize = 2048;
 
 /// `queue_depth = "auto"`: each queue between stages holds about this many inputs. On a few cores
-/// shared with other work, a stage thread that was woken may wait a scheduler slice (a few ms)
+/// shared with other work, a stage thread ready to run may wait a scheduler slice (a few ms)
 /// for a core; the stage before it keeps working meanwhile only while the queue has room, so
 /// the queue is sized in inputs (a few ms of the source's work at saturation), not in batches.
 pub const QUEUE_INPUTS: usize = 4096;
