@@ -948,6 +948,35 @@ fn non_empty(key: &str, value: &str, problems: &mut Vec<ConfigProblem>) {
     }
 }
 
+impl RawCount {
+    /// The count this setting gives, and whether it was `"auto"`: a number within `lo..=hi`, or
+    /// `auto` for `"auto"`; anything else is a problem under `key` (then `auto` stands in).
+    /// `what` names the unit in that message ("rows", "batches").
+    fn resolve(
+        &self,
+        key: &str,
+        what: &str,
+        (lo, hi): (usize, usize),
+        auto: usize,
+        p: &mut Vec<ConfigProblem>,
+    ) -> (usize, bool) {
+        match self {
+            RawCount::Number(n) => {
+                in_range(key, *n, lo, hi, p);
+                (*n, false)
+            }
+            RawCount::Word(w) if w == "auto" => (auto, true),
+            RawCount::Word(w) => {
+                p.push(ConfigProblem {
+                    key: key.into(),
+                    message: format!("`{w}` is neither a number of {what} ({lo}..={hi}) nor `auto`"),
+                });
+                (auto, false)
+            }
+        }
+    }
+}
+
 fn in_range<T: PartialOrd + fmt::Display + Copy>(key: &str, v: T, lo: T, hi: T, problems: &mut Vec<ConfigProblem>) {
     if v < lo || v > hi {
         problems.push(ConfigProblem {
@@ -1095,37 +1124,14 @@ impl RawConfig {
         }
 
         let b = self.batch;
-        let max_batch_size = match &b.max_batch_size {
-            RawCount::Number(n) => {
-                in_range("batch.max_batch_size", *n, 1, 65_536, p);
-                *n
-            }
-            RawCount::Word(w) if w == "auto" => match execution_provider {
-                ExecutionProvider::Cpu => CPU_DEFAULT_BATCH_SIZE,
-                ExecutionProvider::Cuda | ExecutionProvider::TensorRt => GPU_DEFAULT_BATCH_SIZE,
-            },
-            RawCount::Word(w) => {
-                p.push(ConfigProblem {
-                    key: "batch.max_batch_size".into(),
-                    message: format!("`{w}` is neither a number of rows (1..=65536) nor `auto`"),
-                });
-                CPU_DEFAULT_BATCH_SIZE
-            }
+        let auto_batch_size = match execution_provider {
+            ExecutionProvider::Cpu => CPU_DEFAULT_BATCH_SIZE,
+            ExecutionProvider::Cuda | ExecutionProvider::TensorRt => GPU_DEFAULT_BATCH_SIZE,
         };
-        let queue_depth = match &b.queue_depth {
-            RawCount::Number(n) => {
-                in_range("batch.queue_depth", *n, 1, 1024, p);
-                *n
-            }
-            RawCount::Word(w) if w == "auto" => auto_queue_depth(max_batch_size),
-            RawCount::Word(w) => {
-                p.push(ConfigProblem {
-                    key: "batch.queue_depth".into(),
-                    message: format!("`{w}` is neither a number of batches (1..=1024) nor `auto`"),
-                });
-                auto_queue_depth(max_batch_size)
-            }
-        };
+        let (max_batch_size, auto_size) =
+            b.max_batch_size.resolve("batch.max_batch_size", "rows", (1, 65_536), auto_batch_size, p);
+        let (queue_depth, auto_depth) =
+            b.queue_depth.resolve("batch.queue_depth", "batches", (1, 1024), auto_queue_depth(max_batch_size), p);
         let max_batch_delay = duration("batch.max_batch_delay", &b.max_batch_delay, p);
         if max_batch_delay > Duration::from_secs(10) {
             p.push(ConfigProblem { key: "batch.max_batch_delay".into(), message: "must be at most 10s".into() });
@@ -1323,11 +1329,11 @@ impl RawConfig {
             batch: BatchConfig {
                 mode: batch_mode,
                 max_batch_size,
-                auto_size: matches!(&b.max_batch_size, RawCount::Word(w) if w == "auto"),
+                auto_size,
                 max_batch_delay,
                 latency_target,
                 queue_depth,
-                auto_depth: matches!(&b.queue_depth, RawCount::Word(w) if w == "auto"),
+                auto_depth,
             },
             cache: CacheConfig {
                 enabled: c.enabled,

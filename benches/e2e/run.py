@@ -594,6 +594,25 @@ def buckets_of(m: dict, name: str) -> list[tuple[float, float]]:
     return sorted(out)
 
 
+E2E_HISTOGRAM = "streamscore_end_to_end_latency_seconds"
+PROCESSING_HISTOGRAM = "streamscore_processing_latency_seconds"
+
+
+def event_latency_figures(m: dict) -> dict:
+    """p50 / p99 (ms) and cumulative buckets of the per-event latency histograms in metrics `m`
+    (streamscore's `/metrics`, or the passthrough's `--latency` output: the same histograms)."""
+    q, qp = histogram_quantiles(m, E2E_HISTOGRAM), histogram_quantiles(m, PROCESSING_HISTOGRAM)
+    ms = lambda v: v * 1e3 if v is not None else None  # noqa: E731
+    return dict(p50_ms=ms(q[0.5]), p99_ms=ms(q[0.99]), proc_p50_ms=ms(qp[0.5]), proc_p99_ms=ms(qp[0.99]),
+                buckets=buckets_of(m, E2E_HISTOGRAM), proc_buckets=buckets_of(m, PROCESSING_HISTOGRAM))
+
+
+def generator_rate(out: str) -> float | None:
+    """The rate `streamscore produce` reports it achieved, from its output."""
+    m = re.search(r"\(([\d.]+)/s\)", out)
+    return float(m.group(1)) if m else None
+
+
 def half_load_note(sat: float | None, colocated: Result | None, co_sat: float | None, n: int) -> str:
     """How the latency run's rate was chosen, for the report's header."""
     if ARGS.latency_rate:
@@ -661,26 +680,20 @@ def run_latency(broker: Broker, workdir: str, rate: float, seconds: float, name:
             time.sleep(0.2)
         t1, cpu1, machine1 = time.time(), proc_cpu(proc.pid), machine_cpu()
         out, err = producer.communicate(timeout=30)
-        m_prod = re.search(r"\(([\d.]+)/s\)", out)
-        q = histogram_quantiles(m, "streamscore_end_to_end_latency_seconds")
-        qp = histogram_quantiles(m, "streamscore_processing_latency_seconds")
         ms = lambda v: v * 1e3 if v is not None else None  # noqa: E731
         stages = {st: {q: ms(v) for q, v in histogram_quantiles(m, "streamscore_batch_stage_seconds",
                                                                   having=f'stage="{st}"').items()}
                   for st in STAGES}
-        res.update(achieved_rate=float(m_prod.group(1)) if m_prod else n / (time.time() - t0),
+        res.update(achieved_rate=generator_rate(out) or n / (time.time() - t0),
                    scored_per_s=n / (t1 - t0),
                    # from the first input consumed (±0.2 s: the polls), so without the generator's start
                    consumed_to_scored_per_s=n / (t1 - first_consumed) if first_consumed and t1 > first_consumed else None,
                    cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
-                   p50_ms=ms(q[0.5]), p99_ms=ms(q[0.99]),
-                   proc_p50_ms=ms(qp[0.5]), proc_p99_ms=ms(qp[0.99]),
+                   **event_latency_figures(m),
                    own_p50_ms=stages["in_streamscore"][0.5], own_p99_ms=stages["in_streamscore"][0.99], stages=stages,
                    rss_mb=proc_hwm_mb(proc.pid),
                    machine_busy=(machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]),
                    pauses=total(m, "streamscore_backpressure_pauses_total"),
-                   buckets=buckets_of(m, "streamscore_end_to_end_latency_seconds"),
-                   proc_buckets=buckets_of(m, "streamscore_processing_latency_seconds"),
                    **batch_figures(m))
         if res["cpu_s"] is not None:
             res["cpu_s_per_m"] = res["cpu_s"] / n * 1e6
@@ -742,17 +755,10 @@ def run_passthrough_latency(broker: Broker, workdir: str, rate: float, seconds: 
         if proc.returncode != 0 or not d:
             errf.seek(0)
             raise RuntimeError(f"the passthrough exited with {proc.returncode}: {errf.read()[-500:]}")
-        m_prod = re.search(r"\(([\d.]+)/s\)", out)
         # streamscore's own histograms, filled by the passthrough and read as a scrape would.
-        m = parse_metrics(d["metrics"])
-        ms = lambda v: v * 1e3 if v is not None else None  # noqa: E731
-        q = histogram_quantiles(m, "streamscore_end_to_end_latency_seconds")
-        qp = histogram_quantiles(m, "streamscore_processing_latency_seconds")
-        res.update(achieved_rate=float(m_prod.group(1)) if m_prod else n / (time.time() - t0),
-                   p50_ms=ms(q[0.5]), p99_ms=ms(q[0.99]), proc_p50_ms=ms(qp[0.5]), proc_p99_ms=ms(qp[0.99]),
+        res.update(achieved_rate=generator_rate(out) or n / (time.time() - t0),
                    machine_busy=(machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]),
-                   buckets=buckets_of(m, "streamscore_end_to_end_latency_seconds"),
-                   proc_buckets=buckets_of(m, "streamscore_processing_latency_seconds"))
+                   **event_latency_figures(parse_metrics(d["metrics"])))
     except Exception as e:
         res["error"] = str(e)
     finally:
